@@ -1,0 +1,27 @@
+"""Hyperparameter search for transformer fine-tuning on an Optuna study store.
+
+Importing ``hpo`` never imports torch: the CLI must start fast.
+"""
+
+from hpo.errors import HpoError, SpecError, StorageError, StudyConflictError, StudyNotFoundError
+from hpo.spec import StudySpec, load_spec, parse_spec
+from hpo.storage import mask_secrets, mask_url, open_storage, resolve_storage_url
+from hpo.study import create_study, load_stored_spec, load_study
+
+__all__ = [
+    "HpoError",
+    "SpecError",
+    "StorageError",
+    "StudyConflictError",
+    "StudyNotFoundError",
+    "StudySpec",
+    "create_study",
+    "load_spec",
+    "load_stored_spec",
+    "load_study",
+    "mask_secrets",
+    "mask_url",
+    "open_storage",
+    "parse_spec",
+    "resolve_storage_url",
+]

@@ -1,0 +1,65 @@
+"""Optuna's journal file store with heartbeats, which Optuna itself gives only to RDB stores."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.storage import HEARTBEAT_KEY
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """A journal file store whose running trials record a heartbeat as a system attribute.
+
+    It implements Optuna's ``BaseHeartbeat``, so ``optuna.storages.fail_stale_trials`` and
+    ``RetryHeartbeatStaleTrialCallback`` work on it unchanged. A heartbeat is the wall-clock
+    time of the writing host; the journal file lives on one host, so clocks agree.
+    """
+
+    def __init__(
+        self,
+        file_path: str,
+        *,
+        heartbeat_interval_s: int,
+        grace_period_s: int,
+        stale_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    ) -> None:
+        if heartbeat_interval_s < 1:
+            raise ValueError(f"heartbeat_interval_s must be >= 1, got {heartbeat_interval_s}")
+        if grace_period_s < heartbeat_interval_s:
+            raise ValueError(
+                f"grace_period_s={grace_period_s} must be >= heartbeat_interval_s="
+                f"{heartbeat_interval_s}"
+            )
+        super().__init__(JournalFileBackend(file_path))
+        self.file_path = file_path
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._grace_period_s = grace_period_s
+        self._stale_callback = stale_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, HEARTBEAT_KEY, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        stale = []
+        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = trial.system_attrs.get(HEARTBEAT_KEY)
+            # Like Optuna's RDB store: a trial that never beat is not judged (no heartbeat on).
+            if beat is not None and now - float(beat) > self._grace_period_s:
+                stale.append(trial._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._heartbeat_interval_s
+
+    def get_heartbeat_stale_trial_callback(
+        self,
+    ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self._stale_callback

@@ -1,0 +1,111 @@
+"""The ``hpo`` command line. Thin: each command resolves its inputs and calls one function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hpo.errors import HpoError, SpecError
+
+app = typer.Typer(
+    name="hpo",
+    help="Hyperparameter search for transformer fine-tuning on an Optuna study store.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="Store URL: a journal file path (default .hpo/journal.log), sqlite:///…, "
+        "postgresql://…, grpc://host:port. Falls back to $HPO_STORAGE.",
+        show_default=False,
+    ),
+]
+SpecArg = Annotated[Path, typer.Argument(help="Study spec (YAML).", show_default=False)]
+
+
+def _setup_logging(verbose: bool) -> None:
+    from hpo.logs import configure_logging
+
+    configure_logging(logging.DEBUG if verbose else logging.INFO)
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def validate(spec: SpecArg) -> None:
+    """Check a study spec: prints `ok`, or one line per problem and exits 2."""
+    from hpo.preflight import check_spec_file
+
+    try:
+        check_spec_file(spec)
+    except SpecError as e:
+        for problem in e.problems:
+            typer.echo(f"{e.source}: {problem}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    typer.echo("ok")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of study specs (for editors and CI checks)."""
+    from hpo.spec import StudySpec
+
+    typer.echo(json.dumps(StudySpec.model_json_schema(), indent=2))
+
+
+@app.command()
+def create(spec: SpecArg, storage: StorageOpt = None) -> None:
+    """Create the study in the store (idempotent for the same spec)."""
+    from hpo.preflight import check_spec_file
+    from hpo.storage import mask_url, open_storage, resolve_storage_url
+    from hpo.study import create_study
+
+    study_spec = check_spec_file(spec)
+    url = resolve_storage_url(storage)
+    create_study(study_spec, open_storage(url))
+    typer.echo(f"study {study_spec.name!r} ready in {mask_url(url)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: our errors become one line on stderr and a non-zero exit code."""
+    try:
+        # With standalone_mode off, click returns the code of a typer.Exit instead of raising.
+        result = app(args=argv, standalone_mode=False)
+    except HpoError as e:
+        from hpo.storage import mask_secrets
+
+        typer.echo(f"error: {mask_secrets(str(e))}", err=True)
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        raise
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

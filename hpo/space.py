@@ -1,0 +1,190 @@
+"""The search space: its YAML shape and the one place that calls ``trial.suggest_*``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+if TYPE_CHECKING:
+    import optuna
+
+Scalar = int | float | str | bool
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatRange(_Strict):
+    """A float in [low, high]; ``log`` samples on a log scale (needs low > 0)."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> FloatRange:
+        if self.low > self.high:
+            raise ValueError(f"low={self.low} > high={self.high}; expected low <= high")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got low={self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("step and log cannot be combined")
+        return self
+
+
+class IntRange(_Strict):
+    """An integer in [low, high] with ``step``; ``log`` samples on a log scale (needs low >= 1)."""
+
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"low={self.low} > high={self.high}; expected low <= high")
+        if self.log and self.low < 1:
+            raise ValueError(f"log scale needs low >= 1, got low={self.low}")
+        return self
+
+
+class Choices(_Strict):
+    """One of a fixed list of values, in the order given."""
+
+    choices: tuple[Scalar, ...] = Field(min_length=1)
+
+
+def _range_or_choices(value: Any) -> str:
+    return "choices" if isinstance(value, dict) and "choices" in value else "range"
+
+
+IntParam = Annotated[
+    Annotated[IntRange, Tag("range")] | Annotated[Choices, Tag("choices")],
+    Discriminator(_range_or_choices),
+]
+FloatParam = Annotated[
+    Annotated[FloatRange, Tag("range")] | Annotated[Choices, Tag("choices")],
+    Discriminator(_range_or_choices),
+]
+Param = FloatRange | IntRange | Choices
+
+
+def _check_interval(
+    name: str, param: Param | None, *, low: float, high: float, closed_high: bool = True
+) -> None:
+    """Check that every value ``param`` can produce lies in [low, high] (or [low, high))."""
+    if param is None:
+        return
+    values: list[float] = []
+    if isinstance(param, Choices):
+        for v in param.choices:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ValueError(f"{name}: choice {v!r} is not a number")
+            values.append(v)
+    else:
+        values = [param.low, param.high]
+    for v in values:
+        too_high = v > high if closed_high else v >= high
+        if v < low or too_high:
+            bracket = "]" if closed_high else ")"
+            raise ValueError(f"{name}: {v} is outside [{low}, {high}{bracket}")
+
+
+class SearchSpace(_Strict):
+    """The hyperparameters searched. ``lr``, ``dropout``, ``l1`` and ``l2`` are required.
+
+    Names are the same in YAML, in Optuna params, in the exported config and in the trainer.
+    """
+
+    lr: FloatParam
+    dropout: FloatParam
+    l1: FloatParam
+    l2: FloatParam
+    batch_size: IntParam | None = None
+    epochs: IntParam | None = None
+    warmup_ratio: FloatParam | None = None
+    weight_decay: FloatParam | None = None
+    freeze_layers: IntParam | None = None
+    pooling: Choices | None = None
+
+    @model_validator(mode="after")
+    def _check_domains(self) -> SearchSpace:
+        _check_interval("lr", self.lr, low=1e-12, high=1.0)
+        _check_interval("dropout", self.dropout, low=0.0, high=1.0, closed_high=False)
+        _check_interval("l1", self.l1, low=0.0, high=math.inf)
+        _check_interval("l2", self.l2, low=0.0, high=math.inf)
+        _check_interval("batch_size", self.batch_size, low=1, high=math.inf)
+        _check_interval("epochs", self.epochs, low=1, high=math.inf)
+        _check_interval("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0, closed_high=False)
+        _check_interval("weight_decay", self.weight_decay, low=0.0, high=math.inf)
+        _check_interval("freeze_layers", self.freeze_layers, low=0, high=math.inf)
+        for name in ("batch_size", "epochs", "freeze_layers"):
+            param = getattr(self, name)
+            if isinstance(param, Choices) and not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in param.choices
+            ):
+                raise ValueError(f"{name}: choices must be integers, got {list(param.choices)}")
+        if self.pooling is not None:
+            bad = [v for v in self.pooling.choices if v not in ("cls", "mean")]
+            if bad:
+                raise ValueError(f"pooling: {bad} not allowed; expected choices from [cls, mean]")
+        return self
+
+    def items(self) -> Iterator[tuple[str, Param]]:
+        """The searched parameters in declaration order, skipping those not named."""
+        for name in type(self).model_fields:
+            param = getattr(self, name)
+            if param is not None:
+                yield name, param
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """Sample every parameter of ``space`` from ``trial``; the only caller of ``suggest_*``.
+
+    Returns:
+        Param name to sampled value, in the space's declaration order.
+    """
+    params: dict[str, Any] = {}
+    for name, param in space.items():
+        if isinstance(param, Choices):
+            params[name] = trial.suggest_categorical(name, list(param.choices))
+        elif isinstance(param, IntRange):
+            params[name] = trial.suggest_int(
+                name, param.low, param.high, step=param.step, log=param.log
+            )
+        else:
+            params[name] = trial.suggest_float(
+                name, param.low, param.high, step=param.step, log=param.log
+            )
+    return params
+
+
+def grid_values(param: Param, n_points: int) -> list[Scalar]:
+    """Discretize one parameter for grid search: choices as is, ranges into ``n_points`` values.
+
+    Float ranges are spaced geometrically on a log scale and evenly otherwise; a ``step``
+    wins over ``n_points``. Integer ranges use their ``step`` when that gives few values.
+    """
+    if isinstance(param, Choices):
+        return list(param.choices)
+    if isinstance(param, IntRange):
+        values = list(range(param.low, param.high + 1, param.step))
+        if len(values) <= n_points:
+            return list(values)
+        picks = {values[round(i * (len(values) - 1) / (n_points - 1))] for i in range(n_points)}
+        return sorted(picks)
+    if param.step is not None:
+        n = math.floor((param.high - param.low) / param.step + 1e-9) + 1
+        return [param.low + i * param.step for i in range(n)]
+    if n_points == 1 or param.low == param.high:
+        return [param.low]
+    if param.log:
+        lo, hi = math.log(param.low), math.log(param.high)
+        return [math.exp(lo + i * (hi - lo) / (n_points - 1)) for i in range(n_points)]
+    return [param.low + i * (param.high - param.low) / (n_points - 1) for i in range(n_points)]

@@ -1,0 +1,194 @@
+"""Open the study store from a URL, with heartbeats on, and never leak its password.
+
+URL forms:
+  * a file path, or ``journal:///abs/path``: Optuna's journal file (the embedded default);
+  * ``sqlite:///path.db``: SQLite through SQLAlchemy;
+  * ``postgresql://user:pass@host:5432/db``: PostgreSQL through psycopg2;
+  * ``grpc://host:port``: Optuna's gRPC storage proxy (``hpo proxy``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpo.errors import StorageError
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+logger = logging.getLogger(__name__)
+
+ENV_STORAGE = "HPO_STORAGE"
+DEFAULT_STORAGE = ".hpo/journal.log"
+HEARTBEAT_KEY = "hpo:heartbeat"
+DEFAULT_HEARTBEAT_INTERVAL_S = 10
+DEFAULT_GRACE_PERIOD_S = 30
+
+_USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
+_PASSWORD_KV_RE = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
+
+StaleCallback = Callable[["optuna.Study", "FrozenTrial"], None]
+
+
+def resolve_storage_url(cli_value: str | None, env: Mapping[str, str] | None = None) -> str:
+    """The store to use: the CLI flag, else ``$HPO_STORAGE``, else the embedded default."""
+    if cli_value:
+        return cli_value
+    env = os.environ if env is None else env
+    return env.get(ENV_STORAGE) or DEFAULT_STORAGE
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***``; safe to log and to store."""
+    return _USERINFO_RE.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+def mask_secrets(text: str, url: str | None = None) -> str:
+    """Remove passwords from free text: URL userinfo, ``password=…`` pairs, and ``url``'s own."""
+    if url:
+        password = _password_of(url)
+        if password:
+            text = text.replace(password, "***")
+    text = _USERINFO_RE.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _PASSWORD_KV_RE.sub(r"\1***", text)
+
+
+def _password_of(url: str) -> str | None:
+    match = re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:(?P<pw>[^@\s]*)@", url)
+    return match["pw"] if match and match["pw"] else None
+
+
+def storage_kind(url: str) -> str:
+    """One of ``journal``, ``sqlite``, ``postgresql``, ``grpc``."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("", "journal", "file"):
+        return "journal"
+    if scheme.startswith("sqlite"):
+        return "sqlite"
+    if scheme.startswith(("postgresql", "postgres")):
+        return "postgresql"
+    if scheme == "grpc":
+        return "grpc"
+    raise StorageError(
+        f"storage {mask_url(url)!r}: unsupported scheme {scheme!r}; expected a file path, "
+        "sqlite:///…, postgresql://… or grpc://host:port"
+    )
+
+
+def normalize_postgres_url(url: str) -> str:
+    """Point ``postgresql://`` and ``postgres://`` at psycopg2 (SQLAlchemy 2.1 picks psycopg 3)."""
+    scheme, rest = url.split("://", 1)
+    if "+" in scheme:
+        return url
+    return f"postgresql+psycopg2://{rest}"
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S,
+    grace_period_s: int = DEFAULT_GRACE_PERIOD_S,
+    stale_trial_callback: StaleCallback | None = None,
+) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the store at ``url`` with heartbeats enabled.
+
+    Args:
+        url: see the module docstring.
+        heartbeat_interval_s: how often a running trial records that its worker is alive.
+        grace_period_s: a running trial silent for longer than this is stale.
+        stale_trial_callback: called for each trial failed as stale (e.g. to re-queue it).
+
+    Raises:
+        StorageError: the store cannot be opened; the message names the masked URL.
+    """
+    kind = storage_kind(url)
+    try:
+        if kind == "journal":
+            return _open_journal(url, heartbeat_interval_s, grace_period_s, stale_trial_callback)
+        if kind == "grpc":
+            return _open_grpc(url)
+        return _open_rdb(url, kind, heartbeat_interval_s, grace_period_s, stale_trial_callback)
+    except StorageError:
+        raise
+    except Exception as e:  # third-party errors are translated here, at the boundary
+        detail = mask_secrets(_first_line(e), url)
+        raise StorageError(f"cannot open storage {mask_url(url)!r}: {detail}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    cause = getattr(error, "orig", None) or error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return lines[0] if lines else type(cause).__name__
+
+
+def journal_path(url: str) -> Path:
+    """The file behind a journal URL."""
+    for prefix in ("journal://", "file://"):
+        if url.startswith(prefix):
+            return Path(url[len(prefix) :])
+    return Path(url)
+
+
+def _open_journal(
+    url: str, interval: int, grace: int, callback: StaleCallback | None
+) -> optuna.storages.BaseStorage:
+    from hpo._journal import HeartbeatJournalStorage
+
+    path = journal_path(url).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return HeartbeatJournalStorage(
+        str(path), heartbeat_interval_s=interval, grace_period_s=grace, stale_callback=callback
+    )
+
+
+def _open_rdb(
+    url: str, kind: str, interval: int, grace: int, callback: StaleCallback | None
+) -> optuna.storages.BaseStorage:
+    import warnings
+
+    import optuna
+
+    engine_kwargs: dict[str, Any]
+    if kind == "postgresql":
+        url = normalize_postgres_url(url)
+        engine_kwargs = {
+            "pool_pre_ping": True,
+            "pool_size": 1,
+            "max_overflow": 1,
+            "pool_recycle": 300,
+            "connect_args": {"connect_timeout": 10},
+        }
+    else:
+        db_path = url.split(":///", 1)[1] if ":///" in url else ""
+        if db_path and db_path != ":memory:":
+            Path(db_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=interval,
+            grace_period=grace,
+            heartbeat_stale_trial_callback=callback,
+        )
+    logger.debug("opened %s in %.2f s", mask_url(url), time.monotonic() - started)
+    return storage
+
+
+def _open_grpc(url: str) -> optuna.storages.BaseStorage:
+    import optuna
+
+    hostport = url.split("://", 1)[1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise StorageError(f"storage {url!r}: expected grpc://host:port")
+    return optuna.storages.GrpcStorageProxy(host=host, port=int(port))

@@ -1,0 +1,134 @@
+"""Studies in the store: create one from a spec (idempotently) and load it back for a worker."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from hpo.errors import StorageError, StudyConflictError, StudyNotFoundError
+from hpo.pruners import StepLayout, make_pruner
+from hpo.samplers import make_sampler
+from hpo.space import Choices
+from hpo.spec import StudySpec, spec_from_json
+
+if TYPE_CHECKING:
+    import optuna
+
+logger = logging.getLogger(__name__)
+
+SPEC_ATTR = "spec"
+SPEC_HASH_ATTR = "spec_hash"
+
+
+def step_layout(spec: StudySpec) -> StepLayout:
+    """Steps per fold are the most epochs any trial may run, so steps align across trials."""
+    epochs = spec.search.space.epochs
+    if epochs is None:
+        max_epochs = spec.train.epochs
+    elif isinstance(epochs, Choices):
+        max_epochs = max(int(v) for v in epochs.choices)
+    else:
+        max_epochs = int(epochs.high)
+    return StepLayout(n_folds=spec.cv.n_folds, steps_per_fold=max_epochs)
+
+
+def _study_id(storage: optuna.storages.BaseStorage, name: str) -> int | None:
+    try:
+        return storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+
+
+def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> int:
+    """Create the study for ``spec`` and store the resolved spec and its hash as user attrs.
+
+    Idempotent: the same spec (same hash) returns the existing study's id.
+
+    Raises:
+        StudyConflictError: a study of this name exists with a different spec, or without one.
+    """
+    import optuna
+
+    existing = _study_id(storage, spec.name)
+    if existing is not None:
+        _check_same_spec(storage, existing, spec)
+        return existing
+    try:
+        study_id = storage.create_new_study(
+            [optuna.study.StudyDirection[spec.direction.upper()]], spec.name
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        # Another process created it between our check and our create.
+        study_id = storage.get_study_id_from_name(spec.name)
+        _check_same_spec(storage, study_id, spec, wait_for_spec=True)
+        return study_id
+    try:
+        storage.set_study_user_attr(study_id, SPEC_ATTR, spec.to_json_dict())
+        storage.set_study_user_attr(study_id, SPEC_HASH_ATTR, spec.spec_hash())
+    except Exception:
+        storage.delete_study(study_id)  # never leave a study without its spec
+        raise
+    logger.info("created study %r (spec %s)", spec.name, spec.spec_hash())
+    return study_id
+
+
+def _check_same_spec(
+    storage: optuna.storages.BaseStorage,
+    study_id: int,
+    spec: StudySpec,
+    *,
+    wait_for_spec: bool = False,
+) -> None:
+    import time
+
+    attrs = storage.get_study_user_attrs(study_id)
+    deadline = time.monotonic() + (10.0 if wait_for_spec else 0.0)
+    while SPEC_HASH_ATTR not in attrs and time.monotonic() < deadline:
+        time.sleep(0.1)
+        attrs = storage.get_study_user_attrs(study_id)
+    stored_hash = attrs.get(SPEC_HASH_ATTR)
+    if stored_hash is None:
+        raise StudyConflictError(
+            f"study {spec.name!r} exists but was not created by hpo (no spec attribute); "
+            "choose another name"
+        )
+    if stored_hash != spec.spec_hash():
+        raise StudyConflictError(
+            f"study {spec.name!r} exists with a different spec (stored {stored_hash}, "
+            f"given {spec.spec_hash()}); rename the study or delete the old one"
+        )
+
+
+def load_stored_spec(storage: optuna.storages.BaseStorage, name: str) -> StudySpec:
+    """The spec a study was created with.
+
+    Raises:
+        StudyNotFoundError: no study of this name.
+        StorageError: the study holds no valid spec.
+    """
+    study_id = _study_id(storage, name)
+    if study_id is None:
+        raise StudyNotFoundError(f"no study named {name!r} in this store; run `hpo create` first")
+    raw = storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
+    if not isinstance(raw, dict):
+        raise StorageError(f"study {name!r} has no stored spec; it was not created by hpo")
+    return spec_from_json(raw)
+
+
+def load_study(
+    storage: optuna.storages.BaseStorage, name: str, *, stream: int = 0
+) -> tuple[optuna.Study, StudySpec]:
+    """Load a study with the sampler and pruner its stored spec names.
+
+    Args:
+        storage: an open store.
+        name: the study name.
+        stream: this worker's random stream for the sampler (see ``make_sampler``).
+    """
+    import optuna
+
+    spec = load_stored_spec(storage, name)
+    sampler = make_sampler(spec.search.sampler, spec.search.space, stream=stream)
+    pruner = make_pruner(spec.search.pruner.name, spec.search.pruner.options, step_layout(spec))
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    return study, spec

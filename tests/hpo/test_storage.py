@@ -1,0 +1,188 @@
+"""One store contract, run against the embedded default, SQLite and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.cli import main as hpo_main
+from hpo.errors import StorageError, StudyConflictError, StudyNotFoundError
+from hpo.spec import parse_spec
+from hpo.storage import (
+    DEFAULT_STORAGE,
+    mask_secrets,
+    mask_url,
+    normalize_postgres_url,
+    open_storage,
+    resolve_storage_url,
+    storage_kind,
+)
+from hpo.study import SPEC_ATTR, create_study, load_stored_spec, load_study
+from tests.hpo.conftest import write_spec
+
+
+def _plain_optuna_storage(url: str) -> Any:
+    """How a user of plain Optuna opens our store (no hpo code)."""
+    if storage_kind(url) == "journal":
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+    return normalize_postgres_url(url) if url.startswith("postgresql://") else url
+
+
+def test_create_stores_resolved_spec(storage_url: str, spec_dict: dict[str, Any]) -> None:
+    spec = parse_spec(spec_dict)
+    storage = open_storage(storage_url)
+    create_study(spec, storage)
+    assert load_stored_spec(storage, spec.name) == spec
+    # A second process sees it too (nothing cached in this one).
+    assert load_stored_spec(open_storage(storage_url), spec.name).spec_hash() == spec.spec_hash()
+
+
+def test_create_is_idempotent_for_the_same_spec(
+    storage_url: str, spec_dict: dict[str, Any]
+) -> None:
+    spec = parse_spec(spec_dict)
+    storage = open_storage(storage_url)
+    first = create_study(spec, storage)
+    assert create_study(parse_spec(copy.deepcopy(spec_dict)), open_storage(storage_url)) == first
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    assert names.count(spec.name) == 1
+
+
+def test_conflicting_spec_is_refused(storage_url: str, spec_dict: dict[str, Any]) -> None:
+    storage = open_storage(storage_url)
+    create_study(parse_spec(spec_dict), storage)
+    changed = copy.deepcopy(spec_dict)
+    changed["cv"]["n_folds"] = 5
+    with pytest.raises(StudyConflictError, match="different spec"):
+        create_study(parse_spec(changed), storage)
+    assert load_stored_spec(storage, spec_dict["name"]).cv.n_folds == 3
+
+
+def test_loaded_study_has_spec_sampler_and_pruner(
+    storage_url: str, spec_dict: dict[str, Any]
+) -> None:
+    spec_dict["search"]["sampler"] = {"name": "random", "seed": 3}
+    spec_dict["search"]["pruner"] = {"name": "median"}
+    storage = open_storage(storage_url)
+    create_study(parse_spec(spec_dict), storage)
+    study, spec = load_study(storage, spec_dict["name"])
+    assert isinstance(study.sampler, optuna.samplers.RandomSampler)
+    assert isinstance(study.pruner, optuna.pruners.MedianPruner)
+    assert spec.search.sampler.seed == 3
+
+
+def test_missing_study_is_reported(storage_url: str) -> None:
+    with pytest.raises(StudyNotFoundError, match="no study named 'absent-study'"):
+        load_stored_spec(open_storage(storage_url), "absent-study")
+
+
+def test_stale_running_trial_is_failed_by_heartbeat(
+    storage_url: str, spec_dict: dict[str, Any]
+) -> None:
+    storage = open_storage(storage_url, heartbeat_interval_s=1, grace_period_s=1)
+    create_study(parse_spec(spec_dict), storage)
+    study = optuna.load_study(study_name=spec_dict["name"], storage=storage)
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    time.sleep(2.5)  # the worker "died": no more heartbeats
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[0].state == TrialState.FAIL
+
+
+def test_plain_optuna_loads_a_study_created_by_hpo(
+    storage_url: str, spec_dict: dict[str, Any], tmp_path: Path
+) -> None:
+    spec_path = write_spec(tmp_path / "spec.yaml", spec_dict)
+    assert hpo_main(["create", str(spec_path), "--storage", storage_url]) == 0
+    study = optuna.load_study(
+        study_name=spec_dict["name"], storage=_plain_optuna_storage(storage_url)
+    )
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert study.user_attrs[SPEC_ATTR]["name"] == spec_dict["name"]
+
+
+def test_optuna_cli_lists_a_study_created_by_hpo(
+    storage_url: str, spec_dict: dict[str, Any], tmp_path: Path
+) -> None:
+    spec_path = write_spec(tmp_path / "spec.yaml", spec_dict)
+    assert hpo_main(["create", str(spec_path), "--storage", storage_url]) == 0
+    cli_url = normalize_postgres_url(storage_url) if "postgres" in storage_url else storage_url
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "optuna"),
+            "studies",
+            "--storage",
+            cli_url,
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert spec_dict["name"] in result.stdout
+
+
+def test_password_is_masked_in_connection_errors(postgres_url: str) -> None:
+    bad = "postgresql://postgres:hunter2-secret@127.0.0.1:5432/no_such_database_xyz"
+    with pytest.raises(StorageError) as info:
+        open_storage(bad)
+    message = str(info.value)
+    assert "hunter2-secret" not in message
+    assert "postgres:***@127.0.0.1" in message
+    assert "no_such_database_xyz" in message
+
+
+def test_cli_error_is_one_masked_line(tmp_path: Path, spec_dict: dict[str, Any]) -> None:
+    spec_path = write_spec(tmp_path / "spec.yaml", spec_dict)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpo.cli",
+            "create",
+            str(spec_path),
+            "--storage",
+            "postgresql://bob:hunter2-secret@127.0.0.1:1/db",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "hunter2-secret" not in result.stderr + result.stdout
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith(
+        "error: cannot open storage 'postgresql://bob:***@127.0.0.1:1/db'"
+    )
+
+
+def test_masking_covers_urls_and_key_values() -> None:
+    url = "postgresql://alice:p%40ss@db.example:5432/hpo"
+    assert mask_url(url) == "postgresql://alice:***@db.example:5432/hpo"
+    text = f"failed: {url} (password=p%40ss)"
+    assert "p%40ss" not in mask_secrets(text, url)
+
+
+def test_storage_resolution_order() -> None:
+    assert resolve_storage_url("x.log", {"HPO_STORAGE": "y.log"}) == "x.log"
+    assert resolve_storage_url(None, {"HPO_STORAGE": "y.log"}) == "y.log"
+    assert resolve_storage_url(None, {}) == DEFAULT_STORAGE
+
+
+def test_bare_postgres_url_uses_psycopg2() -> None:
+    assert normalize_postgres_url("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert normalize_postgres_url("postgres://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert normalize_postgres_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+
+
+def test_unknown_scheme_is_refused() -> None:
+    with pytest.raises(StorageError, match="unsupported scheme 'mysql'"):
+        open_storage("mysql://u:secret@h/db")
