@@ -52,7 +52,11 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
             beat = trial.system_attrs.get(HEARTBEAT_KEY)
             # Like Optuna's RDB store: a trial that never beat is not judged (no heartbeat on).
-            if beat is not None and now - float(beat) > self._grace_period_s:
+            if beat is None:
+                continue
+            # A re-queued trial may carry its predecessor's last beat: count from its own start.
+            started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+            if now - max(float(beat), started) > self._grace_period_s:
                 stale.append(trial._trial_id)
         return stale
 

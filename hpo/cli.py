@@ -80,6 +80,73 @@ def create(spec: SpecArg, storage: StorageOpt = None) -> None:
     typer.echo(f"study {study_spec.name!r} ready in {mask_url(url)}")
 
 
+@app.command()
+def worker(
+    study: Annotated[str, typer.Option("--study", help="Study name.", show_default=False)],
+    storage: StorageOpt = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, or cuda:N.")] = "auto",
+    max_trials: Annotated[
+        int | None, typer.Option(help="Stop after this many trials of this worker.")
+    ] = None,
+    stream: Annotated[
+        int, typer.Option(help="Sampler random stream; give each worker its own.")
+    ] = -1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    heartbeat_s: Annotated[int, typer.Option(help="Heartbeat interval (s).")] = 10,
+    grace_s: Annotated[int, typer.Option(help="Silence after which a trial is stale (s).")] = 30,
+) -> None:
+    """Run trials of a study until its budget is met (everything else comes from the store)."""
+    import os
+
+    from hpo.storage import resolve_storage_url
+    from hpo.worker import WorkerOptions, run_worker
+
+    summary = run_worker(
+        WorkerOptions(
+            storage_url=resolve_storage_url(storage),
+            study_name=study,
+            device=device,
+            max_trials=max_trials,
+            stream=stream if stream >= 0 else os.getpid(),
+            threads=threads,
+            heartbeat_interval_s=heartbeat_s,
+            grace_period_s=grace_s,
+        )
+    )
+    typer.echo(
+        f"worker done: {summary.completed} complete, {summary.pruned} pruned, "
+        f"{summary.failed} failed ({summary.stop_reason})",
+        err=True,
+    )
+
+
+@app.command()
+def run(
+    spec: SpecArg,
+    storage: StorageOpt = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Local worker processes (default: what the machine feeds).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, or cuda.")] = "auto",
+    best: Annotated[
+        Path | None, typer.Option(help="Where to write the best config.", show_default=False)
+    ] = None,
+) -> None:
+    """Create the study and tune it with local workers, showing a live view."""
+    from hpo.preflight import check_spec_file
+    from hpo.run import run_study
+    from hpo.storage import resolve_storage_url
+
+    study_spec = check_spec_file(spec)
+    outcome = run_study(
+        study_spec, resolve_storage_url(storage), n_workers=workers, device=device, best_path=best
+    )
+    bad = [code for code in outcome.exit_codes if code != 0]
+    if bad and not outcome.interrupted:
+        typer.echo(f"error: {len(bad)} worker(s) exited with an error; see .hpo/logs/", err=True)
+        raise typer.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: our errors become one line on stderr and a non-zero exit code."""
     try:

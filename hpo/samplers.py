@@ -65,9 +65,16 @@ def _qmc(seed: int, space: SearchSpace, options: Mapping[str, Any]) -> optuna.sa
 def _grid(seed: int, space: SearchSpace, options: Mapping[str, Any]) -> optuna.samplers.BaseSampler:
     import optuna
 
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        """Optuna's grid sampler minus its ``study.stop()`` call, which raises outside
+        ``optimize()``; our worker checks ``is_exhausted`` itself."""
+
+        def after_trial(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
     n_points = int(options.get("n_points", GRID_DEFAULT_POINTS))
     grid = {name: grid_values(param, n_points) for name, param in space.items()}
-    return optuna.samplers.GridSampler(grid, seed=seed)
+    return AskTellGridSampler(grid, seed=seed)
 
 
 SamplerFactory = Callable[[int, "SearchSpace", Mapping[str, Any]], "optuna.samplers.BaseSampler"]

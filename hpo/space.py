@@ -186,5 +186,9 @@ def grid_values(param: Param, n_points: int) -> list[Scalar]:
         return [param.low]
     if param.log:
         lo, hi = math.log(param.low), math.log(param.high)
-        return [math.exp(lo + i * (hi - lo) / (n_points - 1)) for i in range(n_points)]
-    return [param.low + i * (param.high - param.low) / (n_points - 1) for i in range(n_points)]
+        inner = [math.exp(lo + i * (hi - lo) / (n_points - 1)) for i in range(1, n_points - 1)]
+    else:
+        span = param.high - param.low
+        inner = [param.low + i * span / (n_points - 1) for i in range(1, n_points - 1)]
+    # Exact endpoints: float round-off must not step outside [low, high].
+    return [param.low, *inner, param.high]

@@ -1,0 +1,116 @@
+"""Export the best trial(s) as the config a production run needs. Never holds credentials."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+
+from hpo.spec import StudySpec
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+RankBy = Literal["mean", "lcb"]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def rank_trials(study: optuna.Study, spec: StudySpec, by: RankBy = "mean") -> list[FrozenTrial]:
+    """Completed trials, best first: by CV mean, or by its lower confidence bound mean − std/√k."""
+    import math
+
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    sign = 1.0 if spec.direction == "maximize" else -1.0
+
+    def key(trial: FrozenTrial) -> float:
+        assert trial.value is not None
+        if by == "mean":
+            return sign * trial.value
+        k = max(1, len(trial.user_attrs.get("fold_scores", [])))
+        std = float(trial.user_attrs.get("cv_std", 0.0))
+        return sign * trial.value - std / math.sqrt(k)
+
+    return sorted(complete, key=key, reverse=True)
+
+
+def trial_record(trial: FrozenTrial) -> dict[str, Any]:
+    """Params and CV statistics of one trial."""
+    return {
+        "trial": trial.number,
+        "params": dict(trial.params),
+        "cv": {
+            "mean": trial.user_attrs.get("cv_mean", trial.value),
+            "std": trial.user_attrs.get("cv_std"),
+            "fold_scores": trial.user_attrs.get("fold_scores", []),
+        },
+    }
+
+
+def build_export(
+    study: optuna.Study, spec: StudySpec, *, top: int = 1, by: RankBy = "mean"
+) -> dict[str, Any]:
+    """The export document: best params, the resolved spec, CV stats and provenance."""
+    from optuna.trial import TrialState
+
+    ranked = rank_trials(study, spec, by)
+    if not ranked:
+        from hpo.errors import HpoError
+
+        raise HpoError(f"study {spec.name!r} has no completed trial to export")
+    counts = {
+        state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
+        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    }
+    best = trial_record(ranked[0])
+    document: dict[str, Any] = {
+        "study": spec.name,
+        "ranked_by": by,
+        **best,
+        "spec": spec.to_json_dict(),
+        "trials": counts,
+        "provenance": {
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": {
+                p: _version(p) for p in ("hpo-finetune", "torch", "transformers", "optuna")
+            },
+        },
+    }
+    if top > 1:
+        document["top"] = [trial_record(t) for t in ranked[:top]]
+    return document
+
+
+def write_export(
+    study: optuna.Study,
+    spec: StudySpec,
+    path: Path,
+    *,
+    top: int = 1,
+    by: RankBy = "mean",
+    fmt: Literal["yaml", "json"] = "yaml",
+) -> Path:
+    """Write the export document atomically (temp file, then rename)."""
+    document = build_export(study, spec, top=top, by=by)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = (
+        json.dumps(document, indent=2)
+        if fmt == "json"
+        else yaml.safe_dump(document, sort_keys=False)
+    )
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

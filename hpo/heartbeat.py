@@ -1,0 +1,129 @@
+"""Heartbeats for our own worker loop, failing of stale trials, and re-queueing of lost work.
+
+Optuna beats and sweeps only inside ``study.optimize()``, and fails a stale trial only when some
+worker next asks for one. Our workers run their own loop, so a background thread does both: it
+records the current trial's heartbeat and, on every tick, fails any stale trial in the study,
+so a dead worker's trial is re-queued within the grace period even if nobody asks meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from typing import TYPE_CHECKING
+
+from hpo.objective import FAIL_REASON_ATTR, FOLD_ATTR_PREFIX, RETRY_HISTORY_KEY
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_RETRY = 3
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retry: int = DEFAULT_MAX_RETRY) -> bool:
+    """Enqueue a WAITING copy of a lost trial: same params, its finished folds, retry history.
+
+    Compatible with Optuna's ``RetryHeartbeatStaleTrialCallback``: the copy carries
+    ``failed_trial`` (the first number of the chain) and ``retry_history`` system attrs.
+
+    Returns:
+        Whether a copy was enqueued (False once the chain has been retried ``max_retry`` times).
+    """
+    import optuna
+
+    history = [*trial.system_attrs.get(RETRY_HISTORY_KEY, []), trial.number]
+    if len(history) > max_retry:
+        logger.warning(
+            "trial %d was lost %d times; not re-queued again", trial.number, len(history)
+        )
+        return False
+    carried = {k: v for k, v in trial.user_attrs.items() if k.startswith(FOLD_ATTR_PREFIX)}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=carried,
+            system_attrs={"failed_trial": history[0], RETRY_HISTORY_KEY: history},
+        )
+    )
+    logger.info(
+        "re-queued trial %d with the same params (%d finished folds carried over)",
+        trial.number,
+        len(carried),
+    )
+    return True
+
+
+def requeue_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Stale-trial callback for the store: record why, then re-queue."""
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, "heartbeat stale")
+    except Exception:  # the trial is already finished: the reason is only informative
+        logger.debug("could not record the stale reason of trial %d", trial.number)
+    requeue(study, trial)
+
+
+class Heartbeat:
+    """A daemon thread that beats for the current trial and sweeps stale trials.
+
+    Use ``watch(trial_id)`` when a trial starts and ``watch(None)`` when it ends.
+    """
+
+    def __init__(self, study: optuna.Study, interval_s: float) -> None:
+        self._study = study
+        self._interval_s = interval_s
+        self._trial_id: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hpo-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self._interval_s + 5)
+
+    def watch(self, trial_id: int | None) -> None:
+        with self._lock:
+            self._trial_id = trial_id
+        if trial_id is not None:
+            self._beat(trial_id)
+
+    def _beat(self, trial_id: int) -> None:
+        try:
+            self._study._storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+        except Exception as e:  # a missed beat is retried next tick; the grace period covers it
+            logger.warning("heartbeat for trial id %d failed: %s", trial_id, _one_line(e))
+
+    def sweep(self) -> None:
+        """Fail stale trials now (their callback re-queues them)."""
+        import optuna
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self._study)
+        except Exception as e:
+            logger.warning("stale-trial sweep failed: %s", _one_line(e))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            with self._lock:
+                trial_id = self._trial_id
+            if trial_id is not None:
+                self._beat(trial_id)
+            self.sweep()
+
+
+def _one_line(error: BaseException) -> str:
+    from hpo.storage import mask_secrets
+
+    text = str(error).strip().splitlines()
+    return mask_secrets(text[0] if text else type(error).__name__)

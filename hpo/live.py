@@ -1,0 +1,80 @@
+"""The live view of a study: counts, best so far, running trials, elapsed and ETA."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from hpo.spec import StudySpec
+from hpo.study import step_layout
+
+if TYPE_CHECKING:
+    import optuna
+    from rich.console import RenderableType
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def render_status(study: optuna.Study, spec: StudySpec, started: float) -> RenderableType:
+    """A rich renderable summarizing the study as the store has it now."""
+    from optuna.trial import TrialState
+    from rich.console import Group
+    from rich.table import Table
+
+    trials = study.get_trials(deepcopy=False)
+    by_state = {state: [t for t in trials if t.state == state] for state in TrialState}
+    complete, pruned = by_state[TrialState.COMPLETE], by_state[TrialState.PRUNED]
+    running, failed = by_state[TrialState.RUNNING], by_state[TrialState.FAIL]
+    finished = len(complete) + len(pruned)
+    budget = spec.budget.n_trials
+    elapsed = time.monotonic() - started
+    eta = ""
+    if 0 < finished < budget:
+        eta = f"  ETA {_fmt_s(elapsed / finished * (budget - finished))}"
+
+    head = Table.grid(padding=(0, 2))
+    head.add_row(
+        f"[bold]{spec.name}[/]",
+        f"finished {finished}/{budget}",
+        f"running {len(running)}",
+        f"complete {len(complete)}",
+        f"pruned {len(pruned)}",
+        f"failed {len(failed)}",
+        f"elapsed {_fmt_s(elapsed)}{eta}",
+    )
+    parts: list[RenderableType] = [head]
+    if complete:
+        best = study.best_trial
+        params = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()
+        )
+        parts.append(
+            f"best: trial {best.number}  {spec.objective.metric} {best.value:.4f}"
+            f" ± {best.user_attrs.get('cv_std', 0.0):.4f}  ({params})"
+        )
+    if running:
+        layout = step_layout(spec)
+        table = Table(title="running", title_justify="left", expand=False)
+        for column in ("trial", "worker", "fold", "epoch", "last score", "age"):
+            table.add_column(column)
+        now = datetime.now()
+        for t in sorted(running, key=lambda t: t.number):
+            step = t.last_step
+            fold, epoch = divmod(step, layout.steps_per_fold) if step is not None else (None, None)
+            value = t.intermediate_values.get(step) if step is not None else None
+            run = t.user_attrs.get("run", {})
+            age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+            table.add_row(
+                str(t.number),
+                str(run.get("worker", "?")),
+                "-" if fold is None else f"{fold + 1}/{layout.n_folds}",
+                "-" if epoch is None else str(epoch + 1),
+                "-" if value is None else f"{value:.4f}",
+                _fmt_s(age),
+            )
+        parts.append(table)
+    return Group(*parts)

@@ -1,0 +1,308 @@
+"""The stateless worker: ask → suggest → train with CV → tell, until the study's budget is met.
+
+Everything a worker needs comes from the store (the spec is a study attribute), so any number
+of workers on any hosts can join or leave a study at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from hpo.errors import HpoError
+from hpo.heartbeat import Heartbeat, requeue, requeue_stale
+from hpo.objective import FAIL_REASON_ATTR, RETRY_HISTORY_KEY, TrialContext, run_trial
+from hpo.spec import StudySpec
+from hpo.storage import (
+    DEFAULT_GRACE_PERIOD_S,
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    mask_secrets,
+    open_storage,
+)
+from hpo.study import load_study
+
+if TYPE_CHECKING:
+    import optuna
+
+logger = logging.getLogger(__name__)
+
+FINISHED_STATES_NAMES = ("COMPLETE", "PRUNED")
+WAIT_POLL_S = 2.0
+
+
+class WorkerError(HpoError):
+    """The worker stopped because it cannot make progress (e.g. every trial fails)."""
+
+
+class Interrupted(BaseException):
+    """Raised inside a running trial when the worker was told to stop (SIGTERM/SIGINT).
+
+    A BaseException, so library code that catches ``Exception`` does not swallow it.
+    """
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How one worker runs. ``max_trials`` bounds this worker, the spec's budget the study."""
+
+    storage_url: str
+    study_name: str
+    device: str = "auto"
+    max_trials: int | None = None
+    worker_id: str = ""
+    stream: int = 0
+    threads: int | None = None
+    cache_dir: str | None = None
+    heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S
+    grace_period_s: int = DEFAULT_GRACE_PERIOD_S
+    max_consecutive_failures: int = 3
+
+
+@dataclass
+class WorkerSummary:
+    """What this worker did, and why it stopped."""
+
+    completed: int = 0
+    pruned: int = 0
+    failed: int = 0
+    stop_reason: str = ""
+
+
+class StopSignal:
+    """First SIGTERM/SIGINT: stop after cleanup (raising ``Interrupted`` inside a trial).
+
+    Second signal: exit at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._in_trial = False
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            os._exit(128 + signum)
+        self.requested = True
+        logger.info("received %s: stopping", signal.Signals(signum).name)
+        if self._in_trial:
+            self._in_trial = False
+            raise Interrupted
+
+    @contextmanager
+    def trial_scope(self) -> Iterator[None]:
+        """While inside, a first signal interrupts the running trial."""
+        if self.requested:
+            raise Interrupted
+        self._in_trial = True
+        try:
+            yield
+        finally:
+            self._in_trial = False
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _counts(study: optuna.Study) -> tuple[int, int]:
+    """(finished = complete + pruned, running) trials in the store, all workers together."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    )
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return len(trials) - running, running
+
+
+def _target_reached(study: optuna.Study, spec: StudySpec) -> bool:
+    target = spec.budget.target
+    if target is None:
+        return False
+    try:
+        best = study.best_value
+    except ValueError:
+        return False
+    return best >= target if spec.direction == "maximize" else best <= target
+
+
+def _over_budget(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
+    """Whether ``trial`` took a slot beyond the budget in a race with other workers.
+
+    Slots go to running and finished trials in trial-number order, so of two workers that
+    asked at once for the last slot, the higher number yields.
+    """
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    )
+    numbers = sorted(t.number for t in trials)
+    return trial.number in numbers and numbers.index(trial.number) >= budget
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    import optuna
+
+    try:
+        trial.set_user_attr(FAIL_REASON_ATTR, reason[:500])
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    except Exception as e:
+        logger.warning("could not mark trial %d failed: %s", trial.number, mask_secrets(str(e)))
+
+
+class Worker:
+    """One worker process's loop over trials of one study."""
+
+    def __init__(self, options: WorkerOptions, stop: StopSignal | None = None) -> None:
+        self.options = options
+        self.worker_id = options.worker_id or default_worker_id()
+        self.stop = stop or StopSignal()
+        self.summary = WorkerSummary()
+        storage = open_storage(
+            options.storage_url,
+            heartbeat_interval_s=options.heartbeat_interval_s,
+            grace_period_s=options.grace_period_s,
+            stale_trial_callback=requeue_stale,
+        )
+        self.study, self.spec = load_study(storage, options.study_name, stream=options.stream)
+        self.context = TrialContext(
+            host=socket.gethostname(),
+            device=options.device,
+            worker_id=self.worker_id,
+            cache_dir=options.cache_dir,
+        )
+
+    def run(self) -> WorkerSummary:
+        """Run trials until the budget, the timeout, the target, ``max_trials`` or a signal."""
+        deadline = (
+            time.monotonic() + self.spec.budget.timeout_s
+            if self.spec.budget.timeout_s
+            else math.inf
+        )
+        consecutive_failures = 0
+        with Heartbeat(self.study, self.options.heartbeat_interval_s) as heartbeat:
+            while True:
+                heartbeat.sweep()
+                reason = self._stop_reason(deadline)
+                if reason == "wait":
+                    time.sleep(WAIT_POLL_S)
+                    continue
+                if reason:
+                    self.summary.stop_reason = reason
+                    break
+                state = self._run_one(heartbeat)
+                if state == "FAIL":
+                    consecutive_failures += 1
+                    if consecutive_failures >= self.options.max_consecutive_failures:
+                        raise WorkerError(
+                            f"worker {self.worker_id}: the last {consecutive_failures} trials "
+                            "all failed; stopping instead of burning the budget (see the "
+                            f"trials' {FAIL_REASON_ATTR!r} attribute)"
+                        )
+                elif state != "SURPLUS":
+                    consecutive_failures = 0
+        logger.info("worker %s stops: %s", self.worker_id, self.summary.stop_reason)
+        return self.summary
+
+    def _stop_reason(self, deadline: float) -> str:
+        import optuna
+
+        done = self.summary.completed + self.summary.pruned + self.summary.failed
+        if self.stop.requested:
+            return "interrupted"
+        if self.options.max_trials is not None and done >= self.options.max_trials:
+            return f"max_trials={self.options.max_trials} reached"
+        if time.monotonic() >= deadline:
+            return f"timeout_s={self.spec.budget.timeout_s} reached"
+        sampler = self.study.sampler
+        if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(self.study):
+            return "every grid point has been tried"
+        if _target_reached(self.study, self.spec):
+            return f"target={self.spec.budget.target} reached"
+        finished, running = _counts(self.study)
+        if finished >= self.spec.budget.n_trials:
+            return f"budget of {self.spec.budget.n_trials} finished trials met"
+        if finished + running >= self.spec.budget.n_trials:
+            return "wait"  # the last slots are taken; wait in case one of them fails
+        return ""
+
+    def _run_one(self, heartbeat: Heartbeat) -> str:
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "heartbeat ... with Study.optimize"
+            trial = self.study.ask()
+        heartbeat.watch(trial._trial_id)
+        try:
+            if _over_budget(self.study, trial, self.spec.budget.n_trials):
+                _fail(self.study, trial, "over budget: another worker took the last slot")
+                frozen = self.study._storage.get_trial(trial._trial_id)
+                if frozen.system_attrs.get(RETRY_HISTORY_KEY):
+                    requeue(self.study, frozen)
+                return "SURPLUS"
+            started = time.monotonic()
+            try:
+                with self.stop.trial_scope():
+                    value = run_trial(trial, self.spec, self.context)
+            except Interrupted:
+                _fail(self.study, trial, "interrupted")
+                requeue(self.study, self.study._storage.get_trial(trial._trial_id))
+                self.summary.failed += 1
+                return "FAIL"
+            except optuna.TrialPruned as e:
+                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                self.summary.pruned += 1
+                logger.info("trial %d pruned (%s)", trial.number, e)
+                return "PRUNED"
+            except Exception as e:
+                reason = mask_secrets(f"{type(e).__name__}: {e}".splitlines()[0])
+                logger.error("trial %d failed: %s", trial.number, reason)
+                _fail(self.study, trial, reason)
+                self.summary.failed += 1
+                return "FAIL"
+            self.study.tell(trial, value)
+            self.summary.completed += 1
+            logger.info(
+                "trial %d: %s=%.4f in %.1f s",
+                trial.number,
+                self.spec.objective.metric,
+                value,
+                time.monotonic() - started,
+            )
+            return "COMPLETE"
+        finally:
+            heartbeat.watch(None)
+
+
+def run_worker(options: WorkerOptions) -> WorkerSummary:
+    """Run one worker in this process with signal handling; the CLI's ``hpo worker``."""
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    stop = StopSignal()
+    stop.install()
+    try:
+        return Worker(options, stop).run()
+    finally:
+        stop.restore()
