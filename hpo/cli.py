@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -145,6 +145,84 @@ def run(
     if bad and not outcome.interrupted:
         typer.echo(f"error: {len(bad)} worker(s) exited with an error; see .hpo/logs/", err=True)
         raise typer.Exit(1)
+
+
+def _open_study(name: str, storage: str | None) -> tuple[Any, Any]:
+    from hpo.storage import open_storage, resolve_storage_url
+    from hpo.study import load_study
+
+    return load_study(open_storage(resolve_storage_url(storage)), name)
+
+
+@app.command()
+def status(
+    study: Annotated[str, typer.Argument(help="Study name.", show_default=False)],
+    storage: StorageOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Counts by state, best so far, running trials with host / worker / age, compute, ETA."""
+    from hpo.status import study_status
+
+    info = study_status(*_open_study(study, storage))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    counts = info["counts"]
+    typer.echo(
+        f"{info['study']}: finished {info['finished']}/{info['budget']} "
+        f"(complete {counts['complete']}, pruned {counts['pruned']}), running "
+        f"{counts['running']}, waiting {counts['waiting']}, failed {counts['fail']}; "
+        f"compute {info['compute_s'] / 60:.1f} min; ETA "
+        + (f"{info['eta_s'] / 60:.1f} min" if info["eta_s"] is not None else "-")
+    )
+    if info["best"]:
+        best = info["best"]
+        typer.echo(f"best: trial {best['trial']} value {best['value']:.4f} params {best['params']}")
+    for run in info["running"]:
+        typer.echo(
+            f"running: trial {run['trial']} on {run['host']} ({run['worker']}, {run['device']}), "
+            f"{run['age_s']} s, last step {run['last_step']}"
+        )
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Argument(help="Study name.", show_default=False)],
+    storage: StorageOpt = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")] = Path(
+        "best.yaml"
+    ),
+    fmt: Annotated[str, typer.Option("--format", help="yaml or json.")] = "yaml",
+    top: Annotated[int, typer.Option(help="Also list the K best trials.", min=1)] = 1,
+    by: Annotated[str, typer.Option(help="Rank by CV mean, or lcb = mean - std/sqrt(k).")] = "mean",
+) -> None:
+    """Write the best config (params, spec, CV stats, provenance; never credentials)."""
+    from hpo.export import write_export
+
+    if fmt not in ("yaml", "json"):
+        raise typer.BadParameter(f"--format {fmt!r}: expected yaml or json")
+    if by not in ("mean", "lcb"):
+        raise typer.BadParameter(f"--by {by!r}: expected mean or lcb")
+    optuna_study, spec = _open_study(study, storage)
+    write_export(optuna_study, spec, output, top=top, by=by, fmt=fmt)  # type: ignore[arg-type]
+    typer.echo(f"wrote {output}")
+
+
+@app.command()
+def dashboard(
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option(help="Bind address (localhost unless told).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard on the study store."""
+    from hpo.storage import mask_url, open_storage, resolve_storage_url
+
+    url = resolve_storage_url(storage)
+    store = open_storage(url)
+    from optuna_dashboard import run_server
+
+    typer.echo(f"optuna-dashboard for {mask_url(url)} on http://{host}:{port}/", err=True)
+    run_server(store, host=host, port=port)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Pruners: the fold-aware default stops a bad trial early, inside its first fold or between folds."""
+"""Pruners: the fold-aware default stops a bad trial inside its first fold or between folds."""
 
 from __future__ import annotations
 
@@ -78,8 +78,9 @@ def test_fold_aware_minimizes_for_loss() -> None:
 def test_wilcoxon_alone_cannot_prune_before_fold_four() -> None:
     """Why fold_aware is the default: Wilcoxon's smallest p-value with k folds is 2^-k."""
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.WilcoxonPruner())
-    study.add_trial(optuna.trial.create_trial(value=0.9, intermediate_values=dict.fromkeys(
-        range(N_FOLDS), 0.9)))
+    study.add_trial(
+        optuna.trial.create_trial(value=0.9, intermediate_values=dict.fromkeys(range(N_FOLDS), 0.9))
+    )
     assert _pruned_at(study, [0.1, 0.1, 0.1, 0.1]) == 3
     fold_aware = _study_with_completed(4, 0.9, FoldAwarePruner(steps_per_fold=1))
     assert _pruned_at(fold_aware, [0.1, 0.1, 0.1, 0.1]) == 0

@@ -15,8 +15,12 @@ from tests.hpo.conftest import MINIMAL_SPEC
 
 
 def _first_params(name: str, stream: int, n: int = 3) -> list[dict[str, float]]:
-    spec = parse_spec({**copy.deepcopy(MINIMAL_SPEC), "search": {
-        **MINIMAL_SPEC["search"], "sampler": {"name": name, "seed": 7}}})
+    spec = parse_spec(
+        {
+            **copy.deepcopy(MINIMAL_SPEC),
+            "search": {**MINIMAL_SPEC["search"], "sampler": {"name": name, "seed": 7}},
+        }
+    )
     study = optuna.create_study(
         sampler=make_sampler(spec.search.sampler, spec.search.space, stream=stream),
         direction="maximize",

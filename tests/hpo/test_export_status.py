@@ -1,0 +1,146 @@
+"""Export and status on a study whose trials are written directly (no training needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.distributions import FloatDistribution
+
+from hpo.spec import parse_spec
+from hpo.storage import open_storage
+from hpo.study import create_study
+
+REPO = Path(__file__).resolve().parents[2]
+DISTS = {
+    "lr": FloatDistribution(1e-5, 1e-3, log=True),
+    "dropout": FloatDistribution(0.0, 0.3),
+    "l1": FloatDistribution(1e-8, 1e-4, log=True),
+    "l2": FloatDistribution(1e-6, 1e-2, log=True),
+}
+
+
+def _fill(url: str, spec_dict: dict[str, Any]) -> optuna.Study:
+    """Three complete trials (one noisy), one pruned, one failed."""
+    storage = open_storage(url)
+    create_study(parse_spec(spec_dict), storage)
+    study = optuna.load_study(study_name=spec_dict["name"], storage=storage)
+    folds = {0: [0.80, 0.82, 0.81], 1: [0.95, 0.60, 0.91], 2: [0.70, 0.72, 0.71]}
+    for number, scores in folds.items():
+        mean = sum(scores) / 3
+        std = (sum((s - mean) ** 2 for s in scores) / 3) ** 0.5
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": 1e-4 * (number + 1), "dropout": 0.1, "l1": 1e-7, "l2": 1e-4},
+                distributions=DISTS,
+                value=mean,
+                user_attrs={"fold_scores": scores, "cv_mean": mean, "cv_std": std},
+            )
+        )
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"lr": 9e-4, "dropout": 0.2, "l1": 1e-7, "l2": 1e-4},
+            distributions=DISTS,
+            state=optuna.trial.TrialState.PRUNED,
+            intermediate_values={0: 0.5},
+        )
+    )
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"lr": 8e-4, "dropout": 0.2, "l1": 1e-7, "l2": 1e-4},
+            distributions=DISTS,
+            state=optuna.trial.TrialState.FAIL,
+        )
+    )
+    return study
+
+
+def _hpo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hpo.cli", *args], capture_output=True, text=True, cwd=REPO
+    )
+
+
+def test_export_holds_params_spec_stats_and_no_password(
+    postgres_url: str, spec_dict: dict[str, Any], tmp_path: Path
+) -> None:
+    # Trust auth accepts any password, so a URL with one still connects.
+    url = postgres_url.replace("postgres@", "postgres:topsecret-pw@")
+    _fill(url, spec_dict)
+    out = tmp_path / "best.yaml"
+    result = _hpo("export", spec_dict["name"], "--storage", url, "-o", str(out), "--top", "2")
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert "topsecret-pw" not in text + result.stdout + result.stderr
+    doc = yaml.safe_load(text)
+    assert doc["trial"] == 1  # the best CV mean (0.82)
+    assert set(doc["params"]) == {"lr", "dropout", "l1", "l2"}
+    assert doc["spec"]["name"] == spec_dict["name"]
+    assert doc["cv"]["fold_scores"] == [0.95, 0.60, 0.91]
+    assert doc["trials"] == {"complete": 3, "pruned": 1, "fail": 1}
+    assert doc["provenance"]["versions"]["optuna"] == optuna.__version__
+    assert len(doc["top"]) == 2
+
+
+def test_export_by_lcb_prefers_the_consistent_trial(
+    tmp_path: Path, spec_dict: dict[str, Any]
+) -> None:
+    url = str(tmp_path / "j.log")
+    _fill(url, spec_dict)
+    out = tmp_path / "best.json"
+    by_mean = _hpo(
+        "export", spec_dict["name"], "--storage", url, "-o", str(out), "--format", "json"
+    )
+    assert by_mean.returncode == 0, by_mean.stderr
+    assert json.loads(out.read_text())["trial"] == 1  # mean 0.82 with a 0.60 fold
+    by_lcb = _hpo(
+        "export",
+        spec_dict["name"],
+        "--storage",
+        url,
+        "-o",
+        str(out),
+        "--format",
+        "json",
+        "--by",
+        "lcb",
+    )
+    assert by_lcb.returncode == 0, by_lcb.stderr
+    assert json.loads(out.read_text())["trial"] == 0  # 0.81 ± 0.008 is the safer pick
+
+
+def test_status_json_counts_equal_the_store(tmp_path: Path, spec_dict: dict[str, Any]) -> None:
+    url = str(tmp_path / "j.log")
+    study = _fill(url, spec_dict)
+    study.ask()  # one running
+    result = _hpo("status", spec_dict["name"], "--storage", url, "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    store = {s.name.lower(): 0 for s in optuna.trial.TrialState}
+    for trial in optuna.load_study(study_name=spec_dict["name"], storage=open_storage(url)).trials:
+        store[trial.state.name.lower()] += 1
+    assert info["counts"] == store
+    assert info["finished"] == 4
+    assert info["best"]["trial"] == 1
+    assert len(info["running"]) == 1
+
+
+def test_status_of_unknown_study_is_one_line_error(tmp_path: Path) -> None:
+    result = _hpo("status", "nope", "--storage", str(tmp_path / "j.log"))
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == "error: no study named 'nope' in this store; run `hpo create` first"
+    )
+
+
+@pytest.mark.parametrize("flag", [["--format", "xml"], ["--by", "median"]])
+def test_export_rejects_bad_options(flag: list[str], tmp_path: Path) -> None:
+    result = _hpo("export", "x", "--storage", str(tmp_path / "j.log"), *flag)
+    assert result.returncode != 0
