@@ -225,6 +225,49 @@ def dashboard(
     run_server(store, host=host, port=port)
 
 
+@app.command()
+def launch(
+    study: Annotated[str, typer.Option("--study", help="Study name.", show_default=False)],
+    storage: StorageOpt = None,
+    gpus: Annotated[
+        str | None, typer.Option(help="'all' or ids like 0,1,3: one worker per GPU.")
+    ] = None,
+    cpus: Annotated[int | None, typer.Option(help="Run N CPU workers instead.", min=1)] = None,
+    per_gpu: Annotated[int, typer.Option(help="Workers per GPU.", min=1)] = 1,
+    max_restarts: Annotated[int, typer.Option(help="Restarts per crashed worker.", min=0)] = 3,
+) -> None:
+    """Run this host's workers for a study: one per GPU, restarted on crashes."""
+    from hpo.launch import Launcher, build_slots, parse_gpus
+    from hpo.storage import resolve_storage_url
+
+    if (gpus is None) == (cpus is None):
+        raise typer.BadParameter("give exactly one of --gpus or --cpus")
+    slots = build_slots(
+        study,
+        resolve_storage_url(storage),
+        gpus=parse_gpus(gpus) if gpus else None,
+        cpus=cpus,
+        per_gpu=per_gpu,
+    )
+    raise typer.Exit(Launcher(slots, max_restarts=max_restarts).run())
+
+
+@app.command()
+def proxy(
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option(help="Bind address (localhost unless told).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 13000,
+) -> None:
+    """Serve Optuna's gRPC storage proxy in front of the store (workers use grpc://host:port)."""
+    import optuna
+
+    from hpo.storage import mask_url, open_storage, resolve_storage_url
+
+    url = resolve_storage_url(storage)
+    typer.echo(f"gRPC storage proxy for {mask_url(url)} on {host}:{port}", err=True)
+    optuna.storages.run_grpc_proxy_server(open_storage(url), host=host, port=port)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: our errors become one line on stderr and a non-zero exit code."""
     try:
