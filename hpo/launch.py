@@ -67,20 +67,25 @@ def build_slots(
     cpus: int | None,
     per_gpu: int = 1,
 ) -> list[Slot]:
-    """One slot per (GPU, k) pinned with CUDA_VISIBLE_DEVICES, or ``cpus`` CPU slots."""
-    base = [sys.executable, "-m", "hpo.cli", "worker", "--study", study, "--storage", storage_url]
+    """One slot per (GPU, k) pinned with CUDA_VISIBLE_DEVICES, or ``cpus`` CPU slots.
+
+    The store URL reaches workers through ``HPO_STORAGE``, never argv (process titles show it).
+    """
+    from hpo.storage import ENV_STORAGE
+
+    base = [sys.executable, "-m", "hpo.cli", "worker", "--study", study]
     slots = []
     if gpus:
         for gpu in gpus:
             for k in range(per_gpu):
-                env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+                env = {**os.environ, ENV_STORAGE: storage_url, "CUDA_VISIBLE_DEVICES": gpu}
                 name = f"gpu{gpu}" + (f".{k}" if per_gpu > 1 else "")
                 slots.append(Slot(name, env, [*base, "--device", "cuda:0"]))
     else:
         n = cpus or 1
         threads = max(1, (os.cpu_count() or 1) // n)
         for k in range(n):
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+            env = {**os.environ, ENV_STORAGE: storage_url, "CUDA_VISIBLE_DEVICES": ""}
             slots.append(
                 Slot(f"cpu{k}", env, [*base, "--device", "cpu", "--threads", str(threads)])
             )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpo.spec import StudySpec
-from hpo.storage import mask_url, open_storage
+from hpo.storage import ENV_STORAGE, mask_url, open_storage
 from hpo.study import create_study, load_study
 
 if TYPE_CHECKING:
@@ -81,9 +81,10 @@ def start_workers(
         log = open(log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - owned by the child
         procs.append(
             subprocess.Popen(
-                worker_command(spec.name, storage_url, index, dev, threads),
+                worker_command(spec.name, index, dev, threads),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, ENV_STORAGE: storage_url},
                 start_new_session=True,  # Ctrl-C reaches us only; we forward SIGTERM
             )
         )
