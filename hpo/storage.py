@@ -181,7 +181,12 @@ def _open_rdb(
             heartbeat_stale_trial_callback=callback,
         )
     logger.debug("opened %s in %.2f s", mask_url(url), time.monotonic() - started)
-    return storage
+    from hpo._retry import RetryingStorage
+
+    # Keep Optuna's trial cache (load_study adds it only to a bare RDBStorage), then retry.
+    return RetryingStorage(
+        optuna.storages._CachedStorage(storage), describe=f"store {mask_url(url)}"
+    )
 
 
 def _open_grpc(url: str) -> optuna.storages.BaseStorage:
