@@ -148,7 +148,7 @@ def _delegate(name: str) -> Callable[..., Any]:
     return method
 
 
-for _name in sorted(BaseStorage.__abstractmethods__) + [
+_CONCRETE_READS = [
     "get_trial_id_from_study_id_trial_number",
     "get_trial_number_from_id",
     "get_trial_param",
@@ -158,7 +158,8 @@ for _name in sorted(BaseStorage.__abstractmethods__) + [
     "get_n_trials",
     "get_best_trial",
     "check_trial_is_updatable",
-]:
+]
+for _name in [*sorted(BaseStorage.__abstractmethods__), *_CONCRETE_READS]:
     setattr(RetryingStorage, _name, _delegate(_name))
 abc.update_abstractmethods(RetryingStorage)
 
