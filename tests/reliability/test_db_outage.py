@@ -1,0 +1,94 @@
+"""The store rides out a PostgreSQL restart: operations wait, retry, and nothing is lost."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo._retry import RetryingStorage, is_transient
+from hpo.spec import parse_spec
+from hpo.storage import open_storage
+from hpo.study import create_study
+
+
+def _cluster_command(action: str) -> list[str]:
+    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[0]
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action]
+
+
+def _restart_postgres_in_background(down_s: float) -> threading.Thread:
+    def cycle() -> None:
+        subprocess.run(_cluster_command("stop"), check=True, capture_output=True)
+        time.sleep(down_s)
+        subprocess.run(_cluster_command("start"), check=True, capture_output=True)
+
+    thread = threading.Thread(target=cycle)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/etc/postgresql").is_dir(), reason="needs a local cluster to restart")
+def test_trial_survives_a_postgres_restart(
+    postgres_url: str, spec_dict: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = open_storage(postgres_url)
+    create_study(parse_spec(spec_dict), storage)
+    study = optuna.load_study(study_name=spec_dict["name"], storage=storage)
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+    trial.report(0.5, 0)
+
+    caplog.set_level(logging.WARNING, logger="hpo._retry")
+    outage = _restart_postgres_in_background(down_s=3.0)
+    time.sleep(0.5)  # the server is going down
+    for step in range(1, 4):  # these writes straddle the outage
+        trial.report(0.5 + step / 10, step)
+    study.tell(trial, 0.9)
+    outage.join()
+
+    fresh = optuna.load_study(study_name=spec_dict["name"], storage=open_storage(postgres_url))
+    trials = fresh.trials
+    assert len(trials) == 1  # nothing duplicated
+    assert trials[0].state == TrialState.COMPLETE and trials[0].value == 0.9
+    assert trials[0].intermediate_values == {0: 0.5, 1: 0.6, 2: 0.7, 3: 0.8}
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("unreachable" in m for m in messages) == 1, messages
+    assert sum("reachable again" in m for m in messages) == 1, messages
+
+
+def test_outage_longer_than_the_limit_is_a_clear_error() -> None:
+    import sqlalchemy.exc
+
+    class Down(optuna.storages.InMemoryStorage):
+        def get_all_studies(self) -> Any:
+            raise sqlalchemy.exc.OperationalError("select", {}, Exception("server closed"))
+
+    slept: list[float] = []
+    storage = RetryingStorage(Down(), outage_timeout_s=0.0, sleep=slept.append)
+    from hpo.errors import StorageError
+
+    with pytest.raises(StorageError, match="unreachable"):
+        storage.get_all_studies()
+
+
+def test_non_connection_errors_are_not_retried() -> None:
+    calls = []
+
+    class Broken(optuna.storages.InMemoryStorage):
+        def get_all_studies(self) -> Any:
+            calls.append(1)
+            raise KeyError("no such study")
+
+    with pytest.raises(KeyError):
+        RetryingStorage(Broken(), sleep=lambda s: None).get_all_studies()
+    assert calls == [1]
+    assert not is_transient(KeyError("x"))
