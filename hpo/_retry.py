@@ -161,7 +161,7 @@ _CONCRETE_READS = [
 ]
 for _name in [*sorted(BaseStorage.__abstractmethods__), *_CONCRETE_READS]:
     setattr(RetryingStorage, _name, _delegate(_name))
-abc.update_abstractmethods(RetryingStorage)
+abc.update_abstractmethods(RetryingStorage)  # type: ignore[type-abstract]
 
 
 def _one_line(error: BaseException) -> str:

@@ -209,6 +209,21 @@ def export(
 
 
 @app.command()
+def report(
+    study: Annotated[str, typer.Argument(help="Study name.", show_default=False)],
+    storage: StorageOpt = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path(
+        "report.html"
+    ),
+) -> None:
+    """Write a self-contained HTML report with plots (opens offline)."""
+    from hpo.report import write_report
+
+    write_report(*_open_study(study, storage), output)
+    typer.echo(f"wrote {output}")
+
+
+@app.command()
 def dashboard(
     storage: StorageOpt = None,
     host: Annotated[str, typer.Option(help="Bind address (localhost unless told).")] = "127.0.0.1",

@@ -39,9 +39,8 @@ def default_workers(device: str) -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-def worker_command(
-    study: str, storage_url: str, index: int, device: str, threads: int
-) -> list[str]:
+def worker_command(study: str, index: int, device: str, threads: int) -> list[str]:
+    """The worker's argv. The store URL goes by environment: argv shows in process titles."""
     return [
         sys.executable,
         "-m",
@@ -49,8 +48,6 @@ def worker_command(
         "worker",
         "--study",
         study,
-        "--storage",
-        storage_url,
         "--device",
         device,
         "--stream",

@@ -184,7 +184,8 @@ def _open_rdb(
     from hpo._retry import RetryingStorage
 
     # Keep Optuna's trial cache (load_study adds it only to a bare RDBStorage), then retry.
-    return RetryingStorage(
+    # The delegates are generated, so mypy cannot see that the class is concrete.
+    return RetryingStorage(  # type: ignore[abstract]
         optuna.storages._CachedStorage(storage), describe=f"store {mask_url(url)}"
     )
 

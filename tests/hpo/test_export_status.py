@@ -144,3 +144,26 @@ def test_status_of_unknown_study_is_one_line_error(tmp_path: Path) -> None:
 def test_export_rejects_bad_options(flag: list[str], tmp_path: Path) -> None:
     result = _hpo("export", "x", "--storage", str(tmp_path / "j.log"), *flag)
     assert result.returncode != 0
+
+
+def test_report_is_self_contained_with_every_plot(
+    tmp_path: Path, spec_dict: dict[str, Any]
+) -> None:
+    import re
+
+    from hpo.report import SECTIONS
+
+    url = str(tmp_path / "j.log")
+    _fill(url, spec_dict)
+    out = tmp_path / "report.html"
+    result = _hpo("report", spec_dict["name"], "--storage", url, "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    for key in SECTIONS:
+        assert f'<section id="{key}">' in page
+    # Plotly figures (one div each) for the plots; the JS library inlined exactly once.
+    assert page.count('class="plotly-graph-div"') >= 6
+    assert len(re.findall(r"<script[^>]*\bsrc=", page)) == 0
+    assert not re.search(r"<link[^>]+href=\"?https?://", page)
+    # (the inlined library mentions a topojson CDN for geo maps; nothing here loads it)
+    assert "trial 1" in page or ">1<" in page

@@ -1,0 +1,229 @@
+"""``hpo report``: one self-contained HTML file (Plotly inlined, no CDN) about a study."""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpo.export import rank_trials
+from hpo.spec import StudySpec
+from hpo.study import step_layout
+
+if TYPE_CHECKING:
+    import optuna
+    import plotly.graph_objects as go
+
+# Section id -> title, in page order. Tests check that every one is present.
+SECTIONS = {
+    "history": "Optimization history (best so far)",
+    "curves": "Fold × epoch curves (✕ marks where a trial was pruned)",
+    "importances": "Hyperparameter importances",
+    "parallel": "Parallel coordinates",
+    "slices": "Slice plots",
+    "cv": "Per-trial CV mean ± std",
+    "top": "Top trials",
+    "best": "Best config",
+    "compute": "Compute spent and saved by pruning",
+}
+
+
+def _duration_s(trial: optuna.trial.FrozenTrial) -> float | None:
+    if trial.datetime_start is None or trial.datetime_complete is None:
+        return None
+    return (trial.datetime_complete - trial.datetime_start).total_seconds()
+
+
+def compute_summary(study: optuna.Study) -> dict[str, float]:
+    """Seconds spent by state, and an estimate of what pruning saved.
+
+    Saved time is estimated per pruned trial as (mean duration of complete trials) minus its own
+    duration: what it would have cost had it run to the end.
+    """
+    from optuna.trial import TrialState
+
+    spent: dict[str, float] = {"complete": 0.0, "pruned": 0.0, "fail": 0.0}
+    complete_durations = []
+    pruned_durations = []
+    for trial in study.get_trials(deepcopy=False):
+        seconds = _duration_s(trial)
+        key = trial.state.name.lower()
+        if seconds is None or key not in spent:
+            continue
+        spent[key] += seconds
+        if trial.state == TrialState.COMPLETE:
+            complete_durations.append(seconds)
+        elif trial.state == TrialState.PRUNED:
+            pruned_durations.append(seconds)
+    full = sum(complete_durations) / len(complete_durations) if complete_durations else 0.0
+    saved = sum(max(0.0, full - s) for s in pruned_durations)
+    return {
+        **{f"{k}_s": v for k, v in spent.items()},
+        "total_s": sum(spent.values()),
+        "saved_by_pruning_s": saved,
+    }
+
+
+def _curves_figure(study: optuna.Study, spec: StudySpec) -> go.Figure:
+    import plotly.graph_objects as go
+    from optuna.trial import TrialState
+
+    layout = step_layout(spec)
+    fig = go.Figure()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        steps = sorted(trial.intermediate_values)
+        if not steps:
+            continue
+        values = [trial.intermediate_values[s] for s in steps]
+        pruned = trial.state == TrialState.PRUNED
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=values,
+                mode="lines+markers",
+                name=f"trial {trial.number}",
+                line={"dash": "dot" if pruned else "solid", "width": 1},
+                marker={"size": 4},
+                opacity=0.6 if pruned else 0.9,
+            )
+        )
+        if pruned:
+            fig.add_trace(
+                go.Scatter(
+                    x=[steps[-1]],
+                    y=[values[-1]],
+                    mode="markers",
+                    showlegend=False,
+                    marker={"symbol": "x", "size": 11, "color": "crimson"},
+                    hovertext=f"trial {trial.number} pruned",
+                    hoverinfo="text",
+                )
+            )
+    for fold in range(1, layout.n_folds):
+        fig.add_vline(x=fold * layout.steps_per_fold - 0.5, line={"color": "#bbb", "dash": "dash"})
+    fig.update_layout(
+        xaxis_title=f"step = fold × {layout.steps_per_fold} + epoch",
+        yaxis_title=spec.objective.metric,
+    )
+    return fig
+
+
+def _cv_figure(study: optuna.Study, spec: StudySpec) -> go.Figure:
+    import plotly.graph_objects as go
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    fig = go.Figure(
+        go.Scatter(
+            x=[t.number for t in trials],
+            y=[t.user_attrs.get("cv_mean", t.value) for t in trials],
+            error_y={"type": "data", "array": [t.user_attrs.get("cv_std", 0.0) for t in trials]},
+            mode="markers",
+            name="CV mean ± std",
+        )
+    )
+    fig.update_layout(xaxis_title="trial", yaxis_title=f"CV {spec.objective.metric}")
+    return fig
+
+
+def _figures(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
+    """Section id -> plotly figure (or an HTML note when the study has too little data)."""
+    from optuna import visualization as vis
+    from optuna.trial import TrialState
+
+    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    figures: dict[str, Any] = {
+        "history": vis.plot_optimization_history(study),
+        "curves": _curves_figure(study, spec),
+        "parallel": vis.plot_parallel_coordinate(study),
+        "slices": vis.plot_slice(study),
+        "cv": _cv_figure(study, spec),
+    }
+    if n_complete >= 2:
+        figures["importances"] = vis.plot_param_importances(study)
+    else:
+        figures["importances"] = "<p>Importances need at least two completed trials.</p>"
+    return figures
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def build_report(study: optuna.Study, spec: StudySpec, *, top: int = 10) -> str:
+    """The whole HTML page as a string; Plotly's JS is inlined once."""
+    import plotly.io as pio
+
+    figures = _figures(study, spec)
+    ranked = rank_trials(study, spec)
+    top_rows = [
+        [
+            str(t.number),
+            f"{t.value:.4f}",
+            f"{t.user_attrs.get('cv_std', 0.0):.4f}",
+            ", ".join(f"{s:.3f}" for s in t.user_attrs.get("fold_scores", [])),
+            ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()
+            ),
+        ]
+        for t in ranked[:top]
+    ]
+    best = ranked[0] if ranked else None
+    compute = compute_summary(study)
+    parts = {
+        "top": _table(top_rows, ["trial", "CV mean", "CV std", "fold scores", "params"]),
+        "best": "<pre>"
+        + html.escape(
+            json.dumps(
+                {"trial": best.number, "params": best.params, "spec": spec.to_json_dict()}
+                if best
+                else {},
+                indent=2,
+            )
+        )
+        + "</pre>",
+        "compute": _table(
+            [
+                [k.removesuffix("_s").replace("_", " "), f"{v / 60:.1f} min"]
+                for k, v in compute.items()
+            ],
+            ["", "time"],
+        ),
+    }
+    include_js: bool | str = True
+    for key, fig in figures.items():
+        if isinstance(fig, str):
+            parts[key] = fig
+        else:
+            parts[key] = pio.to_html(fig, full_html=False, include_plotlyjs=include_js)
+            include_js = False  # inline the library once, on the first figure
+    body = "\n".join(
+        f'<section id="{key}"><h2>{html.escape(title)}</h2>{parts[key]}</section>'
+        for key, title in SECTIONS.items()
+    )
+    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(spec.name)}: hpo report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;font-size:90%}}
+pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style></head>
+<body><h1>Study {html.escape(spec.name)}</h1>
+<p>{html.escape(spec.objective.metric)} ({html.escape(spec.direction)}), {spec.cv.n_folds}-fold CV,
+budget {spec.budget.n_trials} trials. Generated {generated}.</p>
+{body}
+</body></html>
+"""
+
+
+def write_report(study: optuna.Study, spec: StudySpec, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(build_report(study, spec), encoding="utf-8")
+    tmp.replace(path)
+    return path
