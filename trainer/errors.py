@@ -8,7 +8,7 @@ class TrainerError(Exception):
 
 
 class DataError(TrainerError):
-    """The data source is missing, unreadable, or does not fit the config (columns, labels, size)."""
+    """The data source is missing or unreadable, or does not fit the config (columns, labels)."""
 
 
 class ModelError(TrainerError):

@@ -1,0 +1,293 @@
+"""Cross-validated fine-tuning: ``run_cv(hparams, config) -> CVResult``. No optuna in here.
+
+Per fold: a fresh head on the pretrained encoder, AdamW with linear warmup and decay,
+loss = cross-entropy + l1·Σ|w| + l2·Σw², gradient clipping; after every epoch, held-out
+metrics are reported at ``step = fold * epochs + epoch`` and the reporter may stop the trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainer.config import CVResult, FoldResult, Hyperparams, Reporter, TrainerConfig
+from trainer.data import Examples, load_examples, make_folds
+from trainer.errors import NonFiniteLossError
+from trainer.metrics import classification_metrics
+from trainer.model import Pretrained, build_model, freeze_lower, load_pretrained
+from trainer.regularization import penalized_weights, penalty
+from trainer.tokens import (
+    Tokenized,
+    iterate,
+    length_bucketed_batches,
+    sorted_batches,
+    tokenize_cached,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a fold needs that does not depend on the hyperparameters."""
+
+    examples: Examples
+    tokens: Tokenized
+    pretrained: Pretrained
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else CPU. CUDA gets TF32 matmuls."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def prepare(config: TrainerConfig) -> Prepared:
+    """Load data and weights, tokenize (cached), and lay out the folds."""
+    examples = load_examples(config.data)
+    folds = make_folds(examples.labels, config.n_folds, config.split_seed)
+    pretrained = load_pretrained(config.model_name_or_path)
+    tokens = tokenize_cached(pretrained.tokenizer, examples, config.max_seq_len, config.cache_dir)
+    return Prepared(examples, tokens, pretrained, folds, resolve_device(config.device))
+
+
+def _autocast(device: torch.device) -> Any:
+    import contextlib
+
+    import torch
+
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _optimizer(model: nn.Module, hparams: Hyperparams) -> torch.optim.Optimizer:
+    """AdamW; weight decay (0 unless asked) only on 2D+ weights, never biases or LayerNorm."""
+    import torch
+
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_norm = "LayerNorm" in name or "layer_norm" in name or name.endswith(".ln.weight")
+        (decay if param.ndim >= 2 and not is_norm else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": hparams.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=hparams.lr, fused=fused)
+
+
+def linear_warmup_decay(step: int, total: int, warmup: int) -> float:
+    """LR multiplier: 0 → 1 over ``warmup`` steps, then linearly down to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def evaluate(
+    model: nn.Module, prepared: Prepared, indices: np.ndarray, batch_size: int
+) -> dict[str, float]:
+    """Held-out metrics under ``eval()`` and ``inference_mode``, batches sorted by length."""
+    import torch
+
+    model.eval()
+    logits, order = [], []
+    with torch.inference_mode(), _autocast(prepared.device):
+        batches = sorted_batches(indices, prepared.tokens.lengths, batch_size)
+        for batch, inputs in iterate(prepared.tokens, batches, prepared.device):
+            logits.append(model(**inputs).logits.float())
+            order.append(batch)
+    all_logits = torch.cat(logits).cpu().numpy()
+    labels = prepared.examples.labels[np.concatenate(order)]
+    return classification_metrics(all_logits, labels)
+
+
+def train_fold(
+    hparams: Hyperparams,
+    config: TrainerConfig,
+    prepared: Prepared,
+    fold: int,
+    *,
+    reporter: Reporter | None = None,
+    model_out: list[nn.Module] | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> FoldResult:
+    """Fine-tune a fresh model on fold ``fold``'s training rows, evaluating after each epoch.
+
+    Args:
+        model_out: if given, the trained model is appended to it (for inspection in tests).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    train_idx, held_idx = prepared.folds[fold]
+    seed = hparams.seed * 1_000 + fold
+    model = build_model(
+        prepared.pretrained,
+        num_labels=len(prepared.examples.label_names),
+        label_names=prepared.examples.label_names,
+        dropout=hparams.dropout,
+        pooling=hparams.pooling,
+        seed=seed,
+    )
+    freeze_lower(model, hparams.freeze_layers)
+    model.to(prepared.device)
+    penalized = penalized_weights(model, config.anchor, prepared.pretrained.state_dict)
+    optimizer = _optimizer(model, hparams)
+    n_batches = math.ceil(len(train_idx) / hparams.batch_size)
+    total = n_batches * hparams.epochs
+    warmup = int(hparams.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: linear_warmup_decay(step, total, warmup)
+    )
+    labels_all = torch.from_numpy(prepared.examples.labels)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    rng = np.random.default_rng(seed)
+    pin = prepared.device.type == "cuda"
+    curve: list[dict[str, float]] = []
+    train_s = 0.0
+    pruned = False
+    for epoch in range(hparams.epochs):
+        model.train()
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=prepared.device)
+        batches = length_bucketed_batches(
+            train_idx, prepared.tokens.lengths, hparams.batch_size, rng
+        )
+        for batch, inputs in iterate(prepared.tokens, batches, prepared.device, pin=pin):
+            labels = labels_all[batch].to(prepared.device, non_blocking=pin)
+            with _autocast(prepared.device):
+                logits = model(**inputs).logits
+            loss = F.cross_entropy(logits.float(), labels)
+            reg = penalty(penalized, hparams.l1, hparams.l2)
+            total_loss = loss if reg is None else loss + reg
+            optimizer.zero_grad(set_to_none=True)
+            total_loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach()  # no host sync per step: read once per epoch
+        train_loss = float(loss_sum) / max(1, len(batches))
+        train_s += time.perf_counter() - started
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(
+                f"fold {fold} epoch {epoch}: training loss is {train_loss} (lr={hparams.lr:g})"
+            )
+        metrics = (
+            evaluate(model, prepared, held_idx, config.eval_batch_size) if len(held_idx) else {}
+        )
+        metrics["train_loss"] = train_loss
+        curve.append(metrics)
+        logger.debug("fold %d epoch %d: %s", fold, epoch, metrics)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+        if reporter is not None:
+            reporter.report(metrics[config.metric], fold * hparams.epochs + epoch)
+            if reporter.should_prune():
+                pruned = True
+                break
+    if model_out is not None:
+        model_out.append(model)
+    return FoldResult(
+        fold=fold,
+        score=curve[-1].get(config.metric, math.nan),
+        metrics=curve[-1],
+        curve=tuple(curve),
+        train_examples=len(train_idx) * len(curve),
+        train_s=train_s,
+        pruned=pruned,
+    )
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_cv(
+    hparams: Hyperparams,
+    config: TrainerConfig,
+    *,
+    reporter: Reporter | None = None,
+    done_folds: Mapping[int, FoldResult] | None = None,
+    on_fold_end: Callable[[FoldResult], None] | None = None,
+) -> CVResult:
+    """Cross-validate one hyperparameter setting.
+
+    Args:
+        hparams: the sampled values over the training defaults.
+        config: model, data, CV layout, device.
+        reporter: gets ``report(score, step)`` after every epoch with
+            ``step = fold * epochs + epoch``; training stops when ``should_prune()`` is true.
+        done_folds: folds an earlier attempt finished; they are not retrained, and their
+            epoch scores are re-reported so the reporter sees the whole history.
+        on_fold_end: called with each newly finished fold (to persist it).
+
+    Returns:
+        Fold scores in fold order for the finished folds (higher is better unless the metric
+        is ``loss``), their mean and population std; ``pruned`` when the reporter stopped it.
+    """
+    started = time.perf_counter()
+    prepared = prepare(config)
+    done = dict(done_folds or {})
+    finished: list[FoldResult] = []
+    partial: FoldResult | None = None
+    for fold in range(config.n_folds):
+        if fold in done:
+            result = done[fold]
+            if reporter is not None:
+                for epoch, metrics in enumerate(result.curve):
+                    reporter.report(metrics[config.metric], fold * hparams.epochs + epoch)
+            finished.append(result)
+            if reporter is not None and reporter.should_prune():
+                break
+            continue
+        result = train_fold(hparams, config, prepared, fold, reporter=reporter)
+        if result.pruned:
+            partial = result
+            break
+        finished.append(result)
+        if on_fold_end is not None:
+            on_fold_end(result)
+    scores = [r.score for r in finished]
+    trained = [r for r in (*finished, *([partial] if partial else [])) if r.fold not in done]
+    train_s = sum(r.train_s for r in trained)
+    examples = sum(r.train_examples for r in trained)
+    curves = tuple(r.curve for r in (*finished, *([partial] if partial else [])))
+    return CVResult(
+        fold_scores=tuple(scores),
+        mean=float(np.mean(scores)) if scores else math.nan,
+        std=float(np.std(scores)) if scores else math.nan,
+        curves=curves,
+        pruned=partial is not None or len(finished) < config.n_folds,
+        wall_s=time.perf_counter() - started,
+        train_examples_per_s=examples / train_s if train_s > 0 else 0.0,
+        peak_memory_mb=_peak_memory_mb(prepared.device),
+        folds=tuple(finished),
+    )

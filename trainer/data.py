@@ -1,0 +1,198 @@
+"""Load labelled examples once, and split them into stratified folds that never change.
+
+Sources: a local csv/tsv/jsonl/json/parquet file (compressed too), a ``pkg:`` file inside an
+installed package, or a hub dataset name through ``datasets`` (needs the network).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainer.config import DataConfig
+from trainer.errors import DataError
+from trainer.resources import ResourceError, resolve_local
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")
+_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Texts (one column, or two for sentence pairs) with integer labels.
+
+    ``labels[i]`` indexes ``label_names``; rows keep the source order.
+    """
+
+    texts: tuple[tuple[str, ...], ...]
+    labels: np.ndarray
+    label_names: tuple[str, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.texts) == 2
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the rows used (texts and label names, in order): the data's identity."""
+        digest = hashlib.sha256()
+        for i in range(len(self)):
+            for column in self.texts:
+                digest.update(column[i].encode())
+                digest.update(b"\x1f")
+            digest.update(self.label_names[int(self.labels[i])].encode())
+            digest.update(b"\x1e")
+        return digest.hexdigest()
+
+
+def _base_suffix(name: str) -> str:
+    lower = name.lower()
+    for compression in _COMPRESSIONS:
+        lower = lower.removesuffix(compression)
+    return Path(lower).suffix
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    suffix = _base_suffix(path.name)
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix == ".tsv":
+            return pd.read_csv(path, sep="\t")
+        if suffix == ".jsonl":
+            return pd.read_json(path, lines=True)
+        if suffix == ".json":
+            return pd.read_json(path)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+    except Exception as e:  # pandas raises many types; the user needs the file and the reason
+        raise DataError(f"{path}: cannot read as {suffix[1:]}: {e}".splitlines()[0]) from e
+    raise DataError(f"{path}: unsupported file type {suffix!r}; expected one of {_FILE_SUFFIXES}")
+
+
+def _read_hub(name: str, split: str) -> pd.DataFrame:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as e:
+        raise DataError(
+            f"{name}: could not load hub dataset (split {split!r}): {str(e).splitlines()[0]}; "
+            "if this machine is offline, point data.source at a local file"
+        ) from e
+    return dataset.to_pandas()
+
+
+def read_table(config: DataConfig) -> pd.DataFrame:
+    """The raw table behind ``config.source``."""
+    try:
+        local = resolve_local(config.source)
+    except ResourceError as e:
+        raise DataError(str(e)) from e
+    if local is not None:
+        if local.is_dir():
+            raise DataError(f"{local}: is a directory; expected a data file")
+        return _read_file(local)
+    if _base_suffix(config.source) in _FILE_SUFFIXES:
+        raise DataError(f"{config.source}: no such file")
+    return _read_hub(config.source, config.split)
+
+
+def _label_names(values: pd.Series) -> list[str]:
+    uniques = values.dropna().unique().tolist()
+    if all(isinstance(v, int | np.integer) for v in uniques):
+        return [str(v) for v in sorted(uniques)]
+    return sorted(str(v) for v in uniques)
+
+
+def load_examples(config: DataConfig) -> Examples:
+    """Read, filter, label-encode and optionally subsample the examples.
+
+    Raises:
+        DataError: missing file or column, empty data, a label subset matching nothing,
+            or fewer than two classes.
+    """
+    table = read_table(config)
+    where = config.source
+    missing = [c for c in (*config.text, config.label) if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"{where}: column(s) {missing} not found; the file has {list(table.columns)}"
+        )
+    table = table[table[config.label].notna()]
+    raw_labels = table[config.label].map(str)
+    if config.labels is not None:
+        keep = raw_labels.isin(config.labels)
+        if not keep.any():
+            raise DataError(
+                f"{where}: no row has a label in {list(config.labels)}; the column "
+                f"{config.label!r} holds {_label_names(table[config.label])[:10]}"
+            )
+        table, raw_labels = table[keep], raw_labels[keep]
+        names = [n for n in config.labels if n in set(raw_labels)]
+    else:
+        names = _label_names(table[config.label])
+    if len(table) == 0:
+        raise DataError(f"{where}: the dataset is empty")
+    if len(names) < 2:
+        raise DataError(f"{where}: only one class ({names}) in column {config.label!r}")
+    ids = {name: i for i, name in enumerate(names)}
+    labels = raw_labels.map(ids).to_numpy(dtype=np.int64)
+    texts = tuple(tuple(table[c].fillna("").astype(str).tolist()) for c in config.text)
+    examples = Examples(texts=texts, labels=labels, label_names=tuple(names), source=where)
+    if config.subsample is not None and config.subsample < len(examples):
+        examples = subsample(examples, config.subsample, config.subsample_seed)
+    logger.info("loaded %d examples, %d classes from %s", len(examples), len(names), where)
+    return examples
+
+
+def subsample(examples: Examples, n: int, seed: int) -> Examples:
+    """A stratified, seeded sample of ``n`` rows, in source order."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(examples))
+    chosen, _ = train_test_split(index, train_size=n, stratify=examples.labels, random_state=seed)
+    chosen = np.sort(chosen)
+    return Examples(
+        texts=tuple(tuple(column[i] for i in chosen) for column in examples.texts),
+        labels=examples.labels[chosen],
+        label_names=examples.label_names,
+        source=examples.source,
+    )
+
+
+def make_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold (train, held-out) index pairs; fold i is the same on every host.
+
+    Raises:
+        DataError: a class has fewer rows than ``n_folds``.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(labels)
+    smallest = int(counts[counts > 0].min())
+    if n_folds > smallest:
+        raise DataError(f"cv.n_folds={n_folds} is larger than the smallest class ({smallest} rows)")
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [(train, held) for train, held in splitter.split(np.zeros(len(labels)), labels)]
+
+
+def class_counts(examples: Examples) -> dict[str, int]:
+    """Rows per label name."""
+    counts: Any = np.bincount(examples.labels, minlength=len(examples.label_names))
+    return {name: int(counts[i]) for i, name in enumerate(examples.label_names)}

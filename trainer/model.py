@@ -1,0 +1,209 @@
+"""Pretrained encoders with a fresh classification head, dropout set per architecture.
+
+Weights are read from disk once per process and kept in memory; each fold and trial builds its
+model from the config and copies the weights in (a fraction of a second, no disk reads).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer.config import Pooling
+from trainer.errors import ModelError
+from trainer.resources import ResourceError, resolve_local
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# The config fields that hold dropout, per architecture (their names differ).
+DROPOUT_FIELDS: dict[str, tuple[str, ...]] = {
+    "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"),
+    "roberta": ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"),
+    "xlm-roberta": ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"),
+    "camembert": ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"),
+    "electra": ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"),
+    "mpnet": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "albert": ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"),
+    "distilbert": ("dropout", "attention_dropout", "seq_classif_dropout"),
+    "deberta": ("hidden_dropout_prob", "attention_probs_dropout_prob", "pooler_dropout"),
+    "deberta-v2": ("hidden_dropout_prob", "attention_probs_dropout_prob", "pooler_dropout"),
+}
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """A checkpoint loaded once: its config, its encoder weights (CPU), and its tokenizer."""
+
+    path: str
+    config: Any
+    state_dict: dict[str, torch.Tensor]
+    tokenizer: Any
+
+
+_cache: dict[str, Pretrained] = {}
+_cache_lock = threading.Lock()
+
+
+def resolve_model_ref(name_or_path: str) -> str:
+    """A ``pkg:`` or local reference as an absolute dir; anything else is a hub id."""
+    try:
+        local = resolve_local(name_or_path)
+    except ResourceError as e:
+        raise ModelError(str(e)) from e
+    if local is not None:
+        if not (local / "config.json").is_file():
+            raise ModelError(f"{local}: not a model dir (no config.json)")
+        return str(local.resolve())
+    if name_or_path.startswith(("/", "./", "../", "~")):
+        raise ModelError(f"{name_or_path}: no such model dir")
+    return name_or_path
+
+
+def load_pretrained(name_or_path: str) -> Pretrained:
+    """The checkpoint, read from disk (or the hub) on first use in this process only."""
+    ref = resolve_model_ref(name_or_path)
+    with _cache_lock:
+        if ref in _cache:
+            return _cache[ref]
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(ref)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                ref, num_labels=2, output_loading_info=True
+            )
+        except OSError as e:
+            where = "local dir" if Path(ref).is_dir() else "hub id (is this machine online?)"
+            raise ModelError(f"{ref}: cannot load model from {where}: {e}".splitlines()[0]) from e
+        head = set(info.get("missing_keys", ()))
+        state = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in head}
+        bundle = Pretrained(ref, model.config, state, tokenizer)
+        _cache[ref] = bundle
+        logger.info("loaded %s (%d weight tensors kept in memory)", ref, len(state))
+        return bundle
+
+
+def dropout_fields(config: Any) -> tuple[str, ...]:
+    """Config fields to set for this architecture; fallback: every float ``*dropout*`` field.
+
+    Raises:
+        ModelError: the architecture has no dropout field we know of.
+    """
+    known = DROPOUT_FIELDS.get(config.model_type)
+    if known is not None:
+        return known
+    found = tuple(
+        name
+        for name, value in config.to_dict().items()
+        if "dropout" in name and isinstance(value, float)
+    )
+    if not found:
+        raise ModelError(
+            f"model type {config.model_type!r}: no dropout field found in its config; "
+            f"supported: {sorted(DROPOUT_FIELDS)}"
+        )
+    logger.warning("model type %r: setting dropout on %s", config.model_type, found)
+    return found
+
+
+def encoder_layers(model: nn.Module) -> Any:
+    """The encoder's list of transformer blocks (BERT ``encoder.layer``, DistilBERT ``layer``…)."""
+    from torch import nn
+
+    base: Any = getattr(model, "base_model", model)
+    n_layers = getattr(base.config, "num_hidden_layers", None) or getattr(
+        base.config, "n_layers", None
+    )
+    for _, module in base.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ModelError(f"model type {base.config.model_type!r}: cannot find its encoder layers")
+
+
+def freeze_lower(model: nn.Module, n_layers: int) -> list[str]:
+    """Freeze the embeddings and the lowest ``n_layers`` blocks; returns the frozen names."""
+    if n_layers <= 0:
+        return []
+    base = getattr(model, "base_model", model)
+    layers = encoder_layers(model)
+    if n_layers > len(layers):
+        raise ModelError(f"freeze_layers={n_layers} but the model has {len(layers)} layers")
+    frozen_modules = [base.embeddings, *list(layers)[:n_layers]]
+    frozen = []
+    for module in frozen_modules:
+        for name, param in module.named_parameters():
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+class MeanPoolClassifier:
+    """Factory for a model that classifies the masked mean of the last hidden states."""
+
+    @staticmethod
+    def build(encoder: nn.Module, hidden: int, num_labels: int, dropout: float) -> nn.Module:
+        from torch import nn
+
+        class _MeanPool(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.encoder = encoder
+                self.config = encoder.config
+                self.dropout = nn.Dropout(dropout)
+                self.classifier = nn.Linear(hidden, num_labels)
+
+            @property
+            def base_model(self) -> nn.Module:
+                return self.encoder
+
+            def forward(self, **inputs: torch.Tensor) -> Any:
+                from types import SimpleNamespace
+
+                out = self.encoder(**inputs).last_hidden_state
+                mask = inputs["attention_mask"].unsqueeze(-1).to(out.dtype)
+                pooled = (out * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                return SimpleNamespace(logits=self.classifier(self.dropout(pooled)))
+
+        return _MeanPool()
+
+
+def build_model(
+    pretrained: Pretrained,
+    *,
+    num_labels: int,
+    label_names: tuple[str, ...],
+    dropout: float,
+    pooling: Pooling = "cls",
+    seed: int,
+) -> nn.Module:
+    """A fresh classifier on the pretrained encoder: same weights, new head seeded by ``seed``."""
+    import copy
+
+    import torch
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    config = copy.deepcopy(pretrained.config)
+    for field in dropout_fields(config):
+        setattr(config, field, dropout)
+    config.num_labels = num_labels
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {name: i for i, name in enumerate(label_names)}
+    torch.manual_seed(seed)
+    if pooling == "mean":
+        encoder = AutoModel.from_config(config)
+        prefix = f"{encoder.base_model_prefix}."
+        weights = {k.removeprefix(prefix): v for k, v in pretrained.state_dict.items()}
+        encoder.load_state_dict(weights, strict=False)
+        return MeanPoolClassifier.build(encoder, config.hidden_size, num_labels, dropout)
+    model = AutoModelForSequenceClassification.from_config(config)
+    _, unexpected = model.load_state_dict(pretrained.state_dict, strict=False)
+    if unexpected:
+        raise ModelError(f"{pretrained.path}: unexpected weights {unexpected[:5]}")
+    return model

@@ -1,0 +1,92 @@
+"""The explicit penalty terms: l1·Σ|w − a| + l2·Σ(w − a)² over linear-layer weight matrices.
+
+``a`` is zero, or the pretrained value with ``anchor="pretrained"`` (L2-SP style: fine-tuning
+stays close to what pretraining learned). Biases, LayerNorm and embedding tables are not
+penalized: embeddings are lookups, and a penalty on them would move every row on every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from trainer.config import Anchor
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class Penalized:
+    """The penalized weights and their anchors (None = zero), in matching order."""
+
+    names: tuple[str, ...]
+    weights: tuple[torch.Tensor, ...]
+    anchors: tuple[torch.Tensor | None, ...]
+
+
+def penalized_weights(
+    model: nn.Module, anchor: Anchor, pretrained: dict[str, torch.Tensor] | None = None
+) -> Penalized:
+    """Trainable ``nn.Linear`` weights of ``model``, with anchors per ``anchor``.
+
+    With ``anchor="pretrained"``, a weight absent from ``pretrained`` (the fresh head) is
+    anchored at zero.
+    """
+    from torch import nn
+
+    names, weights, anchors = [], [], []
+    for module_name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or not module.weight.requires_grad:
+            continue
+        name = f"{module_name}.weight"
+        names.append(name)
+        weights.append(module.weight)
+        reference = None
+        if anchor == "pretrained" and pretrained is not None:
+            reference = _find_anchor(name, pretrained)
+            if reference is not None:
+                reference = reference.to(module.weight.device, module.weight.dtype)
+        anchors.append(reference)
+    return Penalized(tuple(names), tuple(weights), tuple(anchors))
+
+
+def _find_anchor(name: str, pretrained: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    if name in pretrained:
+        return pretrained[name]
+    # Mean pooling wraps the encoder as ``encoder.<x>``; the checkpoint says ``<prefix>.<x>``.
+    tail = name.removeprefix("encoder.")
+    for key, value in pretrained.items():
+        if key.endswith(f".{tail}") or key == tail:
+            return value
+    return None
+
+
+def penalty(penalized: Penalized, l1: float, l2: float) -> torch.Tensor | None:
+    """The penalty as one scalar tensor on the weights' device; None when l1 = l2 = 0."""
+    import torch
+
+    if l1 == 0.0 and l2 == 0.0:
+        return None
+    terms = []
+    for weight, anchor in zip(penalized.weights, penalized.anchors, strict=True):
+        delta = weight if anchor is None else weight - anchor
+        if l1 != 0.0:
+            terms.append(l1 * delta.abs().sum())
+        if l2 != 0.0:
+            terms.append(l2 * delta.pow(2).sum())
+    return torch.stack(terms).sum()
+
+
+def norms(penalized: Penalized) -> dict[str, float]:
+    """Σ|w − a| and Σ(w − a)² over the penalized weights (for tests and diagnostics)."""
+    import torch
+
+    l1 = l2 = 0.0
+    with torch.no_grad():
+        for weight, anchor in zip(penalized.weights, penalized.anchors, strict=True):
+            delta = weight if anchor is None else weight - anchor
+            l1 += float(delta.abs().sum())
+            l2 += float(delta.pow(2).sum())
+    return {"l1": l1, "l2": l2}

@@ -1,0 +1,194 @@
+"""Tokenize once per (tokenizer, data, max_seq_len), cached on disk; batch with dynamic padding.
+
+The cache is content-addressed: its key hashes the tokenizer's full definition, the data's
+fingerprint and ``max_seq_len``, so any change makes a new entry and stale reuse is impossible.
+Entries are written atomically (temp file, then rename), so worker processes on one host can
+share the directory. The format is ``.npz`` read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainer.data import Examples
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = Path("~/.cache/hpo-finetune/tokens")
+_CHUNK_BATCHES = 50  # length bucketing sorts within chunks of this many batches
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """Unpadded token ids per example (and token type ids for pair inputs, if the model has them).
+
+    ``from_cache`` tells whether this came from disk rather than from the tokenizer.
+    """
+
+    input_ids: list[np.ndarray]
+    token_type_ids: list[np.ndarray] | None
+    pad_id: int
+    key: str
+    from_cache: bool
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64)
+
+
+def tokenizer_identity(tokenizer: Any) -> str:
+    """A hash of the tokenizer's whole definition (vocab, normalizer, special tokens)."""
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(repr(tokenizer.all_special_tokens).encode())
+    return digest.hexdigest()
+
+
+def cache_key(tokenizer: Any, examples: Examples, max_seq_len: int) -> str:
+    parts = (
+        tokenizer_identity(tokenizer),
+        examples.fingerprint(),
+        str(max_seq_len),
+        str(len(examples.texts)),
+    )
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def _pack(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(a) for a in arrays])
+    flat = np.concatenate(arrays).astype(np.int32) if arrays else np.zeros(0, np.int32)
+    return flat, offsets
+
+
+def _unpack(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    return [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def tokenize_cached(
+    tokenizer: Any, examples: Examples, max_seq_len: int, cache_dir: str | Path | None
+) -> Tokenized:
+    """Token ids for every example, from the cache when an identical entry exists."""
+    key = cache_key(tokenizer, examples, max_seq_len)
+    directory = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
+    path = directory / f"{key}.npz"
+    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                ids = _unpack(data["ids"], data["ids_offsets"])
+                types = (
+                    _unpack(data["types"], data["types_offsets"]) if "types" in data.files else None
+                )
+            logger.debug("tokenization cache hit %s", path)
+            return Tokenized(ids, types, pad_id, key, from_cache=True)
+        except (OSError, KeyError, ValueError) as e:  # a damaged entry is rebuilt
+            logger.warning("ignoring damaged tokenization cache %s: %s", path, e)
+    encoded = tokenizer(
+        *[list(column) for column in examples.texts],
+        truncation=True,
+        max_length=max_seq_len,
+        padding=False,
+        return_attention_mask=False,
+    )
+    ids = [np.asarray(x, dtype=np.int32) for x in encoded["input_ids"]]
+    types = None
+    if "token_type_ids" in encoded and examples.is_pair:
+        types = [np.asarray(x, dtype=np.int32) for x in encoded["token_type_ids"]]
+    directory.mkdir(parents=True, exist_ok=True)
+    flat_ids, ids_offsets = _pack(ids)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if types is None:
+                np.savez(out, ids=flat_ids, ids_offsets=ids_offsets)
+            else:
+                flat_types, types_offsets = _pack(types)
+                np.savez(
+                    out,
+                    ids=flat_ids,
+                    ids_offsets=ids_offsets,
+                    types=flat_types,
+                    types_offsets=types_offsets,
+                )
+        os.replace(tmp, path)
+    except OSError as e:
+        logger.warning("could not write tokenization cache %s: %s", path, e)
+        Path(tmp).unlink(missing_ok=True)
+    return Tokenized(ids, types, pad_id, key, from_cache=False)
+
+
+def length_bucketed_batches(
+    indices: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Shuffled batches of similar-length examples: less padding, same randomness budget.
+
+    Indices are shuffled, cut into chunks of ``50 * batch_size``, sorted by length within each
+    chunk, batched, and the batches shuffled.
+    """
+    shuffled = rng.permutation(indices)
+    chunk = batch_size * _CHUNK_BATCHES
+    batches: list[np.ndarray] = []
+    for start in range(0, len(shuffled), chunk):
+        part = shuffled[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def sorted_batches(indices: np.ndarray, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Evaluation batches: sorted by length, no shuffling."""
+    ordered = indices[np.argsort(lengths[indices], kind="stable")]
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def collate(
+    tokens: Tokenized, batch: np.ndarray, device: torch.device, *, pin: bool = False
+) -> dict[str, torch.Tensor]:
+    """Pad one batch to its own longest example; returns model inputs on ``device``."""
+    import torch
+
+    width = max(len(tokens.input_ids[i]) for i in batch)
+    ids = np.full((len(batch), width), tokens.pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    types = np.zeros((len(batch), width), dtype=np.int64) if tokens.token_type_ids else None
+    for row, i in enumerate(batch):
+        n = len(tokens.input_ids[i])
+        ids[row, :n] = tokens.input_ids[i]
+        mask[row, :n] = 1
+        if types is not None and tokens.token_type_ids is not None:
+            types[row, :n] = tokens.token_type_ids[i]
+    arrays = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        arrays["token_type_ids"] = types
+    out = {}
+    for name, array in arrays.items():
+        tensor = torch.from_numpy(array)
+        if pin:
+            tensor = tensor.pin_memory()
+        out[name] = tensor.to(device, non_blocking=pin)
+    return out
+
+
+def iterate(
+    tokens: Tokenized, batches: list[np.ndarray], device: torch.device, *, pin: bool = False
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    for batch in batches:
+        yield batch, collate(tokens, batch, device, pin=pin)
