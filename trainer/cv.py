@@ -163,7 +163,7 @@ def train_fold(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: linear_warmup_decay(step, total, warmup)
     )
-    labels_all = torch.from_numpy(prepared.examples.labels)
+    labels_all = torch.tensor(prepared.examples.labels)
     trainable = [p for p in model.parameters() if p.requires_grad]
     rng = np.random.default_rng(seed)
     pin = prepared.device.type == "cuda"

