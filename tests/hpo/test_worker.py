@@ -29,11 +29,11 @@ def tiny_spec(model_dir: Path, data_csv: Path, **overrides: Any) -> dict[str, An
         "model": {"name_or_path": str(model_dir), "max_seq_len": 16},
         "data": {"source": str(data_csv), "text": "text", "label": "label"},
         "cv": {"n_folds": 2, "split_seed": 0},
-        "train": {"epochs": 2, "batch_size": 16, "seed": 0},
+        "train": {"epochs": 6, "batch_size": 16, "warmup_ratio": 0.0, "seed": 0},
         "search": {
             "space": {
-                "lr": {"low": 1e-4, "high": 3e-2, "log": True},
-                "dropout": {"low": 0.0, "high": 0.3},
+                "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                "dropout": {"low": 0.0, "high": 0.1},
                 "l1": {"low": 1e-9, "high": 1e-5, "log": True},
                 "l2": {"low": 1e-7, "high": 1e-3, "log": True},
             },
