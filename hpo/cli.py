@@ -209,6 +209,22 @@ def export(
 
 
 @app.command()
+def train(
+    export_file: Annotated[Path, typer.Argument(help="File written by `hpo export`.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model dir to write.")],
+    holdout: Annotated[
+        float | None, typer.Option(help="Stratified fraction held out for metrics.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, or cuda:N.")] = "auto",
+) -> None:
+    """Train the production model on all the data with an exported config."""
+    from hpo.train import train_from_export
+
+    metrics = train_from_export(export_file, output, holdout=holdout, device=device)
+    typer.echo(json.dumps(metrics, indent=2))
+
+
+@app.command()
 def report(
     study: Annotated[str, typer.Argument(help="Study name.", show_default=False)],
     storage: StorageOpt = None,

@@ -44,6 +44,8 @@ def hyperparams_for(spec: StudySpec, params: Mapping[str, Any], seed: int) -> Hy
         "epochs": train.epochs,
         "warmup_ratio": train.warmup_ratio,
         "weight_decay": train.weight_decay,
+        "freeze_layers": train.freeze_layers,
+        "pooling": train.pooling,
         **params,
         "seed": seed,
     }

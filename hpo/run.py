@@ -139,6 +139,7 @@ def run_study(
                 time.sleep(REFRESH_S)
                 live.update(render_status(study, spec, started))
             live.update(render_status(study, spec, started))
+        console.print()
     except KeyboardInterrupt:
         interrupted = True
         console.print("stopping workers (Ctrl-C again to kill them)…")

@@ -75,6 +75,8 @@ class TrainSpec(_Strict):
     warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
     max_grad_norm: float = Field(default=1.0, gt=0.0)
+    freeze_layers: int = Field(default=0, ge=0)
+    pooling: Literal["cls", "mean"] = "cls"
     anchor: Literal["zero", "pretrained"] = "zero"
     seed: int = 0
 

@@ -186,3 +186,36 @@ def test_bare_postgres_url_uses_psycopg2() -> None:
 def test_unknown_scheme_is_refused() -> None:
     with pytest.raises(StorageError, match="unsupported scheme 'mysql'"):
         open_storage("mysql://u:secret@h/db")
+
+
+def test_plain_optuna_dashboard_serves_a_postgres_study(
+    postgres_url: str, spec_dict: dict[str, Any], tmp_path: Path
+) -> None:
+    import json
+    import socket
+    import urllib.request
+
+    create_study(parse_spec(spec_dict), open_storage(postgres_url))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = str(Path(sys.executable).parent / "optuna-dashboard")
+    proc = subprocess.Popen(
+        [dashboard, postgres_url, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        body = None
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as response:
+                    body = json.load(response)
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "optuna-dashboard did not answer"
+        assert spec_dict["name"] in [s["study_name"] for s in body["study_summaries"]]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,0 +1,78 @@
+"""From study to production: export a finished tiny study, train on it, load the model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpo.spec import parse_spec
+from hpo.storage import open_storage
+from hpo.study import create_study
+from tests.hpo.test_worker import REPO, tiny_spec
+
+
+def _hpo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hpo.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+@pytest.mark.slow
+def test_exported_config_trains_a_loadable_model_that_beats_the_majority(
+    tmp_path: Path, tiny_bert_dir: Path, synthetic_csv: Path
+) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    data = tiny_spec(tiny_bert_dir, synthetic_csv, budget={"n_trials": 3})
+    data["search"]["space"]["lr"] = {"low": 4e-3, "high": 6e-3, "log": True}
+    data["search"]["pruner"] = {"name": "none"}
+    spec = parse_spec(data)
+    url = f"postgresql://{'postgres:pw-should-not-leak'}@127.0.0.1:5432/test"
+    try:
+        create_study(spec, open_storage(url))
+    except Exception:
+        url = str(tmp_path / "journal.log")  # no PostgreSQL here: the embedded store
+        create_study(spec, open_storage(url))
+    worker = _hpo("worker", "--study", spec.name, "--storage", url, "--device", "cpu")
+    assert worker.returncode == 0, worker.stderr[-2000:]
+
+    export = tmp_path / "best.yaml"
+    result = _hpo("export", spec.name, "--storage", url, "-o", str(export))
+    assert result.returncode == 0, result.stderr
+    assert "pw-should-not-leak" not in export.read_text()
+
+    model_dir = tmp_path / "model"
+    result = _hpo(
+        "train", str(export), "-o", str(model_dir), "--holdout", "0.25", "--device", "cpu"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["holdout_examples"] == 40
+    assert metrics["accuracy"] > 0.5  # the majority class is exactly half
+    config = yaml.safe_load((model_dir / "training_config.yaml").read_text())
+    assert config["hyperparams"]["lr"] == yaml.safe_load(export.read_text())["params"]["lr"]
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    texts = ["the good great movie", "the awful bad film", "a nice happy story", "a dull sad plot"]
+    logits = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits
+    predicted = [model.config.id2label[int(i)] for i in logits.argmax(-1)]
+    assert predicted == ["pos", "neg", "pos", "neg"]
+
+
+def test_train_rejects_a_file_that_is_not_an_export(tmp_path: Path) -> None:
+    bogus = tmp_path / "x.yaml"
+    bogus.write_text("name: nothing\n")
+    result = _hpo("train", str(bogus), "-o", str(tmp_path / "m"))
+    assert result.returncode == 1
+    assert "missing key 'params'" in result.stderr
