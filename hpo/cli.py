@@ -50,12 +50,7 @@ def validate(spec: SpecArg) -> None:
     """Check a study spec: prints `ok`, or one line per problem and exits 2."""
     from hpo.preflight import check_spec_file
 
-    try:
-        check_spec_file(spec)
-    except SpecError as e:
-        for problem in e.problems:
-            typer.echo(f"{e.source}: {problem}", err=True)
-        raise typer.Exit(e.exit_code) from None
+    check_spec_file(spec)  # a SpecError becomes one line per problem and exit code 2
     typer.echo("ok")
 
 
@@ -304,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # With standalone_mode off, click returns the code of a typer.Exit instead of raising.
         result = app(args=argv, standalone_mode=False)
+    except SpecError as e:
+        for problem in e.problems:
+            typer.echo(f"{e.source}: {problem}", err=True)
+        return e.exit_code
     except HpoError as e:
         from hpo.storage import mask_secrets
 

@@ -50,14 +50,32 @@ def resource_problems(spec: StudySpec) -> list[str]:
     return problems
 
 
-def check_spec_file(path: Path) -> StudySpec:
-    """Load a spec and check that what it names exists.
+def data_problems(spec: StudySpec) -> list[str]:
+    """Load the data as the workers will and check that it fits the spec (columns, classes,
+    folds). One line naming the field, or none."""
+    from hpo.objective import trainer_config
+    from trainer.data import load_examples, make_folds
+    from trainer.errors import DataError
+
+    config = trainer_config(spec)
+    try:
+        examples = load_examples(config.data)
+        make_folds(examples.labels, spec.cv.n_folds, spec.cv.split_seed)
+    except DataError as e:
+        return [f"{e.field}: {e}"]
+    return []
+
+
+def check_spec_file(path: Path, *, check_data: bool = True) -> StudySpec:
+    """Load a spec and check that what it names exists and fits, before anything is created.
 
     Raises:
         SpecError: one line per problem, each naming the file and field.
     """
     spec = load_spec(path)
     problems = resource_problems(spec)
+    if not problems and check_data:
+        problems = data_problems(spec)
     if problems:
         raise SpecError(str(path), problems)
     return spec

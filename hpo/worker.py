@@ -212,6 +212,7 @@ class Worker:
                     break
                 state = self._run_one(heartbeat)
                 if state == "FAIL":
+                    _free_memory()  # outside the except block: the traceback is gone by now
                     consecutive_failures += 1
                     if consecutive_failures >= self.options.max_consecutive_failures:
                         raise WorkerError(
@@ -274,7 +275,7 @@ class Worker:
                 self.summary.pruned += 1
                 logger.info("trial %d pruned (%s)", trial.number, e)
                 return "PRUNED"
-            except Exception as e:
+            except Exception as e:  # OOM, NaN loss, bad data…: this trial fails, we go on
                 reason = mask_secrets(f"{type(e).__name__}: {e}".splitlines()[0])
                 logger.error("trial %d failed: %s", trial.number, reason)
                 _fail(self.study, trial, reason)
@@ -292,6 +293,17 @@ class Worker:
             return "COMPLETE"
         finally:
             heartbeat.watch(None)
+
+
+def _free_memory() -> None:
+    """Release what a failed trial held (its model, optimizer state, CUDA cache)."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def run_worker(options: WorkerOptions) -> WorkerSummary:

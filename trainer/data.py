@@ -131,8 +131,9 @@ def load_examples(config: DataConfig) -> Examples:
     where = config.source
     missing = [c for c in (*config.text, config.label) if c not in table.columns]
     if missing:
+        field = "data.text" if set(missing) & set(config.text) else "data.label"
         raise DataError(
-            f"{where}: column(s) {missing} not found; the file has {list(table.columns)}"
+            f"{where}: column(s) {missing} not found; the file has {list(table.columns)}", field
         )
     table = table[table[config.label].notna()]
     raw_labels = table[config.label].map(str)
@@ -141,7 +142,8 @@ def load_examples(config: DataConfig) -> Examples:
         if not keep.any():
             raise DataError(
                 f"{where}: no row has a label in {list(config.labels)}; the column "
-                f"{config.label!r} holds {_label_names(table[config.label])[:10]}"
+                f"{config.label!r} holds {_label_names(table[config.label])[:10]}",
+                "data.labels",
             )
         table, raw_labels = table[keep], raw_labels[keep]
         names = [n for n in config.labels if n in set(raw_labels)]
@@ -150,14 +152,16 @@ def load_examples(config: DataConfig) -> Examples:
     if len(table) == 0:
         raise DataError(f"{where}: the dataset is empty")
     if len(names) < 2:
-        raise DataError(f"{where}: only one class ({names}) in column {config.label!r}")
+        raise DataError(
+            f"{where}: only one class ({names}) in column {config.label!r}", "data.label"
+        )
     ids = {name: i for i, name in enumerate(names)}
     labels = raw_labels.map(ids).to_numpy(dtype=np.int64)
     texts = tuple(tuple(table[c].fillna("").astype(str).tolist()) for c in config.text)
     examples = Examples(texts=texts, labels=labels, label_names=tuple(names), source=where)
     if config.subsample is not None and config.subsample < len(examples):
         examples = subsample(examples, config.subsample, config.subsample_seed)
-    logger.info("loaded %d examples, %d classes from %s", len(examples), len(names), where)
+    logger.debug("loaded %d examples, %d classes from %s", len(examples), len(names), where)
     return examples
 
 
@@ -187,7 +191,9 @@ def make_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.nda
     counts = np.bincount(labels)
     smallest = int(counts[counts > 0].min())
     if n_folds > smallest:
-        raise DataError(f"cv.n_folds={n_folds} is larger than the smallest class ({smallest} rows)")
+        raise DataError(
+            f"{n_folds} folds but the smallest class has only {smallest} rows", "cv.n_folds"
+        )
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return [(train, held) for train, held in splitter.split(np.zeros(len(labels)), labels)]
 

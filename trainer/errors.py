@@ -8,7 +8,14 @@ class TrainerError(Exception):
 
 
 class DataError(TrainerError):
-    """The data source is missing or unreadable, or does not fit the config (columns, labels)."""
+    """The data source is missing or unreadable, or does not fit the config (columns, labels).
+
+    ``field`` names the study-spec field at fault (``data.source``, ``data.label``, …).
+    """
+
+    def __init__(self, message: str, field: str = "data.source") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ModelError(TrainerError):
