@@ -59,6 +59,23 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
+def data_fingerprint(spec: StudySpec) -> dict[str, Any]:
+    """SHA-256 of the rows the study trained on (after label filtering and subsampling)."""
+    from hpo.objective import trainer_config
+    from trainer.data import class_counts, load_examples
+    from trainer.errors import TrainerError
+
+    try:
+        examples = load_examples(trainer_config(spec).data)
+    except TrainerError as e:
+        return {"sha256": None, "error": str(e)}
+    return {
+        "sha256": examples.fingerprint(),
+        "rows": len(examples),
+        "classes": class_counts(examples),
+    }
+
+
 def build_export(
     study: optuna.Study, spec: StudySpec, *, top: int = 1, by: RankBy = "mean"
 ) -> dict[str, Any]:
@@ -83,6 +100,7 @@ def build_export(
         "trials": counts,
         "provenance": {
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "data": data_fingerprint(spec),
             "versions": {
                 p: _version(p) for p in ("hpo-finetune", "torch", "transformers", "optuna")
             },

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
+
+# The suite never touches a hub: what is not local must fail fast, not wait on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 POSITIVE = ["good", "great", "fine", "nice", "happy", "superb"]
 NEGATIVE = ["bad", "awful", "poor", "sad", "ugly", "dull"]

@@ -72,12 +72,15 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
 
 
 @pytest.fixture
-def spec_dict() -> dict[str, Any]:
-    """A fresh, valid spec as a mapping, with a unique study name."""
+def spec_dict(tiny_bert_dir: Path, synthetic_csv: Path) -> dict[str, Any]:
+    """A fresh, valid spec as a mapping, with a unique study name and local model and data
+    (``hpo create`` loads the data to check it)."""
     import copy
 
     data = copy.deepcopy(MINIMAL_SPEC)
     data["name"] = unique_name()
+    data["model"]["name_or_path"] = str(tiny_bert_dir)
+    data["data"] = {"source": str(synthetic_csv), "text": "text", "label": "label"}
     return data
 
 

@@ -50,6 +50,9 @@ def test_exported_config_trains_a_loadable_model_that_beats_the_majority(
     result = _hpo("export", spec.name, "--storage", url, "-o", str(export))
     assert result.returncode == 0, result.stderr
     assert "pw-should-not-leak" not in export.read_text()
+    provenance = yaml.safe_load(export.read_text())["provenance"]
+    assert provenance["data"]["rows"] == 160
+    assert len(provenance["data"]["sha256"]) == 64
 
     model_dir = tmp_path / "model"
     result = _hpo(

@@ -92,3 +92,33 @@ def test_non_connection_errors_are_not_retried() -> None:
         RetryingStorage(Broken(), sleep=lambda s: None).get_all_studies()
     assert calls == [1]
     assert not is_transient(KeyError("x"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/etc/postgresql").is_dir(), reason="needs a local cluster to restart")
+def test_study_completes_through_a_postgres_restart(
+    postgres_url: str, tmp_path: Path, tiny_bert_dir: Path, synthetic_csv: Path
+) -> None:
+    from tests.hpo.test_worker import _logs, start_worker, tiny_spec
+
+    data = tiny_spec(tiny_bert_dir, synthetic_csv, budget={"n_trials": 6})
+    data["train"]["epochs"] = 10
+    spec = parse_spec(data)
+    create_study(spec, open_storage(postgres_url))
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(postgres_url))
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    procs = [
+        start_worker(spec.name, postgres_url, log, "--stream", str(i)) for i, log in enumerate(logs)
+    ]
+    deadline = time.monotonic() + 120
+    while not study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        assert time.monotonic() < deadline, _logs(*logs)
+        time.sleep(0.2)
+    _restart_postgres_in_background(down_s=3.0).join()
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], _logs(*logs)
+
+    trials = optuna.load_study(study_name=spec.name, storage=open_storage(postgres_url)).trials
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 6, [(t.number, t.state) for t in trials]
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+    assert len({t.number for t in trials}) == len(trials)
