@@ -8,10 +8,12 @@ from collections.abc import Callable
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.storage import HEARTBEAT_KEY
+
+LOCK_GRACE_S = 5
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
@@ -37,7 +39,10 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
                 f"grace_period_s={grace_period_s} must be >= heartbeat_interval_s="
                 f"{heartbeat_interval_s}"
             )
-        super().__init__(JournalFileBackend(file_path))
+        # Optuna's symlink lock (so plain Optuna clients exclude us too), but a lock left by a
+        # writer killed mid-append is broken after 5 s instead of Optuna's default 30 s.
+        lock = JournalFileSymlinkLock(file_path, grace_period=LOCK_GRACE_S)
+        super().__init__(JournalFileBackend(file_path, lock_obj=lock))
         self.file_path = file_path
         self._heartbeat_interval_s = heartbeat_interval_s
         self._grace_period_s = grace_period_s

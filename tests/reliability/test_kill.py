@@ -60,9 +60,11 @@ def test_killed_worker_trial_is_requeued_and_resumed_from_finished_folds(
     killed_at = time.monotonic()
     # The survivor is busy training its own trial: nobody asks for a trial meanwhile.
     while study._storage.get_trial(target._trial_id).state == TrialState.RUNNING:
-        assert time.monotonic() - killed_at < 15, "stale trial not failed within the grace period"
+        assert time.monotonic() - killed_at < 20, _logs(survivor_log)
         time.sleep(0.2)
-    assert time.monotonic() - killed_at <= 4 + 2 + 2  # grace + one interval + sweep slack
+    # heartbeat grace + one interval + the journal's lock grace (the victim may die holding the
+    # file lock) + slack
+    assert time.monotonic() - killed_at <= 4 + 1 + 5 + 2
     killed = study._storage.get_trial(target._trial_id)
     done = sorted(int(k.removeprefix("fold_")) for k in killed.user_attrs if k.startswith("fold_"))
     assert 1 <= len(done) < 3

@@ -1,0 +1,104 @@
+"""``hpo launch`` on one host and ``hpo dashboard`` on the embedded store."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.errors import HpoError
+from hpo.launch import build_slots, parse_gpus
+from hpo.spec import parse_spec
+from hpo.storage import ENV_STORAGE, open_storage
+from hpo.study import create_study
+from tests.hpo.test_worker import REPO, tiny_spec
+
+
+def test_gpu_lists_are_parsed_and_checked() -> None:
+    assert parse_gpus("0,1,3") == ["0", "1", "3"]
+    assert parse_gpus("all", visible=2) == ["0", "1"]
+    with pytest.raises(HpoError, match="no CUDA device"):
+        parse_gpus("all", visible=0)
+    with pytest.raises(HpoError, match="expected 'all' or a comma list"):
+        parse_gpus("gpu0")
+
+
+def test_one_slot_per_gpu_pinned_and_the_url_never_in_argv() -> None:
+    url = "postgresql://u:pw@h/db"
+    slots = build_slots("s", url, gpus=["0", "3"], cpus=None, per_gpu=2)
+    assert [s.name for s in slots] == ["gpu0.0", "gpu0.1", "gpu3.0", "gpu3.1"]
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "0", "3", "3"]
+    assert all(s.env[ENV_STORAGE] == url and url not in " ".join(s.args) for s in slots)
+
+
+@pytest.mark.slow
+def test_launch_runs_cpu_workers_to_the_budget_with_prefixed_logs(
+    tmp_path: Path, tiny_bert_dir: Path, synthetic_csv: Path
+) -> None:
+    url = str(tmp_path / "journal.log")
+    spec = parse_spec(tiny_spec(tiny_bert_dir, synthetic_csv, budget={"n_trials": 4}))
+    create_study(spec, open_storage(url))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpo.cli",
+            "launch",
+            "--study",
+            spec.name,
+            "--storage",
+            url,
+            "--cpus",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("[cpu0] ") for line in lines)
+    assert any(line.startswith("[cpu1] ") for line in lines)
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(url))
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 4
+
+
+def test_hpo_dashboard_serves_the_embedded_store_on_localhost(
+    tmp_path: Path, spec_dict: dict[str, object]
+) -> None:
+    url = str(tmp_path / "journal.log")
+    create_study(parse_spec(spec_dict), open_storage(url))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo.cli", "dashboard", "--port", str(port)],
+        env={**os.environ, ENV_STORAGE: url},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        body = None
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as response:
+                    body = json.load(response)
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "hpo dashboard did not answer on 127.0.0.1"
+        assert spec_dict["name"] in [s["study_name"] for s in body["study_summaries"]]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
