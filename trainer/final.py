@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,9 @@ import numpy as np
 
 from trainer.config import Hyperparams, TrainerConfig
 from trainer.cv import Prepared, prepare, train_fold
-from trainer.errors import ModelError
+
+MEANPOOL_MODULE = "modeling_hpo_meanpool"
+MEANPOOL_CLASS = "MeanPoolForSequenceClassification"
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +47,9 @@ def train_final(
         Metrics after the last epoch: ``train_loss``, plus holdout accuracy, f1_macro, loss and
         roc_auc when ``holdout_fraction`` is given. Also written to ``metrics.json``.
 
-    Raises:
-        ModelError: ``pooling="mean"`` cannot be saved as a standard classifier.
+    With ``pooling="mean"`` the dir also holds the model's code (``modeling_hpo_meanpool.py``)
+    and loads with ``trust_remote_code=True``.
     """
-    if hparams.pooling == "mean":
-        raise ModelError(
-            "pooling=mean has no standard Hugging Face classifier to save it as; "
-            "export a trial with pooling=cls for production training"
-        )
     base = prepare(replace(config, n_folds=2))  # folds unused; n_folds=2 keeps checks cheap
     split = holdout_split(base.examples.labels, holdout_fraction, config.split_seed)
     prepared = Prepared(base.examples, base.tokens, base.pretrained, [split], base.device)
@@ -62,6 +60,13 @@ def train_final(
     out.mkdir(parents=True, exist_ok=True)
     for param in model.parameters():  # frozen layers are saved like the rest
         param.requires_grad_(True)
+    if hparams.pooling == "mean":
+        # Hugging Face's classifiers pool the first token: ship our pooling as remote code.
+        module = Path(__file__).with_name(f"{MEANPOOL_MODULE}.py")
+        shutil.copyfile(module, out / module.name)
+        model.config.auto_map = {
+            "AutoModelForSequenceClassification": f"{MEANPOOL_MODULE}.{MEANPOOL_CLASS}"
+        }
     model.save_pretrained(out)
     prepared.pretrained.tokenizer.save_pretrained(out)
     metrics = {k: float(v) for k, v in result.metrics.items()}

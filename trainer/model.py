@@ -144,36 +144,6 @@ def freeze_lower(model: nn.Module, n_layers: int) -> list[str]:
     return frozen
 
 
-class MeanPoolClassifier:
-    """Factory for a model that classifies the masked mean of the last hidden states."""
-
-    @staticmethod
-    def build(encoder: nn.Module, hidden: int, num_labels: int, dropout: float) -> nn.Module:
-        from torch import nn
-
-        class _MeanPool(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.encoder = encoder
-                self.config = encoder.config
-                self.dropout = nn.Dropout(dropout)
-                self.classifier = nn.Linear(hidden, num_labels)
-
-            @property
-            def base_model(self) -> nn.Module:
-                return self.encoder
-
-            def forward(self, **inputs: torch.Tensor) -> Any:
-                from types import SimpleNamespace
-
-                out = self.encoder(**inputs).last_hidden_state
-                mask = inputs["attention_mask"].unsqueeze(-1).to(out.dtype)
-                pooled = (out * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-                return SimpleNamespace(logits=self.classifier(self.dropout(pooled)))
-
-        return _MeanPool()
-
-
 def build_model(
     pretrained: Pretrained,
     *,
@@ -187,7 +157,7 @@ def build_model(
     import copy
 
     import torch
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     config = copy.deepcopy(pretrained.config)
     for field in dropout_fields(config):
@@ -197,11 +167,14 @@ def build_model(
     config.label2id = {name: i for i, name in enumerate(label_names)}
     torch.manual_seed(seed)
     if pooling == "mean":
-        encoder = AutoModel.from_config(config)
-        prefix = f"{encoder.base_model_prefix}."
+        from trainer.modeling_hpo_meanpool import MeanPoolForSequenceClassification
+
+        config.hpo_head_dropout = dropout
+        mean_model = MeanPoolForSequenceClassification(config)
+        prefix = f"{mean_model.encoder.base_model_prefix}."
         weights = {k.removeprefix(prefix): v for k, v in pretrained.state_dict.items()}
-        encoder.load_state_dict(weights, strict=False)
-        return MeanPoolClassifier.build(encoder, config.hidden_size, num_labels, dropout)
+        mean_model.encoder.load_state_dict(weights, strict=False)
+        return mean_model
     model = AutoModelForSequenceClassification.from_config(config)
     _, unexpected = model.load_state_dict(pretrained.state_dict, strict=False)
     if unexpected:

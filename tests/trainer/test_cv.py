@@ -194,11 +194,29 @@ def test_same_seed_gives_the_same_fold_scores(
     assert [c[-1]["loss"] for c in a.curves] == [c[-1]["loss"] for c in b.curves]
 
 
-def test_mean_pooling_trains(tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path) -> None:
-    result = run_cv(
-        dataclasses.replace(HP, pooling="mean"), config_for(tiny_bert_dir, synthetic_csv, tmp_path)
+def test_mean_pooling_trains_and_the_saved_model_reloads_identically(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from trainer import train_final
+
+    hp = dataclasses.replace(HP, pooling="mean")
+    config = config_for(tiny_bert_dir, synthetic_csv, tmp_path)
+    assert run_cv(hp, config).mean >= 0.8
+    metrics = train_final(hp, config, tmp_path / "model", holdout_fraction=0.25)
+    assert metrics["accuracy"] > 0.5 and metrics["holdout_examples"] == 40
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "model", trust_remote_code=True
     )
-    assert result.mean >= 0.8
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    batch = tokenizer(
+        ["the good great movie", "the awful bad film"], return_tensors="pt", padding=True
+    )
+    model.eval()
+    with torch.no_grad():
+        labels = [model.config.id2label[int(i)] for i in model(**batch).logits.argmax(-1)]
+    assert labels == ["pos", "neg"]
 
 
 def test_importing_trainer_does_not_import_torch() -> None:
