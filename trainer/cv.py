@@ -65,7 +65,7 @@ def resolve_device(name: str) -> torch.device:
 def prepare(config: TrainerConfig) -> Prepared:
     """Load data and weights, tokenize (cached), and lay out the folds."""
     examples = load_examples(config.data)
-    folds = make_folds(examples.labels, config.n_folds, config.split_seed)
+    folds = make_folds(examples.labels, config.n_folds, config.split_seed, source=examples.source)
     pretrained = load_pretrained(config.model_name_or_path)
     tokens = tokenize_cached(pretrained.tokenizer, examples, config.max_seq_len, config.cache_dir)
     return Prepared(examples, tokens, pretrained, folds, resolve_device(config.device))

@@ -2,6 +2,9 @@
 
 Sources: a local csv/tsv/jsonl/json/parquet file (compressed too), a ``pkg:`` file inside an
 installed package, or a hub dataset name through ``datasets`` (needs the network).
+
+Every problem with the data raises :class:`DataError` with one line that names the source and
+the column or rule at fault; ``DataError.field`` names the study-spec field.
 """
 
 from __future__ import annotations
@@ -90,10 +93,11 @@ def _read_hub(name: str, split: str) -> pd.DataFrame:
 
     try:
         dataset = datasets.load_dataset(name, split=split)
-    except Exception as e:
+    except Exception as e:  # datasets raises many types; the user needs the name and the reason
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise DataError(
-            f"{name}: could not load hub dataset (split {split!r}): {str(e).splitlines()[0]}; "
-            "if this machine is offline, point data.source at a local file"
+            f"{name}: the hub dataset could not be loaded (split {split!r}): {reason}; "
+            "this machine may be offline: point data.source at a local file"
         ) from e
     return dataset.to_pandas()
 
@@ -108,24 +112,39 @@ def read_table(config: DataConfig) -> pd.DataFrame:
         if local.is_dir():
             raise DataError(f"{local}: is a directory; expected a data file")
         return _read_file(local)
-    if _base_suffix(config.source) in _FILE_SUFFIXES:
+    looks_local = config.source.startswith(("/", "./", "../", "~"))
+    if looks_local or _base_suffix(config.source) in _FILE_SUFFIXES:
         raise DataError(f"{config.source}: no such file")
     return _read_hub(config.source, config.split)
 
 
+def _as_label_strings(values: pd.Series) -> pd.Series:
+    """Labels as strings; integral floats (an int column with gaps) read "1", not "1.0"."""
+    if values.dtype.kind == "f" and bool((values.dropna() % 1 == 0).all()):
+        return values.map(lambda v: str(int(v)))
+    return values.map(str)
+
+
 def _label_names(values: pd.Series) -> list[str]:
+    """Sorted unique labels: numerically for int labels, else as strings."""
     uniques = values.dropna().unique().tolist()
     if all(isinstance(v, int | np.integer) for v in uniques):
         return [str(v) for v in sorted(uniques)]
+    if all(isinstance(v, float | np.floating) and float(v).is_integer() for v in uniques):
+        return [str(int(v)) for v in sorted(uniques)]
     return sorted(str(v) for v in uniques)
 
 
 def load_examples(config: DataConfig) -> Examples:
     """Read, filter, label-encode and optionally subsample the examples.
 
+    Label names are strings in the order of ``config.labels`` when given (which also drops rows
+    with other labels), else sorted. ``config.subsample`` keeps a stratified, seeded sample of
+    that many rows (in source order); a larger value keeps everything.
+
     Raises:
-        DataError: missing file or column, empty data, a label subset matching nothing,
-            or fewer than two classes.
+        DataError: missing or unreadable file, missing column, empty data, a label subset
+            matching nothing, fewer than two classes, or a subsample smaller than the classes.
     """
     table = read_table(config)
     where = config.source
@@ -136,7 +155,7 @@ def load_examples(config: DataConfig) -> Examples:
             f"{where}: column(s) {missing} not found; the file has {list(table.columns)}", field
         )
     table = table[table[config.label].notna()]
-    raw_labels = table[config.label].map(str)
+    raw_labels = _as_label_strings(table[config.label])
     if config.labels is not None:
         keep = raw_labels.isin(config.labels)
         if not keep.any():
@@ -150,7 +169,7 @@ def load_examples(config: DataConfig) -> Examples:
     else:
         names = _label_names(table[config.label])
     if len(table) == 0:
-        raise DataError(f"{where}: the dataset is empty")
+        raise DataError(f"{where}: the dataset is empty (no row with a label in {config.label!r})")
     if len(names) < 2:
         raise DataError(
             f"{where}: only one class ({names}) in column {config.label!r}", "data.label"
@@ -160,6 +179,11 @@ def load_examples(config: DataConfig) -> Examples:
     texts = tuple(tuple(table[c].fillna("").astype(str).tolist()) for c in config.text)
     examples = Examples(texts=texts, labels=labels, label_names=tuple(names), source=where)
     if config.subsample is not None and config.subsample < len(examples):
+        if config.subsample < len(names):
+            raise DataError(
+                f"{where}: subsample={config.subsample} is smaller than the {len(names)} classes",
+                "data.subsample",
+            )
         examples = subsample(examples, config.subsample, config.subsample_seed)
     logger.debug("loaded %d examples, %d classes from %s", len(examples), len(names), where)
     return examples
@@ -180,19 +204,33 @@ def subsample(examples: Examples, n: int, seed: int) -> Examples:
     )
 
 
-def make_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified k-fold (train, held-out) index pairs; fold i is the same on every host.
+def make_folds(
+    labels: np.ndarray, n_folds: int, seed: int, *, source: str | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold (train, held-out) index pairs, in fold order.
+
+    Depends only on ``labels``, ``n_folds`` and ``seed``: fold i holds the same rows in every
+    trial, every process and on every host.
+
+    Args:
+        source: named in error messages (the data source the labels came from).
 
     Raises:
-        DataError: a class has fewer rows than ``n_folds``.
+        DataError: ``n_folds < 2``, or a class has fewer rows than ``n_folds``.
     """
     from sklearn.model_selection import StratifiedKFold
 
+    where = f"{source}: " if source else ""
+    if n_folds < 2:
+        raise DataError(
+            f"{where}n_folds={n_folds}; cross-validation needs at least 2", "cv.n_folds"
+        )
     counts = np.bincount(labels)
     smallest = int(counts[counts > 0].min())
     if n_folds > smallest:
         raise DataError(
-            f"{n_folds} folds but the smallest class has only {smallest} rows", "cv.n_folds"
+            f"{where}n_folds={n_folds} but the smallest class has only {smallest} rows",
+            "cv.n_folds",
         )
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return [(train, held) for train, held in splitter.split(np.zeros(len(labels)), labels)]
