@@ -37,6 +37,9 @@ DROPOUT_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+_KNOWN_FIELDS = frozenset(f for fields in DROPOUT_FIELDS.values() for f in fields)
+
+
 @dataclass(frozen=True)
 class Pretrained:
     """A checkpoint loaded once: its config, its encoder weights (CPU), and its tokenizer."""
@@ -67,7 +70,16 @@ def resolve_model_ref(name_or_path: str) -> str:
 
 
 def load_pretrained(name_or_path: str) -> Pretrained:
-    """The checkpoint, read from disk (or the hub) on first use in this process only."""
+    """The checkpoint, read from disk (or the hub) on first use in this process only.
+
+    Only the encoder's weights (those under the architecture's ``base_model_prefix``) are kept:
+    a classification head the checkpoint may carry, of any size, is dropped, so every fold
+    starts from a fresh, seeded head.
+
+    Raises:
+        ModelError: no such dir, not a model, an unsupported architecture, or a hub id that
+            cannot be fetched.
+    """
     ref = resolve_model_ref(name_or_path)
     with _cache_lock:
         if ref in _cache:
@@ -76,25 +88,32 @@ def load_pretrained(name_or_path: str) -> Pretrained:
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(ref)
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                ref, num_labels=2, output_loading_info=True
+            model = AutoModelForSequenceClassification.from_pretrained(
+                ref, ignore_mismatched_sizes=True
             )
-        except OSError as e:
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
             where = "local dir" if Path(ref).is_dir() else "hub id (is this machine online?)"
-            raise ModelError(f"{ref}: cannot load model from {where}: {e}".splitlines()[0]) from e
-        head = set(info.get("missing_keys", ()))
-        state = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in head}
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            raise ModelError(f"{ref}: cannot load model from {where}: {reason}") from e
+        prefix = f"{model.base_model_prefix}."
+        state = {
+            k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefix)
+        }
         bundle = Pretrained(ref, model.config, state, tokenizer)
         _cache[ref] = bundle
-        logger.info("loaded %s (%d weight tensors kept in memory)", ref, len(state))
+        logger.info("loaded %s (%d encoder tensors kept in memory)", ref, len(state))
         return bundle
 
 
 def dropout_fields(config: Any) -> tuple[str, ...]:
-    """Config fields to set for this architecture; fallback: every float ``*dropout*`` field.
+    """Config fields that take the sampled dropout for this architecture.
+
+    Known architectures use :data:`DROPOUT_FIELDS`. Fallback for any other: every field of its
+    config that one of the known architectures uses (``hidden_dropout_prob``, ``dropout``, …)
+    plus every other float field whose name contains ``dropout``; a warning names them.
 
     Raises:
-        ModelError: the architecture has no dropout field we know of.
+        ModelError: the config has no dropout field at all.
     """
     known = DROPOUT_FIELDS.get(config.model_type)
     if known is not None:
@@ -102,7 +121,7 @@ def dropout_fields(config: Any) -> tuple[str, ...]:
     found = tuple(
         name
         for name, value in config.to_dict().items()
-        if "dropout" in name and isinstance(value, float)
+        if name in _KNOWN_FIELDS or ("dropout" in name and isinstance(value, float))
     )
     if not found:
         raise ModelError(
