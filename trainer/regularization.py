@@ -1,8 +1,12 @@
-"""The explicit penalty terms: l1·Σ|w − a| + l2·Σ(w − a)² over linear-layer weight matrices.
+"""The explicit penalty terms: l1·Σ|w − a| + l2·Σ(w − a)² over trainable weight matrices.
 
 ``a`` is zero, or the pretrained value with ``anchor="pretrained"`` (L2-SP style: fine-tuning
-stays close to what pretraining learned). Biases, LayerNorm and embedding tables are not
-penalized: embeddings are lookups, and a penalty on them would move every row on every step.
+stays close to what pretraining learned). Penalized: every trainable parameter with 2+
+dimensions (attention, feed-forward, pooler and head matrices). Not penalized: biases and
+LayerNorm (1-D), frozen parameters, and embedding tables. Why not embeddings: rows of words
+absent from the data get no loss gradient, so the penalty would be their only gradient and
+AdamW, which normalizes step sizes, would move them by about ``lr`` every step whatever the
+coefficient; the vocabulary the task never shows would decay.
 """
 
 from __future__ import annotations
@@ -29,25 +33,27 @@ class Penalized:
 def penalized_weights(
     model: nn.Module, anchor: Anchor, pretrained: dict[str, torch.Tensor] | None = None
 ) -> Penalized:
-    """Trainable ``nn.Linear`` weights of ``model``, with anchors per ``anchor``.
+    """Trainable weights of ``model`` with 2+ dimensions, less embeddings; anchors per ``anchor``.
 
     With ``anchor="pretrained"``, a weight absent from ``pretrained`` (the fresh head) is
-    anchored at zero.
+    anchored at zero. Call after freezing and after moving the model to its device.
     """
     from torch import nn
 
+    embedding_tables = {
+        id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)
+    }
     names, weights, anchors = [], [], []
-    for module_name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or not module.weight.requires_grad:
+    for name, weight in model.named_parameters():
+        if weight.ndim < 2 or not weight.requires_grad or id(weight) in embedding_tables:
             continue
-        name = f"{module_name}.weight"
         names.append(name)
-        weights.append(module.weight)
+        weights.append(weight)
         reference = None
         if anchor == "pretrained" and pretrained is not None:
             reference = _find_anchor(name, pretrained)
             if reference is not None:
-                reference = reference.to(module.weight.device, module.weight.dtype)
+                reference = reference.to(weight.device, weight.dtype)
         anchors.append(reference)
     return Penalized(tuple(names), tuple(weights), tuple(anchors))
 
