@@ -9,6 +9,7 @@ share the directory. The format is ``.npz`` read with ``allow_pickle=False``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -49,11 +50,18 @@ class Tokenized:
 
 
 def tokenizer_identity(tokenizer: Any) -> str:
-    """A hash of the tokenizer's whole definition (vocab, normalizer, special tokens)."""
+    """A hash of the tokenizer's whole definition (vocab, normalizer, special tokens).
+
+    Stable across calls: the truncation and padding settings a fast tokenizer keeps from its
+    last call are left out (they are arguments of each call, and ``max_seq_len`` is in the key).
+    """
     digest = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        digest.update(backend.to_str().encode())
+        definition = json.loads(backend.to_str())
+        definition.pop("truncation", None)
+        definition.pop("padding", None)
+        digest.update(json.dumps(definition, sort_keys=True).encode())
     else:
         digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
     digest.update(repr(tokenizer.all_special_tokens).encode())
