@@ -16,7 +16,13 @@ from trainer.config import (
     Reporter,
     TrainerConfig,
 )
-from trainer.errors import DataError, ModelError, NonFiniteLossError, TrainerError
+from trainer.errors import (
+    ConfigError,
+    DataError,
+    ModelError,
+    NonFiniteLossError,
+    TrainerError,
+)
 
 if TYPE_CHECKING:
     from trainer.cv import run_cv
@@ -33,6 +39,7 @@ _LAZY = {
 
 __all__ = [
     "CVResult",
+    "ConfigError",
     "DataConfig",
     "DataError",
     "Examples",

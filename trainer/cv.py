@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from trainer.checks import check_inputs
 from trainer.config import CVResult, FoldResult, Hyperparams, Reporter, TrainerConfig
 from trainer.data import Examples, load_examples, make_folds
+from trainer.device import autocast, peak_memory_mb, resolve_device
 from trainer.errors import NonFiniteLossError
 from trainer.metrics import classification_metrics
 from trainer.model import Pretrained, build_model, freeze_lower, load_pretrained
+from trainer.optim import linear_warmup_decay, make_optimizer
 from trainer.regularization import penalized_weights, penalty
 from trainer.tokens import (
     Tokenized,
@@ -49,19 +51,6 @@ class Prepared:
     device: torch.device
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when present, else CPU. CUDA gets TF32 matmuls."""
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device
-
-
 def prepare(config: TrainerConfig) -> Prepared:
     """Load data and weights, tokenize (cached), and lay out the folds."""
     examples = load_examples(config.data)
@@ -69,42 +58,6 @@ def prepare(config: TrainerConfig) -> Prepared:
     pretrained = load_pretrained(config.model_name_or_path)
     tokens = tokenize_cached(pretrained.tokenizer, examples, config.max_seq_len, config.cache_dir)
     return Prepared(examples, tokens, pretrained, folds, resolve_device(config.device))
-
-
-def _autocast(device: torch.device) -> Any:
-    import contextlib
-
-    import torch
-
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _optimizer(model: nn.Module, hparams: Hyperparams) -> torch.optim.Optimizer:
-    """AdamW; weight decay (0 unless asked) only on 2D+ weights, never biases or LayerNorm."""
-    import torch
-
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_norm = "LayerNorm" in name or "layer_norm" in name or name.endswith(".ln.weight")
-        (decay if param.ndim >= 2 and not is_norm else no_decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": hparams.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=hparams.lr, fused=fused)
-
-
-def linear_warmup_decay(step: int, total: int, warmup: int) -> float:
-    """LR multiplier: 0 → 1 over ``warmup`` steps, then linearly down to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 def evaluate(
@@ -115,7 +68,7 @@ def evaluate(
 
     model.eval()
     logits, order = [], []
-    with torch.inference_mode(), _autocast(prepared.device):
+    with torch.inference_mode(), autocast(prepared.device):
         batches = sorted_batches(indices, prepared.tokens.lengths, batch_size)
         for batch, inputs in iterate(prepared.tokens, batches, prepared.device):
             logits.append(model(**inputs).logits.float())
@@ -156,7 +109,7 @@ def train_fold(
     freeze_lower(model, hparams.freeze_layers)
     model.to(prepared.device)
     penalized = penalized_weights(model, config.anchor, prepared.pretrained.state_dict)
-    optimizer = _optimizer(model, hparams)
+    optimizer = make_optimizer(model, hparams)
     n_batches = math.ceil(len(train_idx) / hparams.batch_size)
     total = n_batches * hparams.epochs
     warmup = int(hparams.warmup_ratio * total)
@@ -179,7 +132,7 @@ def train_fold(
         )
         for batch, inputs in iterate(prepared.tokens, batches, prepared.device, pin=pin):
             labels = labels_all[batch].to(prepared.device, non_blocking=pin)
-            with _autocast(prepared.device):
+            with autocast(prepared.device):
                 logits = model(**inputs).logits
             loss = F.cross_entropy(logits.float(), labels)
             reg = penalty(penalized, hparams.l1, hparams.l2)
@@ -222,14 +175,6 @@ def train_fold(
     )
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 def run_cv(
     hparams: Hyperparams,
     config: TrainerConfig,
@@ -240,22 +185,38 @@ def run_cv(
 ) -> CVResult:
     """Cross-validate one hyperparameter setting.
 
+    Data is loaded and tokenized (disk cache) once, the checkpoint read once per process; each
+    fold then fine-tunes a fresh model on its training rows and is evaluated on its held-out
+    rows after every epoch. Same inputs on CPU give the same scores.
+
     Args:
         hparams: the sampled values over the training defaults.
         config: model, data, CV layout, device.
-        reporter: gets ``report(score, step)`` after every epoch with
-            ``step = fold * epochs + epoch``; training stops when ``should_prune()`` is true.
-        done_folds: folds an earlier attempt finished; they are not retrained, and their
-            epoch scores are re-reported so the reporter sees the whole history.
-        on_fold_end: called with each newly finished fold (to persist it).
+        reporter: gets ``report(score, step)`` after every epoch, ``score`` being
+            ``config.metric`` on the held-out fold and ``step = fold * epochs + epoch``;
+            training stops as soon as ``should_prune()`` is true.
+        done_folds: folds an earlier attempt finished, by fold index; they are not retrained
+            but taken as they are, and their epoch scores are re-reported at their steps so the
+            reporter sees the whole history (it may prune right there).
+        on_fold_end: called with each newly finished fold, in fold order (to persist it).
 
     Returns:
-        Fold scores in fold order for the finished folds (higher is better unless the metric
-        is ``loss``), their mean and population std; ``pruned`` when the reporter stopped it.
+        ``fold_scores`` and ``folds``: the finished folds only, in fold order (higher is better
+        unless the metric is ``loss``); ``mean`` and population ``std`` over them (NaN when
+        none finished). ``curves``: one per fold started, including a fold stopped by the
+        reporter (its epochs so far). ``pruned``: the reporter stopped the trial before all
+        folds finished. Throughput counts only the folds trained in this call.
+
+    Raises:
+        ConfigError: an hyperparameter or config value out of range.
+        DataError, ModelError: the data or the model cannot be used.
+        NonFiniteLossError: the training loss became NaN or infinite.
     """
+    check_inputs(hparams, config)
     started = time.perf_counter()
-    prepared = prepare(config)
-    done = dict(done_folds or {})
+    done = {fold: result for fold, result in (done_folds or {}).items() if fold < config.n_folds}
+    # Everything done already (a re-queued trial that had finished): no data, no weights needed.
+    prepared = prepare(config) if len(done) < config.n_folds else None
     finished: list[FoldResult] = []
     partial: FoldResult | None = None
     for fold in range(config.n_folds):
@@ -268,6 +229,7 @@ def run_cv(
             if reporter is not None and reporter.should_prune():
                 break
             continue
+        assert prepared is not None
         result = train_fold(hparams, config, prepared, fold, reporter=reporter)
         if result.pruned:
             partial = result
@@ -276,18 +238,19 @@ def run_cv(
         if on_fold_end is not None:
             on_fold_end(result)
     scores = [r.score for r in finished]
-    trained = [r for r in (*finished, *([partial] if partial else [])) if r.fold not in done]
+    started_folds = [*finished, *([partial] if partial else [])]
+    trained = [r for r in started_folds if r.fold not in done]
     train_s = sum(r.train_s for r in trained)
     examples = sum(r.train_examples for r in trained)
-    curves = tuple(r.curve for r in (*finished, *([partial] if partial else [])))
+    device = prepared.device if prepared is not None else resolve_device(config.device)
     return CVResult(
         fold_scores=tuple(scores),
         mean=float(np.mean(scores)) if scores else math.nan,
         std=float(np.std(scores)) if scores else math.nan,
-        curves=curves,
-        pruned=partial is not None or len(finished) < config.n_folds,
+        curves=tuple(r.curve for r in started_folds),
+        pruned=len(finished) < config.n_folds,
         wall_s=time.perf_counter() - started,
         train_examples_per_s=examples / train_s if train_s > 0 else 0.0,
-        peak_memory_mb=_peak_memory_mb(prepared.device),
+        peak_memory_mb=peak_memory_mb(device),
         folds=tuple(finished),
     )

@@ -24,3 +24,7 @@ class ModelError(TrainerError):
 
 class NonFiniteLossError(TrainerError):
     """The training loss became NaN or infinite."""
+
+
+class ConfigError(TrainerError):
+    """A hyperparameter or config value is out of range; the message names it and its value."""

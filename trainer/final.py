@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.config import Hyperparams, TrainerConfig
+from trainer.checks import check_inputs
+from trainer.config import Hyperparams, Reporter, TrainerConfig
 from trainer.cv import Prepared, prepare, train_fold
+from trainer.errors import ConfigError
 
 MEANPOOL_MODULE = "modeling_hpo_meanpool"
 MEANPOOL_CLASS = "MeanPoolForSequenceClassification"
@@ -39,9 +41,20 @@ def train_final(
     output_dir: str | Path,
     *,
     holdout_fraction: float | None = None,
+    reporter: Reporter | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
     """Train on all rows (less an optional holdout) and save a standard Hugging Face model dir.
+
+    Args:
+        hparams: the exported hyperparameters.
+        config: model, data, device; ``n_folds`` is not used.
+        output_dir: created if needed; receives the model, its tokenizer and ``metrics.json``.
+        holdout_fraction: a stratified, seeded (``config.split_seed``) share of rows kept out
+            of training and evaluated after every epoch; None trains on every row.
+        reporter: gets ``config.metric`` on the holdout after every epoch at ``step = epoch``,
+            and may stop training early; needs ``holdout_fraction``.
+        on_epoch_end: called with ``(epoch, metrics)`` after every epoch (progress display).
 
     Returns:
         Metrics after the last epoch: ``train_loss``, plus holdout accuracy, f1_macro, loss and
@@ -50,11 +63,24 @@ def train_final(
     With ``pooling="mean"`` the dir also holds the model's code (``modeling_hpo_meanpool.py``)
     and loads with ``trust_remote_code=True``.
     """
+    check_inputs(hparams, replace(config, n_folds=2))
+    if reporter is not None and not holdout_fraction:
+        raise ConfigError("reporter needs holdout_fraction: without a holdout there is no score")
+    if holdout_fraction is not None and not 0.0 <= holdout_fraction < 1.0:
+        raise ConfigError(f"holdout_fraction={holdout_fraction!r}: expected a number in [0, 1)")
     base = prepare(replace(config, n_folds=2))  # folds unused; n_folds=2 keeps checks cheap
     split = holdout_split(base.examples.labels, holdout_fraction, config.split_seed)
     prepared = Prepared(base.examples, base.tokens, base.pretrained, [split], base.device)
     trained: list = []
-    result = train_fold(hparams, config, prepared, 0, model_out=trained, on_epoch_end=on_epoch_end)
+    result = train_fold(
+        hparams,
+        config,
+        prepared,
+        0,
+        reporter=reporter,
+        model_out=trained,
+        on_epoch_end=on_epoch_end,
+    )
     model = trained[0]
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
