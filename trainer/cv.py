@@ -127,6 +127,7 @@ def train_fold(
         model.train()
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=prepared.device)
+        objective_sum = torch.zeros((), device=prepared.device)  # cross-entropy + penalty
         batches = length_bucketed_batches(
             train_idx, prepared.tokens.lengths, hparams.batch_size, rng
         )
@@ -143,11 +144,14 @@ def train_fold(
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach()  # no host sync per step: read once per epoch
+            objective_sum += total_loss.detach()
         train_loss = float(loss_sum) / max(1, len(batches))
+        objective = float(objective_sum) / max(1, len(batches))
         train_s += time.perf_counter() - started
-        if not math.isfinite(train_loss):
+        if not (math.isfinite(train_loss) and math.isfinite(objective)):
             raise NonFiniteLossError(
-                f"fold {fold} epoch {epoch}: training loss is {train_loss} (lr={hparams.lr:g})"
+                f"fold {fold} epoch {epoch}: training loss is {train_loss}, with penalties "
+                f"{objective} (lr={hparams.lr:g}, l1={hparams.l1:g}, l2={hparams.l2:g})"
             )
         metrics = (
             evaluate(model, prepared, held_idx, config.eval_batch_size) if len(held_idx) else {}

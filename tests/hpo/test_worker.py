@@ -178,3 +178,55 @@ def test_same_trial_number_and_seed_give_the_same_fold_scores(
         run_trial(trial, spec, context)
         scores.append(trial.study._storage.get_trial(trial._trial_id).user_attrs["fold_scores"])
     assert scores[0] == scores[1]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_hpo_run_and_its_workers_cleanly(
+    tmp_path: Path, tiny_bert_dir: Path, synthetic_csv: Path
+) -> None:
+    import yaml
+
+    data = tiny_spec(tiny_bert_dir, synthetic_csv, budget={"n_trials": 50})
+    data["train"]["epochs"] = 40
+    spec_path = tmp_path / "study.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    url = str(tmp_path / "journal.log")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hpo.cli",
+            "run",
+            str(spec_path),
+            "--storage",
+            url,
+            "--workers",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    storage = open_storage(url) if Path(url).exists() else None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if storage is None and Path(url).exists():
+            storage = open_storage(url)
+        if storage is not None:
+            study = optuna.load_study(study_name=data["name"], storage=storage)
+            if len(study.get_trials(states=(TrialState.RUNNING,))) == 2:
+                break
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("two trials never ran")
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out.decode(errors="replace")[-2000:]
+    trials = optuna.load_study(study_name=data["name"], storage=open_storage(url)).trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
+    assert len(interrupted) == 2

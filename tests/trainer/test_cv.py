@@ -278,3 +278,15 @@ def test_real_minilm_runs_offline_on_rotten_tomatoes(tmp_path: Path) -> None:
     assert len(reporter.reports) == 1
     assert 0.0 <= reporter.reports[0][0] <= 1.0
     assert result.curves[0][0]["train_loss"] > 0
+
+
+def test_diverging_training_raises_non_finite_loss_error(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    from trainer import NonFiniteLossError
+
+    config = config_for(tiny_bert_dir, synthetic_csv, tmp_path)
+    with pytest.raises(
+        NonFiniteLossError, match=r"fold 0 epoch 0: training loss is .*, with penalties inf"
+    ):
+        run_cv(dataclasses.replace(HP, l2=1e38, epochs=1), config)
