@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from trainer import TrainerConfig
 
 # The suite never touches a hub: what is not local must fail fast, not wait on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,6 +87,29 @@ def write_synthetic_csv(path: Path, n_rows: int = 160, seed: int = 0) -> Path:
             rng.shuffle(words)
             writer.writerow([" ".join(words), label])
     return path
+
+
+def make_trainer_config(
+    model_dir: Path, csv: Path, cache_dir: Path, **changes: Any
+) -> TrainerConfig:
+    """A CPU ``TrainerConfig`` for a tiny model on a ``write_synthetic_csv`` file.
+
+    2 folds, ``max_seq_len=16``, tokens cached under ``cache_dir``; ``changes`` override any
+    ``TrainerConfig`` field (``n_folds=4``, ``anchor="pretrained"``, ``metric="loss"``…).
+    """
+    import dataclasses
+
+    from trainer import DataConfig, TrainerConfig
+
+    config = TrainerConfig(
+        model_name_or_path=str(model_dir),
+        data=DataConfig(source=str(csv), text=("text",), label="label"),
+        max_seq_len=16,
+        n_folds=2,
+        device="cpu",
+        cache_dir=str(cache_dir),
+    )
+    return dataclasses.replace(config, **changes)
 
 
 @pytest.fixture(scope="session")

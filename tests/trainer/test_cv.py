@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import make_trainer_config
 from trainer import DataConfig, FoldResult, Hyperparams, TrainerConfig, run_cv
 from trainer.cv import prepare, train_fold
 from trainer.model import build_model, load_pretrained
@@ -18,16 +20,8 @@ from trainer.regularization import norms, penalized_weights
 HP = Hyperparams(lr=5e-3, dropout=0.0, l1=0.0, l2=0.0, epochs=6, batch_size=16, warmup_ratio=0.0)
 
 
-def config_for(model_dir: Path, csv: Path, tmp_path: Path, **changes: object) -> TrainerConfig:
-    config = TrainerConfig(
-        model_name_or_path=str(model_dir),
-        data=DataConfig(source=str(csv), text=("text",), label="label"),
-        max_seq_len=16,
-        n_folds=2,
-        device="cpu",
-        cache_dir=str(tmp_path / "tokens"),
-    )
-    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+def config_for(model_dir: Path, csv: Path, tmp_path: Path, **changes: Any) -> TrainerConfig:
+    return make_trainer_config(model_dir, csv, tmp_path / "tokens", **changes)
 
 
 class RecordingReporter:
