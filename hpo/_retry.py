@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -72,12 +73,30 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         self._outage_timeout_s = outage_timeout_s
         self._describe = describe
         self._sleep = sleep
+        self._lock = threading.RLock()
 
     @property
     def inner(self) -> BaseStorage:
         return self._inner
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        # One operation at a time per process (main loop and heartbeat thread alike): with an
+        # unpooled engine, that caps a worker at one database connection.
+        with self._lock:
+            try:
+                return self._call_unlocked(name, *args, **kwargs)
+            finally:
+                # Optuna's RDB store can leave its session (and so a connection) open between
+                # operations; closing it here means no connection is held while we train.
+                self._release_session()
+
+    def _release_session(self) -> None:
+        try:
+            self._inner.remove_session()
+        except Exception as e:  # a dead connection cannot be closed cleanly; it is gone anyway
+            logger.debug("closing the store session failed: %s", _one_line(e))
+
+    def _call_unlocked(self, name: str, *args: Any, **kwargs: Any) -> Any:
         method = getattr(self._inner, name)
         started: float | None = None
         delay = _FIRST_DELAY_S

@@ -158,12 +158,18 @@ def _open_rdb(
     engine_kwargs: dict[str, Any]
     if kind == "postgresql":
         url = normalize_postgres_url(url)
+        from sqlalchemy.pool import NullPool
+
+        # No pooled connections: a worker holds none while it trains (hundreds of workers fit
+        # under PostgreSQL's default max_connections=100) and opens one per store operation,
+        # a few milliseconds against minutes of training. RetryingStorage serializes a
+        # process's operations, so it never holds more than one at a time.
         engine_kwargs = {
-            "pool_pre_ping": True,
-            "pool_size": 1,
-            "max_overflow": 1,
-            "pool_recycle": 300,
-            "connect_args": {"connect_timeout": 10},
+            "poolclass": NullPool,
+            "connect_args": {
+                "connect_timeout": 10,
+                "application_name": f"hpo-{os.getpid()}",
+            },
         }
     else:
         db_path = url.split(":///", 1)[1] if ":///" in url else ""
@@ -181,6 +187,7 @@ def _open_rdb(
             heartbeat_stale_trial_callback=callback,
         )
     logger.debug("opened %s in %.2f s", mask_url(url), time.monotonic() - started)
+    _count_connections(storage.engine)
     from hpo._retry import RetryingStorage
 
     # Keep Optuna's trial cache (load_study adds it only to a bare RDBStorage), then retry.
@@ -188,6 +195,32 @@ def _open_rdb(
     return RetryingStorage(  # type: ignore[abstract]
         optuna.storages._CachedStorage(storage), describe=f"store {mask_url(url)}"
     )
+
+
+class ConnectionStats:
+    """Open database connections of this process, and the most ever open at once."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.peak = 0
+
+
+CONNECTIONS = ConnectionStats()
+
+
+def _count_connections(engine: Any) -> None:
+    from sqlalchemy import event
+
+    def opened(*_: Any) -> None:
+        CONNECTIONS.open += 1
+        CONNECTIONS.peak = max(CONNECTIONS.peak, CONNECTIONS.open)
+
+    def closed(*_: Any) -> None:
+        CONNECTIONS.open -= 1
+
+    event.listen(engine, "connect", opened)
+    event.listen(engine, "close", closed)
+    event.listen(engine, "close_detached", closed)
 
 
 def _open_grpc(url: str) -> optuna.storages.BaseStorage:

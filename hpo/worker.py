@@ -25,6 +25,7 @@ from hpo.heartbeat import Heartbeat, requeue, requeue_stale
 from hpo.objective import FAIL_REASON_ATTR, RETRY_HISTORY_KEY, TrialContext, run_trial
 from hpo.spec import StudySpec
 from hpo.storage import (
+    CONNECTIONS,
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,
     mask_secrets,
@@ -223,6 +224,8 @@ class Worker:
                 elif state != "SURPLUS":
                     consecutive_failures = 0
         logger.info("worker %s stops: %s", self.worker_id, self.summary.stop_reason)
+        if CONNECTIONS.peak:
+            logger.info("peak open database connections: %d", CONNECTIONS.peak)
         return self.summary
 
     def _stop_reason(self, deadline: float) -> str:
