@@ -26,8 +26,12 @@ def make_optimizer(model: nn.Module, hparams: Hyperparams) -> torch.optim.Optimi
         {"params": decay, "weight_decay": hparams.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=hparams.lr, fused=fused)
+    # The fused kernel is several times faster than the per-tensor loop, on CPU as on CUDA
+    # (CPU since torch 2.4); fall back to the multi-tensor path where it is not available.
+    try:
+        return torch.optim.AdamW(groups, lr=hparams.lr, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(groups, lr=hparams.lr, foreach=True)
 
 
 def linear_warmup_decay(step: int, total: int, warmup: int) -> float:
