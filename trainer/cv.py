@@ -19,7 +19,7 @@ import numpy as np
 from trainer.checks import check_inputs
 from trainer.config import CVResult, FoldResult, Hyperparams, Reporter, TrainerConfig
 from trainer.data import Examples, load_examples, make_folds
-from trainer.device import autocast, peak_memory_mb, resolve_device
+from trainer.device import autocast, peak_memory_mb, reset_peak_memory, resolve_device
 from trainer.errors import NonFiniteLossError
 from trainer.metrics import classification_metrics
 from trainer.model import Pretrained, build_model, freeze_lower, load_pretrained
@@ -210,6 +210,8 @@ def run_cv(
         none finished). ``curves``: one per fold started, including a fold stopped by the
         reporter (its epochs so far). ``pruned``: the reporter stopped the trial before all
         folds finished. Throughput counts only the folds trained in this call.
+        ``peak_memory_mb``: on CUDA the peak allocated during this call; on CPU the process's
+        peak resident set so far.
 
     Raises:
         ConfigError: an hyperparameter or config value out of range.
@@ -221,6 +223,8 @@ def run_cv(
     done = {fold: result for fold, result in (done_folds or {}).items() if fold < config.n_folds}
     # Everything done already (a re-queued trial that had finished): no data, no weights needed.
     prepared = prepare(config) if len(done) < config.n_folds else None
+    if prepared is not None:
+        reset_peak_memory(prepared.device)
     finished: list[FoldResult] = []
     partial: FoldResult | None = None
     for fold in range(config.n_folds):
