@@ -70,5 +70,9 @@ def test_eight_workers_meet_the_budget_with_at_most_one_connection_each(
     trials = optuna.load_study(study_name=spec.name, storage=open_storage(postgres_url)).trials
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 24
-    assert len(trials) == 24  # nothing failed, nothing re-queued: no trial ran twice
-    assert len({t.number for t in trials}) == 24
+    # Nothing re-queued, so no trial ran twice; the only failures allowed are trials a worker
+    # yielded at once after losing the race for the last slot.
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["fail_reason"].startswith("over budget") for t in failed)
+    assert not [t for t in trials if t.system_attrs.get("retry_history")]
+    assert len(trials) == 24 + len(failed)

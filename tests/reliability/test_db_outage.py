@@ -120,5 +120,8 @@ def test_study_completes_through_a_postgres_restart(
     trials = optuna.load_study(study_name=spec.name, storage=open_storage(postgres_url)).trials
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 6, [(t.number, t.state) for t in trials]
-    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    # The only failures allowed: a worker that lost the race for the last slot yields its trial.
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["fail_reason"].startswith("over budget") for t in failed)
     assert len({t.number for t in trials}) == len(trials)
