@@ -87,3 +87,35 @@ def spec_dict(tiny_bert_dir: Path, synthetic_csv: Path) -> dict[str, Any]:
 def write_spec(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dashboard_study_names(
+    command: list[str], port: int, env: dict[str, str] | None = None
+) -> list[str]:
+    """Start a dashboard process, wait for its API on 127.0.0.1, return the studies it lists."""
+    import json
+    import subprocess
+    import time
+    import urllib.request
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as response:
+                    body = json.load(response)
+                return [s["study_name"] for s in body["study_summaries"]]
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError(f"{command[0]} did not answer on 127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -20,6 +16,7 @@ from hpo.launch import build_slots, parse_gpus
 from hpo.spec import parse_spec
 from hpo.storage import ENV_STORAGE, open_storage
 from hpo.study import create_study
+from tests.hpo.conftest import dashboard_study_names, free_port
 from tests.hpo.test_worker import REPO, tiny_spec
 
 
@@ -78,27 +75,10 @@ def test_hpo_dashboard_serves_the_embedded_store_on_localhost(
 ) -> None:
     url = str(tmp_path / "journal.log")
     create_study(parse_spec(spec_dict), open_storage(url))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
+    port = free_port()
+    names = dashboard_study_names(
         [sys.executable, "-m", "hpo.cli", "dashboard", "--port", str(port)],
+        port,
         env={**os.environ, ENV_STORAGE: url},
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
-    try:
-        body = None
-        for _ in range(60):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as response:
-                    body = json.load(response)
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert body is not None, "hpo dashboard did not answer on 127.0.0.1"
-        assert spec_dict["name"] in [s["study_name"] for s in body["study_summaries"]]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    assert spec_dict["name"] in names

@@ -191,31 +191,12 @@ def test_unknown_scheme_is_refused() -> None:
 def test_plain_optuna_dashboard_serves_a_postgres_study(
     postgres_url: str, spec_dict: dict[str, Any], tmp_path: Path
 ) -> None:
-    import json
-    import socket
-    import urllib.request
+    from tests.hpo.conftest import dashboard_study_names, free_port
 
     create_study(parse_spec(spec_dict), open_storage(postgres_url))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     dashboard = str(Path(sys.executable).parent / "optuna-dashboard")
-    proc = subprocess.Popen(
-        [dashboard, postgres_url, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    names = dashboard_study_names(
+        [dashboard, postgres_url, "--host", "127.0.0.1", "--port", str(port)], port
     )
-    try:
-        body = None
-        for _ in range(60):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as response:
-                    body = json.load(response)
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert body is not None, "optuna-dashboard did not answer"
-        assert spec_dict["name"] in [s["study_name"] for s in body["study_summaries"]]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    assert spec_dict["name"] in names
