@@ -1,175 +1,406 @@
-"""Which embedded store: raw ask/tell throughput of SQLite vs the journal file, N processes.
+"""Which embedded store to use by default: SQLite vs Optuna's journal file, under N processes.
 
-    python -m bench.stores --workers 1 8 32 64 --seconds 15 --repeats 2 --out BENCHMARKS.md
+    python -m bench.stores --workers 1 8 32 64 --seconds 10 --repeats 2 --out BENCHMARKS.md
 
-Each contender runs N OS processes for a fixed window, each looping ask → suggest → report ×2
-→ tell (what a worker does per trial, minus training), with one heartbeat per trial for the
-heartbeat-enabled stores. Contenders are interleaved (A B C D, A B C D, …) and the medians of
-the repeats are reported.
+For each store kind and process count N, a fresh study is created in a temporary directory
+and N spawned OS processes each open the store, load the study, wait at a common start line,
+then loop for the same wall-clock window::
+
+    trial = study.ask(); x = trial.suggest_float("x", -10, 10); study.tell(trial, x * x)
+
+The ``ours-*`` kinds open the store with ``hpo.storage.open_storage`` (heartbeats on) and add,
+per trial, what our worker writes besides ask/tell: one ``record_heartbeat`` and two
+``trial.report`` calls. Exceptions are caught and counted per process, never fatal.
+
+Measured per run: trials/s (COMPLETE trials whose completion time falls inside the window,
+divided by the window), ask latency p50/p99 over every successful ask, errors, retries that
+our retrying SQLite wrapper logged (lock waits it hid), and how many processes reported back.
+Contenders are interleaved (for each repeat, for each N: A B C D) and medians over the
+repeats are reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import datetime as dt
 import logging
+import math
 import multiprocessing as mp
 import platform
+import queue as queue_module
+import re
 import statistics
+import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
 
 logger = logging.getLogger("bench.stores")
 
-KINDS = ("sqlite", "journal", "hpo-sqlite", "hpo-journal")
+KINDS: tuple[str, ...] = ("sqlite", "journal", "ours-sqlite", "ours-journal")
+STUDY_NAME = "bench"
+SECTION = "## Embedded store: SQLite vs journal file"
+READY_TIMEOUT_S = 600.0  # 64 processes importing Optuna on 2 shared cores take a while
+FINISH_GRACE_S = 300.0  # after the window: a process still in a store call may finish it
+EXIT_GRACE_S = 30.0  # for every process to exit once all have reported
+START_DELAY_S = 0.5  # the start line is set this far ahead so every process sees it in time
 
 
-def _storage(kind: str, path: Path) -> Any:
+@dataclass
+class WorkerResult:
+    """What one process measured; sent back to the parent through a queue."""
+
+    ask_latencies_s: list[float] = field(default_factory=list)
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    first_error: dict[str, str] = field(default_factory=dict)
+    retries: int = 0
+    ready: bool = False
+    finished: bool = False
+
+    def add_error(self, error: BaseException) -> None:
+        """Count ``error`` by type; keep the first message per type, with its root cause."""
+        name = type(error).__name__
+        self.errors[name] += 1
+        if name not in self.first_error:
+            cause = error
+            while cause.__cause__ is not None or cause.__context__ is not None:
+                cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+            message = _first_line(error)
+            if cause is not error:
+                message += f" [cause: {type(cause).__name__}: {_first_line(cause)}]"
+            self.first_error[name] = message
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message, at most 200 characters."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else ""
+
+
+@dataclass
+class RunResult:
+    """One store kind at one process count, one repeat."""
+
+    kind: str
+    processes: int
+    trials_per_s: float
+    complete_after_window: int
+    ask_p50_ms: float
+    ask_p99_ms: float
+    errors: collections.Counter[str]
+    first_error: dict[str, str]
+    retries: int
+    finished: int
+
+
+class _RetryCounter(logging.Handler):
+    """Counts the "unreachable; retrying" warnings of ``hpo._retry.RetryingStorage``."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retrying" in record.getMessage():
+            self.count += 1
+
+
+def open_store(kind: str, directory: Path) -> optuna.storages.BaseStorage:
+    """Open the store of ``kind`` whose files live in ``directory`` (created on first open).
+
+    ``sqlite`` is what a plain Optuna client gets from ``sqlite:///…`` (a cached RDBStorage,
+    SQLite's default 5 s lock timeout, no heartbeat); ``journal`` is a plain JournalStorage on a
+    JournalFileBackend (Optuna's default symlink lock); ``ours-*`` come from ``open_storage``.
+    """
     import optuna
 
+    db_url = f"sqlite:///{directory / 'store.db'}"
+    log_path = str(directory / "store.log")
     if kind == "sqlite":
-        return optuna.storages.RDBStorage(
-            f"sqlite:///{path}.db", engine_kwargs={"connect_args": {"timeout": 60}}
-        )
+        return optuna.storages.get_storage(db_url)
     if kind == "journal":
-        return optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(f"{path}.log")
-        )
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(log_path))
     from hpo.storage import open_storage
 
-    return open_storage(f"sqlite:///{path}.db" if kind == "hpo-sqlite" else f"{path}.log")
+    if kind == "ours-sqlite":
+        return open_storage(db_url)
+    if kind == "ours-journal":
+        return open_storage(log_path)
+    raise ValueError(f"unknown store kind {kind!r}; expected one of {KINDS}")
 
 
-def _loop(kind: str, path: str, study: str, seconds: float, queue: Any) -> None:
-    import warnings
-
+def _worker(
+    kind: str,
+    directory: str,
+    seconds: float,
+    start: EventType,
+    start_at: Any,
+    results: Any,
+) -> None:
+    """One benchmark process: open, wait for the start line, loop until the window closes."""
     import optuna
 
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    latencies: list[float] = []
-    errors = 0
+    retry_counter = _RetryCounter()
+    logging.getLogger("hpo").addHandler(retry_counter)
+    logging.getLogger("hpo").propagate = False  # counted here, not printed by 64 processes
+    result = WorkerResult()
     try:
-        storage = _storage(kind, Path(path))
-        s = optuna.load_study(
-            study_name=study, storage=storage, sampler=optuna.samplers.RandomSampler()
+        storage = open_store(kind, Path(directory))
+        study = optuna.load_study(
+            study_name=STUDY_NAME, storage=storage, sampler=optuna.samplers.RandomSampler()
         )
-    except Exception:
-        queue.put((latencies, 1, False))
+        result.ready = True
+    except Exception as e:
+        result.add_error(e)
+    results.put(("ready", result.ready))
+    if not result.ready or not start.wait(READY_TIMEOUT_S + 60):
+        results.put(("result", result))
         return
-    beat = kind.startswith("hpo-")
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    deadline = start_at.value + seconds
+    time.sleep(max(0.0, start_at.value - time.time()))
+    ours = kind.startswith("ours-")
+    while time.time() < deadline:
         try:
-            started = time.perf_counter()
-            trial = s.ask()
-            latencies.append(time.perf_counter() - started)
+            began = time.perf_counter()
+            trial = study.ask()
+            result.ask_latencies_s.append(time.perf_counter() - began)
             x = trial.suggest_float("x", -10, 10)
-            if beat:
-                storage.record_heartbeat(trial._trial_id)
-            trial.report(x, 0)
-            trial.report(x * 2, 1)
-            s.tell(trial, x * x)
-        except Exception:
-            errors += 1
-    queue.put((latencies, errors, True))
+            if ours:
+                storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+                trial.report(abs(x), 0)
+                trial.report(x * x, 1)
+            study.tell(trial, x * x)
+        except Exception as e:
+            result.add_error(e)
+    result.retries = retry_counter.count
+    result.finished = True
+    results.put(("result", result))
 
 
-@dataclass
-class Outcome:
-    trials_per_s: float
-    ask_p50_ms: float
-    ask_p99_ms: float
-    errors: int
-    processes_ok: int
+def _percentile_ms(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``sorted_values`` in ms; NaN when empty."""
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[index] * 1e3
 
 
-def run_once(kind: str, n: int, seconds: float) -> Outcome:
+def _collect(
+    results: Any,
+    procs: Sequence[BaseProcess],
+    reported: list[WorkerResult],
+    wanted: str,
+    until: float,
+) -> int:
+    """Read messages until every process sent ``wanted``, all exited, or ``until`` passed.
+
+    Every ``result`` message read (also one sent early by a process that failed to open the
+    store) is appended to ``reported``. Returns how many ``wanted`` messages were read.
+    """
+    count = len(reported) if wanted == "result" else 0
+    while count < len(procs) and time.time() < until:
+        try:
+            message, payload = results.get(timeout=1.0)
+        except queue_module.Empty:
+            if not any(proc.is_alive() for proc in procs):
+                break
+            continue
+        if message == "result":
+            reported.append(payload)
+        if message == wanted:
+            count += 1
+    return count
+
+
+def run_once(kind: str, processes: int, seconds: float) -> RunResult:
+    """Run ``processes`` processes against a fresh study of ``kind`` for ``seconds``."""
     import optuna
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "store"
-        storage = _storage(kind, path)
-        optuna.create_study(study_name="bench", storage=storage)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
+        directory = Path(tmp)
+        storage = open_store(kind, directory)
+        optuna.create_study(study_name=STUDY_NAME, storage=storage)
         ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
+        results = ctx.Queue()
+        start = ctx.Event()
+        start_at = ctx.Value("d", 0.0)
         procs = [
-            ctx.Process(target=_loop, args=(kind, str(path), "bench", seconds, queue))
-            for _ in range(n)
+            ctx.Process(
+                target=_worker,
+                args=(kind, str(directory), seconds, start, start_at, results),
+                daemon=True,
+            )
+            for _ in range(processes)
         ]
-        for p in procs:
-            p.start()
-        results = [queue.get(timeout=seconds + 600) for _ in procs]
-        for p in procs:
-            p.join()
-        study = optuna.load_study(study_name="bench", storage=_storage(kind, path))
-        complete = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
-    latencies = sorted(x for r in results for x in r[0])
-
-    def pct(q: float) -> float:
-        return (
-            latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3
-            if latencies
-            else float("nan")
-        )
-
-    return Outcome(
-        complete / seconds,
-        pct(0.5),
-        pct(0.99),
-        sum(r[1] for r in results),
-        sum(r[2] for r in results),
+        for proc in procs:
+            proc.start()
+        reported: list[WorkerResult] = []
+        ready = _collect(results, procs, reported, "ready", time.time() + READY_TIMEOUT_S)
+        if ready < processes:
+            logger.warning("%s N=%d: only %d processes got ready", kind, processes, ready)
+        start_at.value = time.time() + START_DELAY_S
+        start.set()
+        window_end = start_at.value + seconds
+        _collect(results, procs, reported, "result", window_end + FINISH_GRACE_S)
+        exit_deadline = time.monotonic() + EXIT_GRACE_S
+        for proc in procs:
+            proc.join(timeout=max(0.1, exit_deadline - time.monotonic()))
+            if proc.is_alive():  # only ever one of the processes started above
+                logger.warning(
+                    "%s N=%d: process %d still running %.0f s after reporting; terminated",
+                    kind,
+                    processes,
+                    proc.pid,
+                    EXIT_GRACE_S,
+                )
+                proc.terminate()
+                proc.join(timeout=5)
+        final = optuna.load_study(study_name=STUDY_NAME, storage=open_store(kind, directory))
+        trials = final.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    end = dt.datetime.fromtimestamp(window_end)
+    in_window = sum(1 for t in trials if t.datetime_complete and t.datetime_complete <= end)
+    latencies = sorted(x for r in reported for x in r.ask_latencies_s)
+    errors: collections.Counter[str] = collections.Counter()
+    first_error: dict[str, str] = {}
+    for r in reported:
+        errors.update(r.errors)
+        for name, message in r.first_error.items():
+            first_error.setdefault(name, message)
+    return RunResult(
+        kind=kind,
+        processes=processes,
+        trials_per_s=in_window / seconds,
+        complete_after_window=len(trials) - in_window,
+        ask_p50_ms=_percentile_ms(latencies, 0.50),
+        ask_p99_ms=_percentile_ms(latencies, 0.99),
+        errors=errors,
+        first_error=first_error,
+        retries=sum(r.retries for r in reported),
+        finished=sum(r.finished for r in reported),
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _errors_cell(runs: Sequence[RunResult]) -> str:
+    """Errors per repeat, e.g. ``0, 3 (OperationalError)``."""
+    per_round = ", ".join(str(sum(r.errors.values())) for r in runs)
+    names = sorted({name for r in runs for name in r.errors})
+    return f"{per_round} ({', '.join(names)})" if names else per_round
+
+
+def render_table(runs: dict[tuple[str, int], list[RunResult]], workers: Sequence[int]) -> str:
+    """The markdown table: medians over repeats, with the per-repeat trials/s and errors."""
+    lines = [
+        "| store | processes | trials/s (median) | trials/s per round | ask p50 (ms) "
+        "| ask p99 (ms) | errors per round | lock retries per round | processes finished |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for n in workers:
+        for kind in KINDS:
+            rs = runs[(kind, n)]
+            lines.append(
+                f"| {kind} | {n} | {statistics.median(r.trials_per_s for r in rs):.1f} "
+                f"| {' / '.join(f'{r.trials_per_s:.1f}' for r in rs)} "
+                f"| {statistics.median(r.ask_p50_ms for r in rs):.1f} "
+                f"| {statistics.median(r.ask_p99_ms for r in rs):.1f} "
+                f"| {_errors_cell(rs)} "
+                f"| {', '.join(str(r.retries) for r in rs)} "
+                f"| {min(r.finished for r in rs)}/{n} |"
+            )
+    return "\n".join(lines)
+
+
+def machine_line() -> str:
+    """nproc, CPU model, Python, Optuna and SQLAlchemy versions of this machine."""
+    import optuna
+    import sqlalchemy
+
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    cpu = match.group(1).strip() if match else platform.processor() or platform.machine()
+    return (
+        f"nproc {nproc}, CPU {cpu}, Python {platform.python_version()}, "
+        f"Optuna {optuna.__version__}, SQLAlchemy {sqlalchemy.__version__}"
+    )
+
+
+def replace_section(document: str, section: str) -> str:
+    """``document`` with our section replaced by ``section`` (appended if absent)."""
+    if not document.strip():
+        document = "# Benchmarks\n"
+    start = document.find(SECTION)
+    if start < 0:
+        return document.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    following = document.find("\n## ", start + len(SECTION))
+    tail = document[following + 1 :] if following >= 0 else ""
+    head = document[:start].rstrip("\n") + "\n\n"
+    return head + section.rstrip("\n") + "\n" + ("\n" + tail if tail else "")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse the CLI, run every contender interleaved, print the table, update ``--out``."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    runs: dict[tuple[str, int], list[Outcome]] = {}
+    parser.add_argument("--out", type=Path, default=None, help="markdown file to update")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    warnings.simplefilter("ignore")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    date = subprocess.run(["date", "-u"], capture_output=True, text=True, check=False).stdout
+    started = time.monotonic()
+    runs: dict[tuple[str, int], list[RunResult]] = collections.defaultdict(list)
     for repeat in range(args.repeats):
         for n in args.workers:
-            for kind in KINDS:  # interleaved: every contender once per round
-                outcome = run_once(kind, n, args.seconds)
-                logger.info("round %d  %-12s N=%-3d %s", repeat, kind, n, outcome)
-                runs.setdefault((kind, n), []).append(outcome)
-    lines = [
-        "| store | processes | trials/s | ask p50 (ms) | ask p99 (ms) | errors | processes ok |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for n in args.workers:
-        for kind in KINDS:
-            outs = runs[(kind, n)]
-            lines.append(
-                f"| {kind} | {n} | {statistics.median(o.trials_per_s for o in outs):.1f} | "
-                f"{statistics.median(o.ask_p50_ms for o in outs):.1f} | "
-                f"{statistics.median(o.ask_p99_ms for o in outs):.1f} | "
-                f"{max(o.errors for o in outs)} | {min(o.processes_ok for o in outs)}/{n} |"
-            )
-    table = "\n".join(lines)
+            for kind in KINDS:
+                run = run_once(kind, n, args.seconds)
+                runs[(kind, n)].append(run)
+                logger.info(
+                    "round %d %-12s N=%-3d %7.1f trials/s (+%d after window) ask p50 %.1f "
+                    "p99 %.1f ms errors %s retries %d finished %d/%d",
+                    repeat + 1,
+                    kind,
+                    n,
+                    run.trials_per_s,
+                    run.complete_after_window,
+                    run.ask_p50_ms,
+                    run.ask_p99_ms,
+                    dict(run.errors) or 0,
+                    run.retries,
+                    run.finished,
+                    n,
+                )
+                for name, message in run.first_error.items():
+                    logger.info("  first %s: %s", name, message)
+    logger.info("total %.0f s", time.monotonic() - started)
+    table = render_table(runs, args.workers)
     print(table)
     if args.out:
-        import optuna
-        import sqlalchemy
-
-        header = (
-            f"\n## Embedded store: SQLite vs journal file\n\n"
-            f"`python -m bench.stores --workers {' '.join(map(str, args.workers))} "
-            f"--seconds {args.seconds:g} --repeats {args.repeats} --out BENCHMARKS.md`  \n"
-            f"{time.strftime('%Y-%m-%d', time.gmtime())}, {mp.cpu_count()} cores, "
-            f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-            f"Optuna {optuna.__version__}, SQLAlchemy {sqlalchemy.__version__}. Medians of "
-            f"{args.repeats} interleaved rounds of {args.seconds:g} s. `hpo-*` rows are our "
-            "stores (heartbeat per trial; SQLite behind our retrying wrapper).\n\n"
+        workers = " ".join(map(str, args.workers))
+        section = (
+            f"{SECTION}\n\n"
+            f"`python -m bench.stores --workers {workers} --seconds {args.seconds:g} "
+            f"--repeats {args.repeats} --out {args.out}`\n\n"
+            f"Run {date.strip()}; {machine_line()}.\n\n{table}\n"
         )
-        existing = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
-        args.out.write_text(existing.rstrip("\n") + "\n" + header + table + "\n")
+        existing = args.out.read_text() if args.out.exists() else ""
+        args.out.write_text(replace_section(existing, section))
+        logger.info("wrote %s", args.out)
 
 
 if __name__ == "__main__":
