@@ -19,6 +19,7 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 
 from hpo.errors import StorageError
+from hpo.storage import error_summary
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         try:
             self._inner.remove_session()
         except Exception as e:  # a dead connection cannot be closed cleanly; it is gone anyway
-            logger.debug("closing the store session failed: %s", _one_line(e))
+            logger.debug("closing the store session failed: %s", error_summary(e))
 
     def _call_unlocked(self, name: str, *args: Any, **kwargs: Any) -> Any:
         method = getattr(self._inner, name)
@@ -119,12 +120,13 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
                     logger.warning(
                         "%s unreachable (%s); retrying for up to %.0f s",
                         self._describe,
-                        _one_line(e),
+                        error_summary(e),
                         self._outage_timeout_s,
                     )
                 if now - started > self._outage_timeout_s:
+                    down_s = now - started
                     raise StorageError(
-                        f"{self._describe} unreachable for {now - started:.0f} s: {_one_line(e)}"
+                        f"{self._describe} unreachable for {down_s:.0f} s: {error_summary(e)}"
                     ) from None
                 self._sleep(delay)
                 delay = min(delay * 2, _MAX_DELAY_S)
@@ -181,11 +183,3 @@ _CONCRETE_READS = [
 for _name in [*sorted(BaseStorage.__abstractmethods__), *_CONCRETE_READS]:
     setattr(RetryingStorage, _name, _delegate(_name))
 abc.update_abstractmethods(RetryingStorage)  # type: ignore[type-abstract]
-
-
-def _one_line(error: BaseException) -> str:
-    from hpo.storage import mask_secrets
-
-    cause = getattr(error, "orig", None) or error.__cause__ or error
-    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    return mask_secrets(lines[0] if lines else type(cause).__name__)

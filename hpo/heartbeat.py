@@ -14,6 +14,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from hpo.objective import FAIL_REASON_ATTR, FOLD_ATTR_PREFIX, RETRY_HISTORY_KEY
+from hpo.storage import error_summary
 
 if TYPE_CHECKING:
     import optuna
@@ -100,7 +101,7 @@ class Heartbeat:
         try:
             self._study._storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
         except Exception as e:  # a missed beat is retried next tick; the grace period covers it
-            logger.warning("heartbeat for trial id %d failed: %s", trial_id, _one_line(e))
+            logger.warning("heartbeat for trial id %d failed: %s", trial_id, error_summary(e))
 
     def sweep(self) -> None:
         """Fail stale trials now (their callback re-queues them)."""
@@ -111,7 +112,7 @@ class Heartbeat:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self._study)
         except Exception as e:
-            logger.warning("stale-trial sweep failed: %s", _one_line(e))
+            logger.warning("stale-trial sweep failed: %s", error_summary(e))
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
@@ -120,10 +121,3 @@ class Heartbeat:
             if trial_id is not None:
                 self._beat(trial_id)
             self.sweep()
-
-
-def _one_line(error: BaseException) -> str:
-    from hpo.storage import mask_secrets
-
-    text = str(error).strip().splitlines()
-    return mask_secrets(text[0] if text else type(error).__name__)

@@ -118,14 +118,15 @@ def open_storage(
     except StorageError:
         raise
     except Exception as e:  # third-party errors are translated here, at the boundary
-        detail = mask_secrets(_first_line(e), url)
+        detail = error_summary(e, url)
         raise StorageError(f"cannot open storage {mask_url(url)!r}: {detail}") from None
 
 
-def _first_line(error: BaseException) -> str:
-    cause = getattr(error, "orig", None) or error
+def error_summary(error: BaseException, url: str | None = None) -> str:
+    """The first line of an error (of the driver's error, if wrapped), passwords masked."""
+    cause = getattr(error, "orig", None) or error.__cause__ or error
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    return lines[0] if lines else type(cause).__name__
+    return mask_secrets(lines[0] if lines else type(cause).__name__, url)
 
 
 def journal_path(url: str) -> Path:
