@@ -3,15 +3,21 @@
 PostgreSQL restarts, failovers and terminated connections surface as SQLAlchemy / psycopg2
 connection errors. Every store operation is retried on those until ``outage_timeout_s``; any
 other error passes through at once.
+
+A server at its connection limit (``max_connections``) refuses new connections with "too many
+clients"; Optuna reports that as "invalid data in the commit". We name it for what it is, retry
+it with jittered backoff (hundreds of workers must not retry in lockstep), log it only when it
+lasts, and say which setting to change when it outlasts the outage timeout.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
+import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -19,13 +25,40 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 
 from hpo.errors import StorageError
-from hpo.storage import error_summary
+from hpo.storage import DEFAULT_OUTAGE_TIMEOUT_S, error_summary
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OUTAGE_TIMEOUT_S = 300.0
 _FIRST_DELAY_S = 0.5
 _MAX_DELAY_S = 15.0
+# Refusals at the connection limit clear as soon as any worker finishes its operation (a few
+# milliseconds), so they are retried sooner and more often, and logged only if they last.
+_FIRST_REFUSED_DELAY_S = 0.05
+_MAX_REFUSED_DELAY_S = 2.0
+_QUIET_REFUSED_S = 30.0
+
+# PostgreSQL's words when it is at max_connections (or a role's / database's own limit).
+_CONNECTION_LIMIT_MARKERS = (
+    "too many clients",
+    "remaining connection slots are reserved",
+    "too many connections for",
+)
+_TOO_MANY_CONNECTIONS_SQLSTATE = "53300"
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then its causes and contexts and SQLAlchemy's wrapped driver errors."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for linked in (current.__cause__, current.__context__, getattr(current, "orig", None)):
+            if isinstance(linked, BaseException):
+                pending.append(linked)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -44,14 +77,116 @@ def is_transient(error: BaseException) -> bool:
         transient += (psycopg2.OperationalError, psycopg2.InterfaceError)
     except ImportError:  # pragma: no cover - psycopg2 is a dependency
         pass
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, transient):
+    return any(isinstance(e, transient) for e in _chain(error))
+
+
+def is_connection_limit(error: BaseException) -> bool:
+    """Whether the database refused a connection because it is at its connection limit.
+
+    Looks through the whole chain: Optuna wraps the driver's error in a
+    ``StorageInternalError`` that speaks of "invalid data in the commit".
+    """
+    for e in _chain(error):
+        if getattr(e, "pgcode", None) == _TOO_MANY_CONNECTIONS_SQLSTATE:
             return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        text = str(e).lower()
+        if any(marker in text for marker in _CONNECTION_LIMIT_MARKERS):
+            return True
     return False
+
+
+def connection_limit_message(describe: str, refused_s: float) -> str:
+    """One line: the server is full, and what to do about it."""
+    return (
+        f"{describe} refused connections for {refused_s:.0f} s: the database is at its "
+        "connection limit (PostgreSQL max_connections); raise max_connections, run fewer "
+        "workers, or put `hpo proxy` in front of the database"
+    )
+
+
+class RetryStats:
+    """What this process's retries hid: refused connections and outages, and their wait."""
+
+    def __init__(self) -> None:
+        self.refused = 0
+        self.outage_errors = 0
+        self.waited_s = 0.0
+
+
+RETRIES = RetryStats()
+
+
+class Backoff:
+    """Retry state of one operation: jittered exponential delays, one log line each way.
+
+    Call ``failed(e)`` for each transient error (it sleeps, or raises ``StorageError`` once
+    the errors have lasted ``timeout_s``) and ``succeeded()`` after the operation worked.
+    """
+
+    def __init__(
+        self,
+        describe: str,
+        *,
+        timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.describe = describe
+        self.timeout_s = timeout_s
+        self.started: float | None = None
+        self._sleep = sleep
+        self._delay_s = 0.0
+        self._warned = False
+
+    def failed(self, error: BaseException) -> None:
+        now = time.monotonic()
+        refused = is_connection_limit(error)
+        if self.started is None:
+            self.started = now
+            self._delay_s = _FIRST_REFUSED_DELAY_S if refused else _FIRST_DELAY_S
+        down_s = now - self.started
+        if refused:
+            RETRIES.refused += 1
+        else:
+            RETRIES.outage_errors += 1
+        if down_s > self.timeout_s:
+            if refused:
+                raise StorageError(connection_limit_message(self.describe, down_s)) from None
+            raise StorageError(
+                f"{self.describe} unreachable for {down_s:.0f} s: {error_summary(error)}"
+            ) from None
+        if not self._warned and (not refused or down_s >= min(_QUIET_REFUSED_S, self.timeout_s)):
+            self._warned = True
+            if refused:
+                logger.warning(
+                    "%s refuses connections: the database is at its connection limit "
+                    "(max_connections); retrying for up to %.0f s",
+                    self.describe,
+                    self.timeout_s,
+                )
+            else:
+                logger.warning(
+                    "%s unreachable (%s); retrying for up to %.0f s",
+                    self.describe,
+                    error_summary(error),
+                    self.timeout_s,
+                )
+        # Jitter: workers refused together must not come back together.
+        delay_s = self._delay_s * random.uniform(0.5, 1.5)
+        RETRIES.waited_s += delay_s
+        self._sleep(delay_s)
+        ceiling = _MAX_REFUSED_DELAY_S if refused else _MAX_DELAY_S
+        self._delay_s = min(self._delay_s * 2, ceiling)
+
+    def succeeded(self) -> None:
+        if self.started is None:
+            return
+        elapsed_s = time.monotonic() - self.started
+        if self._warned:
+            logger.warning("%s reachable again after %.1f s", self.describe, elapsed_s)
+        else:
+            logger.debug(
+                "%s: connection accepted after %.2f s of refusals", self.describe, elapsed_s
+            )
 
 
 class RetryingStorage(BaseStorage, BaseHeartbeat):
@@ -99,13 +234,12 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
 
     def _call_unlocked(self, name: str, *args: Any, **kwargs: Any) -> Any:
         method = getattr(self._inner, name)
-        started: float | None = None
-        delay = _FIRST_DELAY_S
+        backoff = Backoff(self._describe, timeout_s=self._outage_timeout_s, sleep=self._sleep)
         while True:
             try:
                 result = method(*args, **kwargs)
             except optuna.exceptions.UpdateFinishedTrialError:
-                if started is not None and name == "set_trial_state_values":
+                if backoff.started is not None and name == "set_trial_state_values":
                     trial = self._inner.get_trial(args[0])
                     requested = kwargs.get("state", args[1] if len(args) > 1 else None)
                     if trial.state == requested:  # our own write committed before the drop
@@ -114,27 +248,9 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
             except Exception as e:
                 if not is_transient(e):
                     raise
-                now = time.monotonic()
-                if started is None:
-                    started = now
-                    logger.warning(
-                        "%s unreachable (%s); retrying for up to %.0f s",
-                        self._describe,
-                        error_summary(e),
-                        self._outage_timeout_s,
-                    )
-                if now - started > self._outage_timeout_s:
-                    down_s = now - started
-                    raise StorageError(
-                        f"{self._describe} unreachable for {down_s:.0f} s: {error_summary(e)}"
-                    ) from None
-                self._sleep(delay)
-                delay = min(delay * 2, _MAX_DELAY_S)
+                backoff.failed(e)
                 continue
-            if started is not None:
-                logger.warning(
-                    "%s reachable again after %.1f s", self._describe, time.monotonic() - started
-                )
+            backoff.succeeded()
             return result
 
     # Heartbeat support follows the inner store's.

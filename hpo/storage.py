@@ -14,6 +14,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ DEFAULT_STORAGE = ".hpo/journal.log"
 HEARTBEAT_KEY = "hpo:heartbeat"
 DEFAULT_HEARTBEAT_INTERVAL_S = 10
 DEFAULT_GRACE_PERIOD_S = 30
+DEFAULT_OUTAGE_TIMEOUT_S = 300.0
 
 _USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
 _PASSWORD_KV_RE = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
@@ -96,6 +98,7 @@ def open_storage(
     heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S,
     grace_period_s: int = DEFAULT_GRACE_PERIOD_S,
     stale_trial_callback: StaleCallback | None = None,
+    outage_timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S,
 ) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the store at ``url`` with heartbeats enabled.
 
@@ -104,22 +107,48 @@ def open_storage(
         heartbeat_interval_s: how often a running trial records that its worker is alive.
         grace_period_s: a running trial silent for longer than this is stale.
         stale_trial_callback: called for each trial failed as stale (e.g. to re-queue it).
+        outage_timeout_s: how long operations retry a lost or refused database connection.
+            Opening retries only refusals at the connection limit (the server is up, just
+            full); any other failure to open is reported at once.
 
     Raises:
-        StorageError: the store cannot be opened; the message names the masked URL.
+        StorageError: the store cannot be opened; the message names the masked URL, and the
+            connection limit when that is why.
     """
     kind = storage_kind(url)
-    try:
-        if kind == "journal":
-            return _open_journal(url, heartbeat_interval_s, grace_period_s, stale_trial_callback)
-        if kind == "grpc":
-            return _open_grpc(url)
-        return _open_rdb(url, kind, heartbeat_interval_s, grace_period_s, stale_trial_callback)
-    except StorageError:
-        raise
-    except Exception as e:  # third-party errors are translated here, at the boundary
-        detail = error_summary(e, url)
-        raise StorageError(f"cannot open storage {mask_url(url)!r}: {detail}") from None
+    opener: Callable[[], optuna.storages.BaseStorage]
+    if kind == "journal":
+        opener = partial(
+            _open_journal, url, heartbeat_interval_s, grace_period_s, stale_trial_callback
+        )
+    elif kind == "grpc":
+        opener = partial(_open_grpc, url)
+    else:
+        opener = partial(
+            _open_rdb,
+            url,
+            kind,
+            heartbeat_interval_s,
+            grace_period_s,
+            stale_trial_callback,
+            outage_timeout_s,
+        )
+    from hpo._retry import Backoff, is_connection_limit
+
+    backoff = Backoff(f"store {mask_url(url)}", timeout_s=outage_timeout_s)
+    while True:
+        try:
+            storage = opener()
+        except StorageError:
+            raise
+        except Exception as e:  # third-party errors are translated here, at the boundary
+            if is_connection_limit(e):
+                backoff.failed(e)  # raises StorageError naming max_connections once it lasts
+                continue
+            detail = error_summary(e, url)
+            raise StorageError(f"cannot open storage {mask_url(url)!r}: {detail}") from None
+        backoff.succeeded()
+        return storage
 
 
 def error_summary(error: BaseException, url: str | None = None) -> str:
@@ -150,7 +179,12 @@ def _open_journal(
 
 
 def _open_rdb(
-    url: str, kind: str, interval: int, grace: int, callback: StaleCallback | None
+    url: str,
+    kind: str,
+    interval: int,
+    grace: int,
+    callback: StaleCallback | None,
+    outage_timeout_s: float,
 ) -> optuna.storages.BaseStorage:
     import warnings
 
@@ -194,7 +228,9 @@ def _open_rdb(
     # Keep Optuna's trial cache (load_study adds it only to a bare RDBStorage), then retry.
     # The delegates are generated, so mypy cannot see that the class is concrete.
     return RetryingStorage(  # type: ignore[abstract]
-        optuna.storages._CachedStorage(storage), describe=f"store {mask_url(url)}"
+        optuna.storages._CachedStorage(storage),
+        describe=f"store {mask_url(url)}",
+        outage_timeout_s=outage_timeout_s,
     )
 
 
