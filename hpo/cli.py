@@ -290,8 +290,10 @@ def proxy(
     from hpo.storage import mask_url, open_storage, resolve_storage_url
 
     url = resolve_storage_url(storage)
+    # The proxy serves every worker through one store: it keeps its one database connection.
+    store = open_storage(url, keep_connection=True)
     typer.echo(f"gRPC storage proxy for {mask_url(url)} on {host}:{port}", err=True)
-    optuna.storages.run_grpc_proxy_server(open_storage(url), host=host, port=port)
+    optuna.storages.run_grpc_proxy_server(store, host=host, port=port)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -311,3 +311,102 @@ def test_open_storage_names_max_connections_when_the_server_is_full(
         open_storage("postgresql://bob:hunter2-secret@127.0.0.1:5432/db", outage_timeout_s=0.0)
     assert "hunter2-secret" not in str(info.value)
     assert "postgresql://bob:***@127.0.0.1:5432/db" in str(info.value)
+
+
+def test_lean_postgres_store_reads_and_writes_exactly_what_stock_optuna_does(
+    postgres_url: str, spec_dict: dict[str, Any]
+) -> None:
+    import math
+
+    from hpo._lean_rdb import LeanPostgresStorage
+
+    lean_store = open_storage(postgres_url)
+    assert isinstance(lean_store.inner._backend, LeanPostgresStorage)  # type: ignore[attr-defined]
+    study_id = create_study(parse_spec(spec_dict), lean_store)
+    lean = optuna.load_study(study_name=spec_dict["name"], storage=lean_store)
+    lean.enqueue_trial({"x": 0.5})
+    for i in range(4):
+        trial = lean.ask()
+        trial.suggest_float("x", 1e-5, 1.0, log=True)
+        trial.suggest_int("n", 1, 9)
+        trial.suggest_categorical("pool", ["mean", "cls"])
+        trial.report(0.1 * i, 0)
+        trial.report(float("nan") if i == 1 else 0.3, 1)
+        trial.report(float("inf"), 2)
+        trial.set_user_attr("note", {"i": i, "s": "é"})
+        states = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE]
+        value = float("-inf") if i == 3 else 1 / 3 if states[i] == TrialState.COMPLETE else None
+        lean.tell(trial, value, state=states[i])
+    running = lean.ask()
+    running.suggest_float("x", 1e-5, 1.0, log=True)
+    running.report(0.25, 4)
+
+    stock = optuna.storages.RDBStorage(normalize_postgres_url(postgres_url))
+    backend = lean_store.inner._backend  # type: ignore[attr-defined]
+    expected = stock.get_all_trials(study_id)
+    # repr, not ==: a NaN report is never equal to itself.
+    assert repr(backend.get_all_trials(study_id)) == repr(expected)
+    assert repr([backend.get_trial(t._trial_id) for t in expected]) == repr(expected)
+    assert [t.number for t in expected] == [0, 1, 2, 3, 4]
+    assert expected[0].params["x"] == 0.5  # the enqueued trial was asked first
+    assert math.isnan(expected[1].intermediate_values[1])
+    assert expected[3].value == float("-inf")
+    assert expected[4].state == TrialState.RUNNING
+    # Only the trials asked for: new ones past the last id seen, and the named running ones.
+    first, *_, last = expected
+    picked = backend._get_trials(study_id, None, {last._trial_id}, first._trial_id)
+    assert [t.number for t in picked] == [1, 2, 3, 4]
+    assert backend._get_trials(study_id, None, set(), last._trial_id) == []
+
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        backend.set_trial_intermediate_value(first._trial_id, 9, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        backend.set_trial_state_values(first._trial_id, TrialState.COMPLETE, [1.0])
+    with pytest.raises(KeyError):
+        backend.get_trial(2**31 - 1)
+    with pytest.raises(KeyError):
+        backend._get_trials(2**31 - 1, None, set(), -1)
+    with pytest.raises(ValueError, match=r"[Cc]annot set different distribution"):
+        running.suggest_float("n", 0.0, 1.0)  # "n" is an int elsewhere in the study
+
+
+def test_workers_reach_postgres_through_hpo_proxy(
+    postgres_url: str, spec_dict: dict[str, Any]
+) -> None:
+    import socket
+
+    from tests.hpo.conftest import free_port
+
+    port = free_port()
+    hpo_cli = str(Path(sys.executable).parent / "hpo")
+    proxy = subprocess.Popen(
+        [hpo_cli, "proxy", "--storage", postgres_url, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proxy.poll() is None, proxy.communicate()[1]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "hpo proxy did not listen within 60 s"
+                time.sleep(0.2)
+        remote = open_storage(f"grpc://127.0.0.1:{port}")
+        create_study(parse_spec(spec_dict), remote)
+        study, spec = load_study(remote, spec_dict["name"])
+        trial = study.ask()
+        lr = trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+        trial.report(0.5, 0)
+        study.tell(trial, 0.75)
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+    direct = optuna.load_study(study_name=spec.name, storage=open_storage(postgres_url))
+    [stored] = direct.trials
+    assert stored.state == TrialState.COMPLETE and stored.value == 0.75
+    assert stored.params == {"lr": lr} and stored.intermediate_values == {0: 0.5}
+    assert direct.user_attrs[SPEC_ATTR]["name"] == spec.name

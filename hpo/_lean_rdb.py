@@ -1,0 +1,415 @@
+"""Optuna's RDB store on PostgreSQL with fewer statements per trial: same tables, same rows.
+
+Stock ``RDBStorage`` goes through the ORM: reading a trial takes one query per child table,
+and each write first loads the trial to check its state. On a trial of four params and three
+reports that is 71 statements and 16 commits, most of them re-reading running trials. This
+subclass replaces the hot paths with plain SQL on the same schema:
+
+* a trial, or a study's new and running trials, in one statement (child rows as JSON arrays);
+* each write in one guarded statement (``INSERT … SELECT … WHERE the trial is not finished``,
+  upserts ``ON CONFLICT``); a second statement only to say why nothing was written;
+* a new trial in two (lock the study row, then insert numbered by a fresh count, exactly as
+  Optuna numbers them); a state change in one or two.
+
+Rows are written exactly as Optuna writes them (naive UTC datetimes, enum names, JSON text), so
+plain Optuna, ``optuna-dashboard`` and the ``optuna`` CLI read these studies unchanged. Rare
+paths (enqueued trials, attributes, studies, best trial) stay on the stock code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+from collections.abc import Container, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna import distributions
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
+from optuna.trial import FrozenTrial, TrialState
+
+_FINISHED = "('COMPLETE', 'PRUNED', 'FAIL')"
+
+_TRIAL_COLUMNS = """
+    t.trial_id, t.number, t.state::text, t.datetime_start, t.datetime_complete,
+    (SELECT json_agg(json_build_array(p.param_name, p.param_value, p.distribution_json)
+                     ORDER BY p.param_id)
+       FROM trial_params p WHERE p.trial_id = t.trial_id),
+    (SELECT json_agg(json_build_array(v.objective, v.value, v.value_type::text))
+       FROM trial_values v WHERE v.trial_id = t.trial_id),
+    (SELECT json_agg(json_build_array(a.key, a.value_json) ORDER BY a.trial_user_attribute_id)
+       FROM trial_user_attributes a WHERE a.trial_id = t.trial_id),
+    (SELECT json_agg(json_build_array(a.key, a.value_json) ORDER BY a.trial_system_attribute_id)
+       FROM trial_system_attributes a WHERE a.trial_id = t.trial_id),
+    (SELECT json_agg(json_build_array(i.step, i.intermediate_value,
+                                      i.intermediate_value_type::text) ORDER BY i.step)
+       FROM trial_intermediate_values i WHERE i.trial_id = t.trial_id)
+"""
+
+_GET_TRIAL = sqlalchemy.text(f"SELECT {_TRIAL_COLUMNS} FROM trials t WHERE t.trial_id = :trial_id")
+
+# One row per matching trial, or one row of NULLs when the study exists but none match, or no
+# row when the study does not exist: the existence check rides along.
+_GET_TRIALS = sqlalchemy.text(
+    f"""
+    SELECT {_TRIAL_COLUMNS}
+      FROM studies s
+      LEFT JOIN trials t
+        ON t.study_id = s.study_id
+       AND (t.trial_id > :greater_than OR t.trial_id = ANY(:included))
+       AND (CAST(:states AS text[]) IS NULL OR t.state::text = ANY(CAST(:states AS text[])))
+     WHERE s.study_id = :study_id
+     ORDER BY t.trial_id
+    """
+)
+
+_LOCK_STUDY = sqlalchemy.text("SELECT study_id FROM studies WHERE study_id = :study_id FOR UPDATE")
+
+# Numbered like Optuna's count_past_trials: every trial of the study before this one. The study
+# row is locked by the previous statement, and this statement's snapshot is taken after the lock
+# was granted, so it sees every trial committed before ours.
+_INSERT_TRIAL = sqlalchemy.text(
+    """
+    INSERT INTO trials (number, study_id, state, datetime_start)
+    SELECT count(*), :study_id, 'RUNNING', :start FROM trials WHERE study_id = :study_id
+    RETURNING trial_id, number
+    """
+)
+
+_TRIAL_STATE = sqlalchemy.text("SELECT state::text FROM trials WHERE trial_id = :trial_id")
+
+_PARAM_DISTRIBUTION_IN_STUDY = sqlalchemy.text(
+    """
+    SELECT p.distribution_json FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id
+     WHERE t.study_id = (SELECT study_id FROM trials WHERE trial_id = :trial_id)
+       AND p.param_name = :name
+     LIMIT 1
+    """
+)
+
+_INSERT_PARAM = sqlalchemy.text(
+    f"""
+    INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
+    SELECT trial_id, :name, CAST(:value AS double precision), :distribution
+      FROM trials WHERE trial_id = :trial_id AND state NOT IN {_FINISHED}
+    ON CONFLICT (trial_id, param_name) DO NOTHING
+    RETURNING param_id
+    """
+)
+
+_UPSERT_INTERMEDIATE = sqlalchemy.text(
+    f"""
+    INSERT INTO trial_intermediate_values
+           (trial_id, step, intermediate_value, intermediate_value_type)
+    SELECT trial_id, :step, CAST(:value AS double precision),
+           CAST(:value_type AS trialintermediatevaluetype)
+      FROM trials WHERE trial_id = :trial_id AND state NOT IN {_FINISHED}
+    ON CONFLICT (trial_id, step) DO UPDATE
+       SET intermediate_value = EXCLUDED.intermediate_value,
+           intermediate_value_type = EXCLUDED.intermediate_value_type
+    RETURNING trial_id
+    """
+)
+
+_START_WAITING = sqlalchemy.text(
+    """
+    UPDATE trials SET state = 'RUNNING', datetime_start = :now
+     WHERE trial_id = :trial_id AND state = 'WAITING'
+    RETURNING trial_id
+    """
+)
+
+_SET_STATE = sqlalchemy.text(
+    f"""
+    UPDATE trials
+       SET state = CAST(:state AS trialstate),
+           datetime_complete = CASE WHEN :finished THEN :now ELSE datetime_complete END
+     WHERE trial_id = :trial_id AND state NOT IN {_FINISHED}
+    RETURNING trial_id
+    """
+)
+
+_UPSERT_VALUE = sqlalchemy.text(
+    """
+    INSERT INTO trial_values (trial_id, objective, value, value_type)
+    VALUES (:trial_id, :objective, CAST(:value AS double precision),
+            CAST(:value_type AS trialvaluetype))
+    ON CONFLICT (trial_id, objective) DO UPDATE
+       SET value = EXCLUDED.value, value_type = EXCLUDED.value_type
+    """
+)
+
+# Database clock, in the session's time zone, as Optuna's record_heartbeat stores it.
+_BEAT = sqlalchemy.text(
+    """
+    INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:trial_id, LOCALTIMESTAMP)
+    ON CONFLICT (trial_id) DO UPDATE SET heartbeat = EXCLUDED.heartbeat
+    """
+)
+
+_STALE = sqlalchemy.text(
+    """
+    SELECT t.trial_id FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id
+     WHERE t.study_id = :study_id AND t.state = 'RUNNING'
+       AND LOCALTIMESTAMP - h.heartbeat > make_interval(secs => :grace_s)
+    """
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def _distribution(distribution_json: str) -> distributions.BaseDistribution:
+    """Parsed once per distinct JSON (a study has a handful); distributions are immutable."""
+    return distributions.json_to_distribution(distribution_json)
+
+
+def _utc_now() -> datetime.datetime:
+    """Now as Optuna's RDB store writes datetimes: naive UTC."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _local(utc: datetime.datetime | None) -> datetime.datetime | None:
+    """A stored naive-UTC datetime as Optuna returns it: naive local time."""
+    if utc is None:
+        return None
+    return utc.replace(tzinfo=datetime.timezone.utc).astimezone().replace(tzinfo=None)
+
+
+def _float(number: float | None) -> float | None:
+    """JSON writes 0.0 as 0: numbers from the JSON arrays are doubles in the table."""
+    return None if number is None else float(number)
+
+
+def _stored_value(value: float) -> tuple[float | None, str]:
+    stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+    return stored, kind.name
+
+
+def _value(stored: float | None, kind: str) -> float:
+    return models.TrialValueModel.stored_repr_to_value(
+        stored, models.TrialValueModel.TrialValueType[kind]
+    )
+
+
+def _intermediate(stored: float | None, kind: str) -> float:
+    return models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
+        stored, models.TrialIntermediateValueModel.TrialIntermediateValueType[kind]
+    )
+
+
+def _frozen_trial(row: Sequence[Any]) -> FrozenTrial:
+    """A FrozenTrial from one row of ``_TRIAL_COLUMNS``, as the stock store builds it."""
+    trial_id, number, state, start, complete, params, values, user, system, steps = row
+    dists = {name: _distribution(dist_json) for name, _, dist_json in params or ()}
+    value_list: list[float] | None = None
+    if values:
+        value_list = [0.0] * len(values)
+        for objective, stored, kind in values:
+            value_list[objective] = _value(_float(stored), kind)
+    return FrozenTrial(
+        number=number,
+        state=TrialState[state],
+        value=None,
+        values=value_list,
+        datetime_start=_local(start),
+        datetime_complete=_local(complete),
+        params={name: dists[name].to_external_repr(float(v)) for name, v, _ in params or ()},
+        distributions=dists,
+        user_attrs={key: json.loads(v) for key, v in user or ()},
+        system_attrs={key: json.loads(v) for key, v in system or ()},
+        intermediate_values={step: _intermediate(_float(v), kind) for step, v, kind in steps or ()},
+        trial_id=trial_id,
+    )
+
+
+class LeanPostgresStorage(RDBStorage):
+    """``RDBStorage`` whose per-trial operations are single SQL statements (PostgreSQL only).
+
+    Every error a stock store raises for these operations is raised the same way: ``KeyError``
+    for a missing trial or study, ``UpdateFinishedTrialError`` for a write to a finished trial,
+    ``StorageInternalError`` (chained to the driver's error) for a failed statement.
+    """
+
+    @contextmanager
+    def _connection(self, *, write: bool) -> Iterator[sqlalchemy.Connection]:
+        try:
+            with self.engine.begin() if write else self.engine.connect() as conn:
+                yield conn
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            raise optuna.exceptions.StorageInternalError(
+                f"a store statement failed: {type(getattr(e, 'orig', None) or e).__name__}"
+            ) from e
+
+    def _raise_unless_updatable(self, conn: sqlalchemy.Connection, trial_id: int) -> None:
+        state = conn.execute(_TRIAL_STATE, {"trial_id": trial_id}).scalar()
+        if state is None:
+            raise KeyError(models.NOT_FOUND_MSG)
+        self.check_trial_is_updatable(trial_id, TrialState[state])
+
+    # Reads.
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        with self._connection(write=False) as conn:
+            row = conn.execute(_GET_TRIAL, {"trial_id": trial_id}).first()
+        if row is None:
+            raise KeyError(models.NOT_FOUND_MSG)
+        return _frozen_trial(row)
+
+    def _get_trials(
+        self,
+        study_id: int,
+        states: Container[TrialState] | None,
+        included_trial_ids: set[int],
+        trial_id_greater_than: int,
+    ) -> list[FrozenTrial]:
+        included = sorted(i for i in included_trial_ids if i <= trial_id_greater_than)
+        state_names = None
+        if states is not None:
+            state_names = [s.name for s in TrialState if s in states]
+        with self._connection(write=False) as conn:
+            rows = conn.execute(
+                _GET_TRIALS,
+                {
+                    "study_id": study_id,
+                    "greater_than": trial_id_greater_than,
+                    "included": included,
+                    "states": state_names,
+                },
+            ).all()
+        if not rows:
+            raise KeyError(models.NOT_FOUND_MSG)
+        return [_frozen_trial(row) for row in rows if row[0] is not None]
+
+    # Writes.
+    def _create_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None = None
+    ) -> FrozenTrial:
+        if template_trial is not None:  # enqueued and re-queued trials: rare, stock path
+            return super()._create_new_trial(study_id, template_trial)
+        start = _utc_now()
+        with self._connection(write=True) as conn:
+            if conn.execute(_LOCK_STUDY, {"study_id": study_id}).first() is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            trial_id, number = conn.execute(
+                _INSERT_TRIAL, {"study_id": study_id, "start": start}
+            ).one()
+        return FrozenTrial(
+            number=number,
+            state=TrialState.RUNNING,
+            value=None,
+            values=None,
+            datetime_start=_local(start),
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=trial_id,
+        )
+
+    def _set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: distributions.BaseDistribution,
+        previous_distribution: distributions.BaseDistribution | None,
+    ) -> None:
+        with self._connection(write=True) as conn:
+            if previous_distribution is None:  # once per param name and process
+                previous = conn.execute(
+                    _PARAM_DISTRIBUTION_IN_STUDY, {"trial_id": trial_id, "name": param_name}
+                ).scalar()
+                if previous is not None:
+                    previous_distribution = _distribution(previous)
+            if previous_distribution is not None:
+                distributions.check_distribution_compatibility(previous_distribution, distribution)
+            inserted = conn.execute(
+                _INSERT_PARAM,
+                {
+                    "trial_id": trial_id,
+                    "name": param_name,
+                    "value": param_value_internal,
+                    "distribution": distributions.distribution_to_json(distribution),
+                },
+            ).first()
+            if inserted is None:  # finished or missing trial; or the param was already set
+                self._raise_unless_updatable(conn, trial_id)
+
+    def set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: distributions.BaseDistribution,
+    ) -> None:
+        self._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
+
+    def set_trial_intermediate_value(
+        self, trial_id: int, step: int, intermediate_value: float
+    ) -> None:
+        stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(
+            intermediate_value
+        )
+        with self._connection(write=True) as conn:
+            written = conn.execute(
+                _UPSERT_INTERMEDIATE,
+                {"trial_id": trial_id, "step": step, "value": stored, "value_type": kind.name},
+            ).first()
+            if written is None:
+                self._raise_unless_updatable(conn, trial_id)
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        now = _utc_now()
+        with self._connection(write=True) as conn:
+            if state == TrialState.RUNNING:  # taking an enqueued trial: only a WAITING one
+                started = conn.execute(_START_WAITING, {"trial_id": trial_id, "now": now}).first()
+                if started is None:
+                    self._raise_unless_updatable(conn, trial_id)
+                    return False
+            else:
+                changed = conn.execute(
+                    _SET_STATE,
+                    {
+                        "trial_id": trial_id,
+                        "state": state.name,
+                        "finished": state.is_finished(),
+                        "now": now,
+                    },
+                ).first()
+                if changed is None:
+                    self._raise_unless_updatable(conn, trial_id)
+                    raise AssertionError("unreachable: the trial is neither finished nor here")
+            for objective, value in enumerate(values or ()):
+                stored, kind = _stored_value(value)
+                conn.execute(
+                    _UPSERT_VALUE,
+                    {
+                        "trial_id": trial_id,
+                        "objective": objective,
+                        "value": stored,
+                        "value_type": kind,
+                    },
+                )
+        return True
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            with self._connection(write=True) as conn:
+                conn.execute(_BEAT, {"trial_id": trial_id})
+        except optuna.exceptions.StorageInternalError as e:
+            if not isinstance(e.__cause__, sqlalchemy.exc.IntegrityError):
+                raise
+            # The trial is gone (its study was deleted): nothing to beat for, as in stock.
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        assert self.heartbeat_interval is not None
+        grace_s = self.grace_period or 2 * self.heartbeat_interval
+        with self._connection(write=False) as conn:
+            rows = conn.execute(_STALE, {"study_id": study_id, "grace_s": grace_s}).all()
+        return [trial_id for (trial_id,) in rows]
