@@ -134,10 +134,37 @@ def _ratio(mine: float, theirs: float) -> float:
     return mine / theirs
 
 
+def anytime_ratio(
+    mine: Sequence[Mapping[str, Any]],
+    none: Sequence[Mapping[str, Any]],
+    optimum: float,
+    grid: Sequence[int],
+) -> float:
+    """Geometric mean over the budgets in ``grid`` of median regret ÷ ``none``'s median regret.
+
+    Less sensitive than one budget to a single late trial; budgets where either side has no
+    completed trial yet are skipped.
+    """
+    ratios = []
+    for budget in grid:
+        ratio = _ratio(
+            median([regret_at(r, budget, optimum) for r in mine]),
+            median([regret_at(r, budget, optimum) for r in none]),
+        )
+        if math.isfinite(ratio) and ratio > 0:
+            ratios.append(ratio)
+    return geometric_mean(ratios)
+
+
 def function_table(
-    name: str, info: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], budgets: Sequence[int]
-) -> tuple[str, dict[str, dict[int, float]]]:
-    """One function's markdown table, and each pruner's ratio to ``none`` per budget."""
+    name: str,
+    info: Mapping[str, Any],
+    runs: Sequence[Mapping[str, Any]],
+    budgets: Sequence[int],
+    grid: Sequence[int],
+) -> tuple[str, dict[str, dict[int | str, float]]]:
+    """One function's markdown table, and each pruner's ratio to ``none`` per budget (and at
+    key ``"anytime"``, the geometric mean over ``grid``)."""
     lines = [
         f"**{name}** (dim {info['dim']}, bias {info['bias']}; Spearman ρ of step-1 vs "
         f"full-fidelity value over 1,000 random x: {info['rho_first_full']:.2f}, of step "
@@ -146,8 +173,8 @@ def function_table(
         "",
         "| pruner | "
         + " | ".join(f"regret @ {b} steps (÷ none)" for b in budgets)
-        + " | trials completed / pruned | wall s / study |",
-        "|" + " --- |" * (len(budgets) + 3),
+        + " | anytime ÷ none | trials completed / pruned | wall s / study |",
+        "|" + " --- |" * (len(budgets) + 4),
     ]
     medians: dict[str, dict[int, float]] = {}
     for pruner in PRUNERS:
@@ -155,10 +182,12 @@ def function_table(
         medians[pruner] = {
             b: median([regret_at(r, b, info["optimum"]) for r in mine]) for b in budgets
         }
-    ratios: dict[str, dict[int, float]] = {}
+    none = [r for r in runs if r["pruner"] == "none"]
+    ratios: dict[str, dict[int | str, float]] = {}
     for pruner in PRUNERS:
         mine = [r for r in runs if r["pruner"] == pruner]
         ratios[pruner] = {b: _ratio(medians[pruner][b], medians["none"][b]) for b in budgets}
+        ratios[pruner]["anytime"] = anytime_ratio(mine, none, info["optimum"], grid)
         cells = []
         for b in budgets:
             ratio = ratios[pruner][b]
@@ -170,7 +199,7 @@ def function_table(
         lines.append(
             f"| {pruner} | "
             + " | ".join(cells)
-            + f" | {completed:.0f} / {pruned:.0f} | {wall:.1f} |"
+            + f" | {ratios[pruner]['anytime']:.2f} | {completed:.0f} / {pruned:.0f} | {wall:.1f} |"
         )
     return "\n".join(lines), ratios
 
@@ -217,12 +246,14 @@ def geometric_mean(values: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in finite)) if finite else math.nan
 
 
-def write_section(payload: Mapping[str, Any], wall_s: float, *, write: bool = True) -> str:
-    """Plot, tables and the BENCHMARKS.md section; returns the summary text."""
+def write_section(payload: Mapping[str, Any], *, write: bool = True) -> str:
+    """Plot, tables and the BENCHMARKS.md section; returns the summary (or, unwritten, all)."""
     settings = payload["settings"]
     budgets = [round(f * settings["budget_steps"]) for f in CHECKPOINT_FRACTIONS]
+    grid = list(range(settings["n_steps"], settings["budget_steps"] + 1, settings["n_steps"]))
     figure = FIGURES / "pruning_mfhartmann.png"
     plot(payload, figure)
+    run = payload["run"]
     versions = ", ".join(f"{k} {v}" for k, v in payload["versions"].items())
     parts = [
         "```",
@@ -230,12 +261,14 @@ def write_section(payload: Mapping[str, Any], wall_s: float, *, write: bool = Tr
         f"--budget-steps {settings['budget_steps']} --workers {settings['workers']}",
         "```",
         "",
-        f"Run {run_date()} on {machine_line()}; worker venv: {versions}; load average at the "
-        f"end {load_average()} (the machine was shared); whole run {wall_s:.0f} s.",
+        f"Run {run['date']} on {run['machine']}; worker venv: {versions}; load average at the "
+        f"end {run['load_average']} (the machine was shared with other benchmarks, so the wall "
+        f"times are inflated and only comparable within one row's run); whole run "
+        f"{run['wall_s']:.0f} s.",
         "",
         "Setup (details in the module docstring): `mfpbench` is not installable here (not on the "
         "package index this machine reaches), so the functions are `MFHartmann` from "
-        "`mfhpo-benchmark-api` (same Kandasamy et al. multi-fidelity Hartmann, with the "
+        "`mfhpo-benchmark-api` (the same Kandasamy et al. multi-fidelity Hartmann, with the "
         "package's per-evaluation Gaussian noise) at bias 0.1 (its default: faithful low "
         "fidelities) and bias 2 / 3 (misleading low fidelities; see each function's ρ). "
         f"{settings['n_steps']} fidelity steps per trial (10 %, 20 %, … 100 %), one step = one "
@@ -245,12 +278,14 @@ def write_section(payload: Mapping[str, Any], wall_s: float, *, write: bool = Tr
         "epochs of one fold (`StepLayout(n_folds=1, steps_per_fold=n_steps)`). Regret = the "
         "incumbent's noise-free full-fidelity value minus the global minimum; cells are medians "
         f"over {settings['seeds']} seeds, with the ratio to `none`'s median in parentheses "
-        "(below 1 = better than not pruning at the same budget). `—`: no trial completed yet.",
+        "(below 1 = better than not pruning at the same budget). *Anytime ÷ none*: geometric "
+        f"mean of that ratio over every budget from {grid[0]} to {grid[-1]} steps, less "
+        "sensitive to one late trial than the last column. `—`: no trial completed yet.",
     ]
-    all_ratios: dict[str, dict[str, dict[int, float]]] = {}
+    all_ratios: dict[str, dict[str, dict[int | str, float]]] = {}
     for name, info in payload["functions"].items():
         runs = [r for r in payload["runs"] if r["function"] == name]
-        text, all_ratios[name] = function_table(name, info, runs, budgets)
+        text, all_ratios[name] = function_table(name, info, runs, budgets, grid)
         parts += ["", text]
     parts += ["", f"![regret vs fidelity steps](bench/figures/{figure.name})"]
     summary = summary_lines(all_ratios, budgets)
@@ -262,41 +297,45 @@ def write_section(payload: Mapping[str, Any], wall_s: float, *, write: bool = Tr
 
 
 def summary_lines(
-    ratios: Mapping[str, Mapping[str, Mapping[int, float]]], budgets: Sequence[int]
+    ratios: Mapping[str, Mapping[str, Mapping[int | str, float]]], budgets: Sequence[int]
 ) -> list[str]:
     """Plain sentences from the ratios, so the text cannot drift from the tables."""
     lines = []
-    faithful = [n for n in ratios if not n.split("-")[1:]]
-    misleading = [n for n in ratios if n.split("-")[1:]]
+    faithful = [n for n in ratios if "-" not in n]
+    misleading = [n for n in ratios if "-" in n]
+    keys: list[int | str] = [budgets[1], budgets[-1], "anytime"]
     for label, names in (
-        ("faithful low fidelities (bias 0.1)", faithful),
-        ("misleading low fidelities (bias 2, 3)", misleading),
+        ("Faithful low fidelities (bias 0.1)", faithful),
+        ("Misleading low fidelities (bias 2, 3)", misleading),
     ):
         if not names:
             continue
-        for b in (budgets[1], budgets[-1]):
-            cells = ", ".join(
-                f"{p} {geometric_mean([ratios[n][p][b] for n in names]):.2f}"
+        cells = "; ".join(
+            f"{key if key == 'anytime' else f'at {key} steps'}: "
+            + ", ".join(
+                f"{p} {geometric_mean([ratios[n][p][key] for n in names]):.2f}"
                 for p in PRUNERS
                 if p != "none"
             )
-            lines.append(
-                f"- {label}, at {b} steps: geometric mean over {len(names)} functions of median "
-                f"regret ÷ none's: {cells}."
-            )
-    lost = []
-    for name, by_pruner in ratios.items():
-        for b in (budgets[1], budgets[-1]):
-            ours = by_pruner["fold_aware"][b]
-            for other in ("none", "median", "hyperband"):
-                theirs = 1.0 if other == "none" else by_pruner[other][b]
-                if math.isfinite(ours) and math.isfinite(theirs) and ours > theirs:
-                    lost.append(f"{name} @ {b} vs {other} ({ours:.2f} vs {theirs:.2f} of none)")
-    lines.append(
-        "- Where our `fold_aware` default loses (its median regret ÷ none's above the other's): "
-        + ("; ".join(lost) if lost else "nowhere at these budgets")
-        + "."
-    )
+            for key in keys
+        )
+        lines.append(
+            f"- {label}, geometric mean over {len(names)} functions of median regret ÷ "
+            f"no pruning's (below 1 = pruning helped): {cells}."
+        )
+    for other in ("none", "median", "hyperband"):
+        worse = [
+            f"{name} ({by_pruner['fold_aware']['anytime']:.2f} vs "
+            f"{1.0 if other == 'none' else by_pruner[other]['anytime']:.2f})"
+            for name, by_pruner in ratios.items()
+            if by_pruner["fold_aware"]["anytime"]
+            > (1.0 if other == "none" else by_pruner[other]["anytime"])
+        ]
+        lines.append(
+            f"- `fold_aware` (ours) worse than `{other}` on the anytime ratio: "
+            + (", ".join(worse) if worse else "on none of the functions")
+            + f" ({len(worse)} of {len(ratios)})."
+        )
     return lines
 
 
@@ -312,18 +351,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    started = time.perf_counter()
     if args.results:
         payload = json.loads(args.results.read_text())
     else:
+        started = time.perf_counter()
         python = ensure_venv()
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "results.json"
             run_worker(python, args, out)
             payload = json.loads(out.read_text())
-            if args.keep:
-                args.keep.write_text(out.read_text())
-    print(write_section(payload, time.perf_counter() - started, write=not args.no_write))
+        payload["run"] = {
+            "date": run_date(),
+            "machine": machine_line(),
+            "load_average": load_average(),
+            "wall_s": time.perf_counter() - started,
+        }
+        if args.keep:
+            args.keep.write_text(json.dumps(payload))
+    print(write_section(payload, write=not args.no_write))
     return 0
 
 
