@@ -33,7 +33,7 @@ _FIRST_DELAY_S = 0.5
 _MAX_DELAY_S = 15.0
 # Refusals at the connection limit clear as soon as any worker finishes its operation (a few
 # milliseconds), so they are retried sooner and more often, and logged only if they last.
-_FIRST_REFUSED_DELAY_S = 0.05
+_FIRST_REFUSED_DELAY_S = 0.1
 _MAX_REFUSED_DELAY_S = 2.0
 _QUIET_REFUSED_S = 30.0
 
@@ -227,8 +227,10 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
                 self._release_session()
 
     def _release_session(self) -> None:
+        # Optuna's _CachedStorage does not pass remove_session on to the RDBStorage inside.
+        store = getattr(self._inner, "_backend", self._inner)
         try:
-            self._inner.remove_session()
+            store.remove_session()
         except Exception as e:  # a dead connection cannot be closed cleanly; it is gone anyway
             logger.debug("closing the store session failed: %s", error_summary(e))
 

@@ -224,7 +224,7 @@ def _open_rdb(
         if db_path and db_path != ":memory:":
             Path(db_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    rdb_class = optuna.storages.RDBStorage
+    rdb_class: type[optuna.storages.RDBStorage] = optuna.storages.RDBStorage
     if kind == "postgresql":
         from hpo._lean_rdb import LeanPostgresStorage
 
