@@ -168,7 +168,13 @@ def run_study(
     import optuna
 
     started = time.perf_counter()
-    study = optuna.create_study(sampler=_sampler(seed), pruner=PRUNERS[pruner](n_steps))
+    # A fixed study name: Hyperband assigns trials to brackets by hashing it, so an
+    # auto-generated (random) name would make reruns differ.
+    study = optuna.create_study(
+        study_name=f"{function.name}-{pruner}-{seed}",
+        sampler=_sampler(seed),
+        pruner=PRUNERS[pruner](n_steps),
+    )
     noisy = make_function(function, n_steps, seed=seed, noisy=True)
     exact = make_function(function, n_steps, seed=None, noisy=False)
     zs = fidelities(n_steps)
