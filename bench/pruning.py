@@ -289,11 +289,30 @@ def write_section(payload: Mapping[str, Any], *, write: bool = True) -> str:
         parts += ["", text]
     parts += ["", f"![regret vs fidelity steps](bench/figures/{figure.name})"]
     summary = summary_lines(all_ratios, budgets)
+    summary.append(trial_counts_line(payload))
     parts += ["", "### What the numbers show", "", *summary]
     if write:
         update_section(HEADING, "\n".join(parts))
         return "\n".join(summary)
     return "\n".join(parts)
+
+
+def trial_counts_line(payload: Mapping[str, Any]) -> str:
+    """How many trials each pruner let finish within the budget, per function (medians)."""
+    cells = []
+    for name in payload["functions"]:
+        counts = []
+        for pruner in PRUNERS:
+            mine = [r for r in payload["runs"] if r["function"] == name and r["pruner"] == pruner]
+            counts.append(f"{median([r['n_complete'] for r in mine]):.0f}")
+        cells.append(f"{name} {' / '.join(counts)}")
+    return (
+        f"- Trials run to full fidelity within the budget (median; {' / '.join(PRUNERS)}): "
+        + "; ".join(cells)
+        + ". The likely mechanism (not measured directly): where early steps mislead, a "
+        "median-style rule that compares each step with the completed trials' values at that "
+        "step prunes trials that would have ended best, so few trials finish."
+    )
 
 
 def summary_lines(
