@@ -27,6 +27,8 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import math
+import time
 from collections.abc import Container, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -46,6 +48,7 @@ from hpo._lingering import (
 )
 
 _FINISHED = "('COMPLETE', 'PRUNED', 'FAIL')"
+DEFAULT_RUNNING_REFRESH_S = 1.0
 
 _TRIAL_COLUMNS = """
     t.trial_id, t.number, t.state::text, t.datetime_start, t.datetime_complete,
@@ -73,7 +76,8 @@ _GET_TRIALS = sqlalchemy.text(
       FROM studies s
       LEFT JOIN trials t
         ON t.study_id = s.study_id
-       AND (t.trial_id > :greater_than OR t.trial_id = ANY(:included))
+       AND (t.trial_id > :greater_than
+            OR (t.trial_id = ANY(:included) AND (:all_included OR t.state <> 'RUNNING')))
        AND (CAST(:states AS text[]) IS NULL OR t.state::text = ANY(CAST(:states AS text[])))
      WHERE s.study_id = :study_id
      ORDER BY t.trial_id
@@ -244,6 +248,13 @@ class LeanPostgresStorage(RDBStorage):
     Every error a stock store raises for these operations is raised the same way: ``KeyError``
     for a missing trial or study, ``UpdateFinishedTrialError`` for a write to a finished trial,
     ``StorageInternalError`` (chained to the driver's error) for a failed statement.
+
+    Freshness: Optuna's trial cache re-reads every running trial of the study on every refresh
+    (several times per trial: ask, each ``should_prune``), which costs O(workers) rows per
+    operation. Here new trials and state changes are always read, but the params, reports and
+    attributes of trials that are still running are re-read at most every
+    ``running_refresh_s``. A single trial read (``get_trial``, used for one's own trial by
+    pruners and ``tell``) is always fresh, and so is a first read of a study.
     """
 
     def __init__(
@@ -253,9 +264,12 @@ class LeanPostgresStorage(RDBStorage):
         *,
         linger_s: float = DEFAULT_LINGER_S,
         max_hold_s: float = DEFAULT_MAX_HOLD_S,
+        running_refresh_s: float = DEFAULT_RUNNING_REFRESH_S,
         **kwargs: Any,
     ) -> None:
         super().__init__(url, engine_kwargs, **kwargs)
+        self._running_refresh_s = running_refresh_s
+        self._running_read_at: dict[int, float] = {}
         self._linger_s = linger_s
         self._max_hold_s = max_hold_s
         self._attach_connection()
@@ -332,6 +346,10 @@ class LeanPostgresStorage(RDBStorage):
         state_names = None
         if states is not None:
             state_names = [s.name for s in TrialState if s in states]
+        now = time.monotonic()
+        all_included = now - self._running_read_at.get(study_id, -math.inf) >= (
+            self._running_refresh_s
+        )
         with self._connection(write=False) as conn:
             rows = conn.execute(
                 _GET_TRIALS,
@@ -339,9 +357,12 @@ class LeanPostgresStorage(RDBStorage):
                     "study_id": study_id,
                     "greater_than": trial_id_greater_than,
                     "included": included,
+                    "all_included": all_included,
                     "states": state_names,
                 },
             ).all()
+        if all_included:
+            self._running_read_at[study_id] = now
         if not rows:
             raise KeyError(models.NOT_FOUND_MSG)
         return [_frozen_trial(row) for row in rows if row[0] is not None]

@@ -26,7 +26,7 @@ from hpo.storage import (
     storage_kind,
 )
 from hpo.study import SPEC_ATTR, create_study, load_stored_spec, load_study
-from tests.hpo.conftest import write_spec
+from tests.hpo.conftest import unique_name, write_spec
 
 
 def _plain_optuna_storage(url: str) -> Any:
@@ -410,3 +410,26 @@ def test_workers_reach_postgres_through_hpo_proxy(
     assert stored.state == TrialState.COMPLETE and stored.value == 0.75
     assert stored.params == {"lr": lr} and stored.intermediate_values == {0: 0.5}
     assert direct.user_attrs[SPEC_ATTR]["name"] == spec.name
+
+
+def test_lean_store_rereads_running_trials_at_most_once_a_second_but_state_changes_at_once(
+    postgres_url: str,
+) -> None:
+    from hpo._lean_rdb import LeanPostgresStorage
+
+    url = normalize_postgres_url(postgres_url)
+    mine = LeanPostgresStorage(url, running_refresh_s=0.5)
+    other = optuna.storages.RDBStorage(url)
+    study_id = mine.create_new_study([optuna.study.StudyDirection.MINIMIZE], unique_name())
+    first = other.create_new_trial(study_id)
+    running = other.create_new_trial(study_id)
+    assert len(mine._get_trials(study_id, None, set(), -1)) == 2  # a first read is complete
+
+    other.set_trial_intermediate_value(running, 0, 1.0)
+    other.set_trial_state_values(first, TrialState.COMPLETE, [2.0])
+    since = mine._get_trials(study_id, None, {first, running}, running)
+    assert [(t._trial_id, t.state) for t in since] == [(first, TrialState.COMPLETE)]
+    time.sleep(0.6)
+    [again] = mine._get_trials(study_id, None, {running}, running)
+    assert again.intermediate_values == {0: 1.0}
+    assert mine.get_trial(running).intermediate_values == {0: 1.0}  # one trial: always fresh
