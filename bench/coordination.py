@@ -122,12 +122,12 @@ def _open(contender: str, url: str, proxy_port: int | None) -> Any:
 
     if contender == "plain":
         storage = optuna.storages.get_storage(_plain_url(url))
-        return storage, storage._backend.engine
+        return storage, storage._backend.engine  # type: ignore[attr-defined]
     if contender == "ours":
         from hpo.storage import open_storage
 
         storage = open_storage(url)
-        return storage, storage.inner._backend.engine
+        return storage, storage.inner._backend.engine  # type: ignore[attr-defined]
     assert proxy_port is not None
     return optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=proxy_port), None
 
