@@ -77,6 +77,7 @@ def trainer_config(
         device=device,
         eval_batch_size=spec.train.eval_batch_size,
         cache_dir=cache_dir,
+        torch_compile=spec.train.torch_compile,
     )
 
 

@@ -79,6 +79,8 @@ class TrainSpec(_Strict):
     pooling: Literal["cls", "mean"] = "cls"
     anchor: Literal["zero", "pretrained"] = "zero"
     seed: int = 0
+    # torch.compile the model (dynamic shapes). Pays off on GPUs for long trials; see BENCHMARKS.md.
+    torch_compile: bool = False
 
 
 class SamplerSpec(_Strict):

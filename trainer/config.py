@@ -67,6 +67,7 @@ class TrainerConfig:
     device: str = "auto"
     eval_batch_size: int = 64
     cache_dir: str | None = None
+    torch_compile: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,22 +9,30 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from trainer.checks import check_inputs
 from trainer.config import CVResult, FoldResult, Hyperparams, Reporter, TrainerConfig
 from trainer.data import Examples, load_examples, make_folds
-from trainer.device import autocast, peak_memory_mb, reset_peak_memory, resolve_device
+from trainer.device import (
+    autocast,
+    compiled,
+    free_memory,
+    peak_memory_mb,
+    reset_peak_memory,
+    resolve_device,
+)
 from trainer.errors import NonFiniteLossError
 from trainer.metrics import classification_metrics
 from trainer.model import Pretrained, build_model, freeze_lower, load_pretrained
 from trainer.optim import linear_warmup_decay, make_optimizer
-from trainer.regularization import penalized_weights, penalty
+from trainer.regularization import Penalized, penalized_weights, penalty
 from trainer.tokens import (
     Tokenized,
     iterate,
@@ -60,19 +68,58 @@ def prepare(config: TrainerConfig) -> Prepared:
     return Prepared(examples, tokens, pretrained, folds, resolve_device(config.device))
 
 
+# The last prepared inputs of this process: a worker's trials share data, folds and weights,
+# so from its second trial on, setup costs no disk read, no parsing and no hashing.
+_last_prepared: tuple[tuple[object, ...], Prepared] | None = None
+_prepared_lock = threading.Lock()
+
+
+def prepare_cached(config: TrainerConfig) -> Prepared:
+    """:func:`prepare`, reusing this process's previous result when the inputs are the same."""
+    global _last_prepared
+    key = (
+        config.model_name_or_path,
+        config.data,
+        config.max_seq_len,
+        config.n_folds,
+        config.split_seed,
+        config.cache_dir,
+        config.device,
+    )
+    with _prepared_lock:
+        if _last_prepared is not None and _last_prepared[0] == key:
+            return _last_prepared[1]
+        prepared = prepare(config)
+        _last_prepared = (key, prepared)
+        return prepared
+
+
 def evaluate(
     model: nn.Module, prepared: Prepared, indices: np.ndarray, batch_size: int
 ) -> dict[str, float]:
-    """Held-out metrics under ``eval()`` and ``inference_mode``, batches sorted by length."""
+    """Held-out metrics under ``eval()`` and ``inference_mode``, batches sorted by length.
+
+    A batch that runs out of accelerator memory is retried at half the batch size.
+    """
     import torch
 
     model.eval()
-    logits, order = [], []
-    with torch.inference_mode(), autocast(prepared.device):
-        batches = sorted_batches(indices, prepared.tokens.lengths, batch_size)
-        for batch, inputs in iterate(prepared.tokens, batches, prepared.device):
-            logits.append(model(**inputs).logits.float())
-            order.append(batch)
+    while True:
+        try:
+            logits, order = [], []
+            with torch.inference_mode(), autocast(prepared.device):
+                batches = sorted_batches(indices, prepared.tokens.lengths, batch_size)
+                for batch, inputs in iterate(prepared.tokens, batches, prepared.device):
+                    logits.append(model(**inputs).logits.float())
+                    order.append(batch)
+            break
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            del logits
+            free_memory(prepared.device)
+            batch_size //= 2
+            logger.warning("evaluation out of memory: retrying at batch size %d", batch_size)
     all_logits = torch.cat(logits).cpu().numpy()
     labels = prepared.examples.labels[np.concatenate(order)]
     return classification_metrics(all_logits, labels)
@@ -90,11 +137,46 @@ def train_fold(
 ) -> FoldResult:
     """Fine-tune a fresh model on fold ``fold``'s training rows, evaluating after each epoch.
 
+    If a step runs out of accelerator memory, the fold starts over with each batch split into
+    twice as many micro-batches whose gradients are accumulated: the same batch size, steps and
+    schedule, in less memory. It fails only when single-example micro-batches do not fit.
+
     Args:
         model_out: if given, the trained model is appended to it (for inspection in tests).
     """
     import torch
-    import torch.nn.functional as F
+
+    splits = 1
+    while True:
+        try:
+            return _train_fold(
+                hparams, config, prepared, fold, splits, reporter, model_out, on_epoch_end
+            )
+        except torch.OutOfMemoryError:
+            if splits >= hparams.batch_size:
+                raise
+            splits *= 2
+            free_memory(prepared.device)
+            logger.warning(
+                "fold %d out of memory: starting it over with batches of %d split into %d "
+                "micro-batches",
+                fold,
+                hparams.batch_size,
+                splits,
+            )
+
+
+def _train_fold(
+    hparams: Hyperparams,
+    config: TrainerConfig,
+    prepared: Prepared,
+    fold: int,
+    splits: int,
+    reporter: Reporter | None,
+    model_out: list[nn.Module] | None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None,
+) -> FoldResult:
+    import torch
 
     train_idx, held_idx = prepared.folds[fold]
     seed = hparams.seed * 1_000 + fold
@@ -108,6 +190,8 @@ def train_fold(
     )
     freeze_lower(model, hparams.freeze_layers)
     model.to(prepared.device)
+    # Compiled or not, the module's parameters are the same tensors (the optimizer's).
+    forward: nn.Module = compiled(model) if config.torch_compile else model
     penalized = penalized_weights(model, config.anchor, prepared.pretrained.state_dict)
     optimizer = make_optimizer(model, hparams)
     n_batches = math.ceil(len(train_idx) / hparams.batch_size)
@@ -133,18 +217,13 @@ def train_fold(
         )
         for batch, inputs in iterate(prepared.tokens, batches, prepared.device, pin=pin):
             labels = labels_all[batch].to(prepared.device, non_blocking=pin)
-            with autocast(prepared.device):
-                logits = model(**inputs).logits
-            loss = F.cross_entropy(logits.float(), labels)
-            reg = penalty(penalized, hparams.l1, hparams.l2)
-            total_loss = loss if reg is None else loss + reg
             optimizer.zero_grad(set_to_none=True)
-            total_loss.backward()
+            loss, total_loss = _step_loss(forward, inputs, labels, penalized, hparams, splits)
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.detach()  # no host sync per step: read once per epoch
-            objective_sum += total_loss.detach()
+            loss_sum += loss  # no host sync per step: read once per epoch
+            objective_sum += total_loss
         train_loss = float(loss_sum) / max(1, len(batches))
         objective = float(objective_sum) / max(1, len(batches))
         train_s += time.perf_counter() - started
@@ -154,7 +233,7 @@ def train_fold(
                 f"{objective} (lr={hparams.lr:g}, l1={hparams.l1:g}, l2={hparams.l2:g})"
             )
         metrics = (
-            evaluate(model, prepared, held_idx, config.eval_batch_size) if len(held_idx) else {}
+            evaluate(forward, prepared, held_idx, config.eval_batch_size) if len(held_idx) else {}
         )
         metrics["train_loss"] = train_loss
         curve.append(metrics)
@@ -179,6 +258,47 @@ def train_fold(
     )
 
 
+def _step_loss(
+    forward: Callable[..., Any],
+    inputs: Mapping[str, torch.Tensor],
+    labels: torch.Tensor,
+    penalized: Penalized,
+    hparams: Hyperparams,
+    splits: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backpropagate one batch's loss; returns (cross-entropy, with penalties), detached.
+
+    With ``splits > 1`` the batch goes through in that many micro-batches, each weighted by
+    its share of the batch, so the gradient is the whole batch's.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    reg = penalty(penalized, hparams.l1, hparams.l2)
+    if splits == 1:
+        with autocast(labels.device):
+            logits = forward(**inputs).logits
+        loss = F.cross_entropy(logits.float(), labels)
+        total_loss = loss if reg is None else loss + reg
+        total_loss.backward()
+        return loss.detach(), total_loss.detach()
+    size = len(labels)
+    step = math.ceil(size / splits)
+    loss = torch.zeros((), device=labels.device)
+    for start in range(0, size, step):
+        part = {name: value[start : start + step] for name, value in inputs.items()}
+        with autocast(labels.device):
+            logits = forward(**part).logits
+        part_loss = F.cross_entropy(logits.float(), labels[start : start + step])
+        share = len(logits) / size
+        (part_loss * share).backward()
+        loss += part_loss.detach() * share
+    if reg is None:
+        return loss, loss
+    reg.backward()
+    return loss, loss + reg.detach()
+
+
 def run_cv(
     hparams: Hyperparams,
     config: TrainerConfig,
@@ -189,7 +309,8 @@ def run_cv(
 ) -> CVResult:
     """Cross-validate one hyperparameter setting.
 
-    Data is loaded and tokenized (disk cache) once, the checkpoint read once per process; each
+    Data is loaded and tokenized (disk cache) once per process and inputs, the checkpoint read
+    once per process; each
     fold then fine-tunes a fresh model on its training rows and is evaluated on its held-out
     rows after every epoch. Same inputs on CPU give the same scores.
 
@@ -222,7 +343,7 @@ def run_cv(
     started = time.perf_counter()
     done = {fold: result for fold, result in (done_folds or {}).items() if fold < config.n_folds}
     # Everything done already (a re-queued trial that had finished): no data, no weights needed.
-    prepared = prepare(config) if len(done) < config.n_folds else None
+    prepared = prepare_cached(config) if len(done) < config.n_folds else None
     if prepared is not None:
         reset_peak_memory(prepared.device)
     finished: list[FoldResult] = []

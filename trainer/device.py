@@ -47,3 +47,21 @@ def reset_peak_memory(device: torch.device) -> None:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def free_memory(device: torch.device) -> None:
+    """Return cached blocks to the accelerator after an out-of-memory error."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def compiled(model: torch.nn.Module) -> Any:
+    """``torch.compile`` for batches of varying length (dynamic shapes: no recompile per width)."""
+    import torch
+
+    return torch.compile(model, dynamic=True)

@@ -172,7 +172,12 @@ def build_model(
     pooling: Pooling = "cls",
     seed: int,
 ) -> nn.Module:
-    """A fresh classifier on the pretrained encoder: same weights, new head seeded by ``seed``."""
+    """A fresh classifier on the pretrained encoder: same weights, new head seeded by ``seed``.
+
+    The model is built without random initialization (most of its time, and all of it wasted:
+    the encoder's weights are copied in right after); only the tensors the checkpoint does not
+    have (the head) are then initialized, from ``seed``, as the architecture initializes them.
+    """
     import copy
 
     import torch
@@ -184,18 +189,56 @@ def build_model(
     config.num_labels = num_labels
     config.id2label = dict(enumerate(label_names))
     config.label2id = {name: i for i, name in enumerate(label_names)}
-    torch.manual_seed(seed)
-    if pooling == "mean":
-        from trainer.modeling_hpo_meanpool import MeanPoolForSequenceClassification
+    weights = pretrained.state_dict
+    with _no_init_weights():
+        if pooling == "mean":
+            from trainer.modeling_hpo_meanpool import MeanPoolForSequenceClassification
 
-        config.hpo_head_dropout = dropout
-        mean_model = MeanPoolForSequenceClassification(config)
-        prefix = f"{mean_model.encoder.base_model_prefix}."
-        weights = {k.removeprefix(prefix): v for k, v in pretrained.state_dict.items()}
-        mean_model.encoder.load_state_dict(weights, strict=False)
-        return mean_model
-    model = AutoModelForSequenceClassification.from_config(config)
-    _, unexpected = model.load_state_dict(pretrained.state_dict, strict=False)
+            config.hpo_head_dropout = dropout
+            model: Any = MeanPoolForSequenceClassification(config)
+            prefix = f"{model.encoder.base_model_prefix}."
+            weights = {f"encoder.{k.removeprefix(prefix)}": v for k, v in weights.items()}
+        else:
+            model = AutoModelForSequenceClassification.from_config(config)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected:
         raise ModelError(f"{pretrained.path}: unexpected weights {unexpected[:5]}")
+    torch.manual_seed(seed)
+    _initialize(model, missing)
     return model
+
+
+def _no_init_weights() -> Any:
+    """Transformers' context that skips weight initialization (its home moved in v5)."""
+    import importlib
+
+    try:
+        home = importlib.import_module("transformers.initialization")
+    except ImportError:  # transformers 4.x
+        home = importlib.import_module("transformers.modeling_utils")
+    return home.no_init_weights()
+
+
+def _initialize(model: nn.Module, missing: list[str]) -> None:
+    """Initialize the modules owning ``missing`` tensors, as ``model``'s architecture would.
+
+    They hold uninitialized memory until here: zeroed first, then torch's default init, then
+    the architecture's own (``_init_weights``), so nothing is left to chance.
+    """
+    import torch
+
+    owners: dict[str, nn.Module] = {}
+    for key in missing:
+        path = key.rpartition(".")[0]
+        owners.setdefault(path, model.get_submodule(path))
+    init_weights = getattr(model, "_init_weights", None)
+    with torch.no_grad():
+        for module in owners.values():
+            for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+                if tensor.is_floating_point():
+                    tensor.zero_()
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+            if callable(init_weights):
+                init_weights(module)

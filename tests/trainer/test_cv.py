@@ -284,3 +284,78 @@ def test_diverging_training_raises_non_finite_loss_error(
         NonFiniteLossError, match=r"fold 0 epoch 0: training loss is .*, with penalties inf"
     ):
         run_cv(dataclasses.replace(HP, l2=1e38, epochs=1), config)
+
+
+def test_a_fold_out_of_accelerator_memory_starts_over_in_micro_batches(
+    tiny_bert_dir: Path,
+    synthetic_csv: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import trainer.cv
+
+    widths: list[int] = []
+    real_build = trainer.cv.build_model
+
+    def build_small_memory_model(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        model = real_build(*args, **kwargs)
+        forward = model.forward
+
+        def limited(**inputs: torch.Tensor) -> Any:
+            rows = len(inputs["input_ids"])
+            if model.training:
+                if rows > 4:  # "the accelerator" holds at most 4 training rows
+                    raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+                widths.append(rows)
+            return forward(**inputs)
+
+        model.forward = limited  # type: ignore[method-assign]
+        return model
+
+    monkeypatch.setattr(trainer.cv, "build_model", build_small_memory_model)
+    config = config_for(tiny_bert_dir, synthetic_csv, tmp_path)
+    hp = dataclasses.replace(HP, batch_size=16, epochs=3)
+    result = train_fold(hp, config, prepare(config), 0)
+    assert not result.pruned and len(result.curve) == 3
+    assert result.score >= 0.9  # same batch, steps and schedule: it still learns
+    assert max(widths) == 4
+    assert result.train_examples == 3 * len(prepare(config).folds[0][0])
+    assert "split into 4 micro-batches" in caplog.text
+
+
+def test_micro_batches_give_the_whole_batch_gradient(tiny_bert_dir: Path) -> None:
+    from trainer.cv import _step_loss
+
+    pretrained = load_pretrained(str(tiny_bert_dir))
+    model = build_model(pretrained, num_labels=2, label_names=("a", "b"), dropout=0.0, seed=0)
+    penalized = penalized_weights(model, "zero")
+    hp = dataclasses.replace(HP, l1=1e-3, l2=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        "input_ids": torch.randint(5, pretrained.config.vocab_size, (8, 12), generator=generator),
+        "attention_mask": torch.ones(8, 12, dtype=torch.long),
+    }
+    labels = torch.tensor([0, 1] * 4)
+    grads = []
+    for splits in (1, 4):
+        model.zero_grad()
+        loss, total = _step_loss(model, inputs, labels, penalized, hp, splits)
+        grads.append(([p.grad.clone() for p in model.parameters()], loss, total))
+    (whole, loss1, total1), (parts, loss4, total4) = grads
+    assert loss4 == pytest.approx(float(loss1), rel=1e-5)
+    assert total4 == pytest.approx(float(total1), rel=1e-5)
+    for a, b in zip(whole, parts, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_warm_worker_reuses_prepared_inputs_until_they_change(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    from trainer.cv import prepare_cached
+
+    config = config_for(tiny_bert_dir, synthetic_csv, tmp_path)
+    first = prepare_cached(config)
+    assert prepare_cached(dataclasses.replace(config)) is first
+    other = prepare_cached(dataclasses.replace(config, n_folds=4))
+    assert other is not first and len(other.folds) == 4
