@@ -42,6 +42,8 @@ from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench._common import update_section
+
 if TYPE_CHECKING:
     import optuna
 
@@ -49,7 +51,7 @@ logger = logging.getLogger("bench.stores")
 
 KINDS: tuple[str, ...] = ("sqlite", "journal", "ours-sqlite", "ours-journal")
 STUDY_NAME = "bench"
-SECTION = "## Embedded store: SQLite vs journal file"
+HEADING = "Embedded store: SQLite vs journal file"
 READY_TIMEOUT_S = 600.0  # 64 processes importing Optuna on 2 shared cores take a while
 FINISH_GRACE_S = 300.0  # after the window: a process still in a store call may finish it
 EXIT_GRACE_S = 30.0  # for every process to exit once all have reported
@@ -336,19 +338,6 @@ def machine_line() -> str:
     )
 
 
-def replace_section(document: str, section: str) -> str:
-    """``document`` with our section replaced by ``section`` (appended if absent)."""
-    if not document.strip():
-        document = "# Benchmarks\n"
-    start = document.find(SECTION)
-    if start < 0:
-        return document.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    following = document.find("\n## ", start + len(SECTION))
-    tail = document[following + 1 :] if following >= 0 else ""
-    head = document[:start].rstrip("\n") + "\n\n"
-    return head + section.rstrip("\n") + "\n" + ("\n" + tail if tail else "")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the CLI, run every contender interleaved, print the table, update ``--out``."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -392,14 +381,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(table)
     if args.out:
         workers = " ".join(map(str, args.workers))
-        section = (
-            f"{SECTION}\n\n"
+        body = (
             f"`python -m bench.stores --workers {workers} --seconds {args.seconds:g} "
             f"--repeats {args.repeats} --out {args.out}`\n\n"
             f"Run {date.strip()}; {machine_line()}.\n\n{table}\n"
         )
-        existing = args.out.read_text() if args.out.exists() else ""
-        args.out.write_text(replace_section(existing, section))
+        update_section(HEADING, body, args.out)
         logger.info("wrote %s", args.out)
 
 
