@@ -142,6 +142,25 @@ def tokenize_cached(
     return Tokenized(ids, types, pad_id, key, from_cache=False)
 
 
+def used_ids(tokens: Tokenized) -> np.ndarray:
+    """The distinct token ids in ``tokens``, sorted."""
+    if not tokens.input_ids:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.concatenate(tokens.input_ids)).astype(np.int64)
+
+
+def renumbered(tokens: Tokenized, lookup: np.ndarray) -> Tokenized:
+    """``tokens`` with every id ``i`` replaced by ``lookup[i]`` (see ``compact_vocabulary``)."""
+    table = lookup.astype(np.int32)
+    return Tokenized(
+        [table[ids] for ids in tokens.input_ids],
+        tokens.token_type_ids,
+        int(lookup[tokens.pad_id]),
+        tokens.key,
+        tokens.from_cache,
+    )
+
+
 def length_bucketed_batches(
     indices: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator
 ) -> list[np.ndarray]:

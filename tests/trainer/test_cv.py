@@ -359,3 +359,38 @@ def test_a_warm_worker_reuses_prepared_inputs_until_they_change(
     assert prepare_cached(dataclasses.replace(config)) is first
     other = prepare_cached(dataclasses.replace(config, n_folds=4))
     assert other is not first and len(other.folds) == 4
+
+
+def test_a_compact_vocabulary_trains_exactly_like_the_full_one(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    config = config_for(tiny_bert_dir, synthetic_csv, tmp_path)
+    full = prepare(config)
+    compact = prepare(config, compact_vocab=True)
+    # The synthetic data never holds [UNK] or [MASK]: their rows are dropped, the rest kept.
+    assert compact.pretrained.config.vocab_size == full.pretrained.config.vocab_size - 2
+    hp = dataclasses.replace(HP, epochs=2, dropout=0.1, l1=1e-4, l2=1e-3)
+    a, b = (train_fold(hp, config, p, 0) for p in (full, compact))
+    assert len(a.curve) == len(b.curve) == 2
+    for x, y in zip(a.curve, b.curve, strict=True):
+        assert x == pytest.approx(y, rel=1e-4, abs=1e-6)
+
+
+def test_compact_vocabulary_keeps_rows_and_renumbers_special_ids(tiny_bert_dir: Path) -> None:
+    from trainer.model import compact_vocabulary
+
+    pretrained = load_pretrained(str(tiny_bert_dir))
+    table = "bert.embeddings.word_embeddings.weight"
+    pad = pretrained.config.pad_token_id
+    # Ids 0..4 are the special tokens, pad among them; keep a few ordinary ones.
+    compact = compact_vocabulary(pretrained, np.array([9, 7, 20, 7]))
+    assert compact is not None
+    cut, lookup = compact
+    kept = np.flatnonzero(lookup >= 0)
+    assert list(kept) == sorted({7, 9, 20, pad})
+    assert cut.config.vocab_size == len(kept)
+    assert cut.config.pad_token_id == lookup[pad]
+    torch.testing.assert_close(cut.state_dict[table], pretrained.state_dict[table][kept])
+    assert pretrained.config.vocab_size == 28  # the cached checkpoint is left as it was
+    model = build_model(cut, num_labels=2, label_names=("a", "b"), dropout=0.0, seed=0)
+    assert model.bert.embeddings.word_embeddings.padding_idx == lookup[pad]
