@@ -38,7 +38,7 @@ from trainer.model import (
     load_pretrained,
 )
 from trainer.optim import linear_warmup_decay, make_optimizer
-from trainer.regularization import Penalized, penalized_weights, penalty
+from trainer.regularization import Penalized, add_penalty_gradient, penalized_weights
 from trainer.tokens import (
     Tokenized,
     iterate,
@@ -295,29 +295,26 @@ def _step_loss(
     import torch
     import torch.nn.functional as F
 
-    reg = penalty(penalized, hparams.l1, hparams.l2)
     if splits == 1:
         with autocast(labels.device):
             logits = forward(**inputs).logits
         loss = F.cross_entropy(logits.float(), labels)
-        total_loss = loss if reg is None else loss + reg
-        total_loss.backward()
-        return loss.detach(), total_loss.detach()
-    size = len(labels)
-    step = math.ceil(size / splits)
-    loss = torch.zeros((), device=labels.device)
-    for start in range(0, size, step):
-        part = {name: value[start : start + step] for name, value in inputs.items()}
-        with autocast(labels.device):
-            logits = forward(**part).logits
-        part_loss = F.cross_entropy(logits.float(), labels[start : start + step])
-        share = len(logits) / size
-        (part_loss * share).backward()
-        loss += part_loss.detach() * share
-    if reg is None:
-        return loss, loss
-    reg.backward()
-    return loss, loss + reg.detach()
+        loss.backward()
+        loss = loss.detach()
+    else:
+        size = len(labels)
+        step = math.ceil(size / splits)
+        loss = torch.zeros((), device=labels.device)
+        for start in range(0, size, step):
+            part = {name: value[start : start + step] for name, value in inputs.items()}
+            with autocast(labels.device):
+                logits = forward(**part).logits
+            part_loss = F.cross_entropy(logits.float(), labels[start : start + step])
+            share = len(logits) / size
+            (part_loss * share).backward()
+            loss += part_loss.detach() * share
+    reg = add_penalty_gradient(penalized, hparams.l1, hparams.l2)
+    return loss, loss if reg is None else loss + reg
 
 
 def run_cv(

@@ -85,6 +85,38 @@ def penalty(penalized: Penalized, l1: float, l2: float) -> torch.Tensor | None:
     return torch.stack(terms).sum()
 
 
+def add_penalty_gradient(penalized: Penalized, l1: float, l2: float) -> torch.Tensor | None:
+    """Add the penalty's gradient to the weights' ``.grad`` and return its value (detached).
+
+    What ``penalty(...).backward()`` does, without an autograd graph: a handful of fused
+    multi-tensor passes over the weights (two norms, ``l1·sign(w − a)``, ``2·l2·(w − a)``)
+    instead of a graph of per-tensor ops and their backward. Call after the data loss's
+    ``backward()``; None (nothing added) when l1 = l2 = 0.
+    """
+    import torch
+
+    if (l1 == 0.0 and l2 == 0.0) or not penalized.weights:
+        return None
+    with torch.no_grad():
+        weights = list(penalized.weights)
+        deltas = [
+            w if a is None else w - a for w, a in zip(weights, penalized.anchors, strict=True)
+        ]
+        grads: list[torch.Tensor] = []
+        for weight in weights:
+            if weight.grad is None:
+                weight.grad = torch.zeros_like(weight)
+            grads.append(weight.grad)
+        value = torch.zeros((), device=weights[0].device)
+        if l1 != 0.0:
+            value += l1 * torch.stack(torch._foreach_norm(deltas, 1)).sum()
+            torch._foreach_add_(grads, torch._foreach_sign(deltas), alpha=l1)
+        if l2 != 0.0:
+            value += l2 * torch.stack(torch._foreach_norm(deltas, 2)).square().sum()
+            torch._foreach_add_(grads, deltas, alpha=2 * l2)
+    return value
+
+
 def norms(penalized: Penalized) -> dict[str, float]:
     """Σ|w − a| and Σ(w − a)² over the penalized weights (for tests and diagnostics)."""
     import torch

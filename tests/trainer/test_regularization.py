@@ -64,3 +64,26 @@ def test_frozen_weights_are_not_penalized(tiny_bert_dir: Path) -> None:
     names = penalized_weights(model, "zero").names
     assert not any(".layer.0." in n for n in names)
     assert any(".layer.1." in n for n in names)
+
+
+@pytest.mark.parametrize("anchor", ["zero", "pretrained"])
+def test_penalty_gradient_is_what_autograd_gives(tiny_bert_dir: Path, anchor: str) -> None:
+    from trainer.regularization import add_penalty_gradient
+
+    pretrained = load_pretrained(str(tiny_bert_dir))
+    model = _model(tiny_bert_dir)
+    with torch.no_grad():  # move away from the anchor, some weights exactly onto it
+        for i, p in enumerate(model.parameters()):
+            p.add_(torch.randn_like(p) * 0.01 if i % 3 else torch.zeros_like(p))
+    penalized = penalized_weights(model, anchor, pretrained.state_dict)  # type: ignore[arg-type]
+    reference = penalty(penalized, 0.01, 0.5)
+    assert reference is not None
+    reference.backward()
+    expected = [w.grad.clone() for w in penalized.weights]  # type: ignore[union-attr]
+    for w in penalized.weights:
+        w.grad = torch.ones_like(w)  # added to what the data loss left there
+    value = add_penalty_gradient(penalized, 0.01, 0.5)
+    assert value is not None and float(value) == pytest.approx(float(reference.detach()), rel=1e-5)
+    for w, g in zip(penalized.weights, expected, strict=True):
+        torch.testing.assert_close(w.grad, g + 1)
+    assert add_penalty_gradient(penalized, 0.0, 0.0) is None
