@@ -8,8 +8,8 @@ subclass replaces the hot paths with plain SQL on the same schema:
 * a trial, or a study's new and running trials, in one statement (child rows as JSON arrays);
 * each write in one guarded statement (``INSERT … SELECT … WHERE the trial is not finished``,
   upserts ``ON CONFLICT``); a second statement only to say why nothing was written;
-* a new trial in one round trip (lock the study row, then insert numbered by a fresh count,
-  exactly as Optuna numbers them, as one implicit transaction); a state change in one or two.
+* a new trial in two (lock the study row, then insert numbered by a fresh count, exactly as
+  Optuna numbers them); a state change in one or two.
 
 A worker's operations come in bursts (the ask and its suggests; a report and the pruner's reads)
 separated by minutes of training, so one connection serves a burst and is closed once idle for
@@ -84,21 +84,18 @@ _GET_TRIALS = sqlalchemy.text(
     """
 )
 
-# A new trial, numbered like Optuna's count_past_trials (every trial of the study before this
-# one), in one round trip: both statements go as one simple-protocol query in autocommit, so
-# PostgreSQL runs them as one implicit transaction. The first locks the study row; the second,
-# in READ COMMITTED, takes its snapshot after the lock was granted, so it counts every trial
-# committed before ours; the lock is released when the server finishes, not after further
-# client round trips (with hundreds of processes on few cores, a client holding the lock is
-# often descheduled, and every other ask waits for it). psycopg2 binds parameters client-side.
-_CREATE_TRIAL = """
-    SELECT study_id FROM studies WHERE study_id = %(study_id)s FOR UPDATE;
+_LOCK_STUDY = sqlalchemy.text("SELECT study_id FROM studies WHERE study_id = :study_id FOR UPDATE")
+
+# Numbered like Optuna's count_past_trials: every trial of the study before this one. The study
+# row is locked by the previous statement, and this statement's snapshot is taken after the lock
+# was granted, so it sees every trial committed before ours.
+_INSERT_TRIAL = sqlalchemy.text(
+    """
     INSERT INTO trials (number, study_id, state, datetime_start)
-    SELECT past.n, %(study_id)s, 'RUNNING', %(start)s
-    FROM (SELECT count(*) AS n FROM trials WHERE study_id = %(study_id)s) AS past
-    WHERE EXISTS (SELECT 1 FROM studies WHERE study_id = %(study_id)s)
+    SELECT count(*), :study_id, 'RUNNING', :start FROM trials WHERE study_id = :study_id
     RETURNING trial_id, number
-"""
+    """
+)
 
 _TRIAL_STATE = sqlalchemy.text("SELECT state::text FROM trials WHERE trial_id = :trial_id")
 
@@ -324,26 +321,6 @@ class LeanPostgresStorage(RDBStorage):
                 f"a store statement failed: {type(getattr(e, 'orig', None) or e).__name__}"
             ) from e
 
-    def _autocommit(self, sql: str, params: dict[str, Any]) -> Any:
-        """Run ``sql`` (one or more statements) as one implicit transaction in one round trip;
-        the last statement's first row, or None."""
-        try:
-            with self._kept.use() as conn:
-                raw = conn.connection.dbapi_connection
-                assert raw is not None
-                conn.commit()  # end SQLAlchemy's transaction (none is open on the server)
-                raw.autocommit = True
-                try:
-                    row = conn.exec_driver_sql(sql, params).first()
-                    conn.commit()  # SQLAlchemy's bookkeeping: the server committed already
-                finally:
-                    raw.autocommit = False
-                return row
-        except sqlalchemy.exc.SQLAlchemyError as e:
-            raise optuna.exceptions.StorageInternalError(
-                f"a store statement failed: {type(getattr(e, 'orig', None) or e).__name__}"
-            ) from e
-
     def _raise_unless_updatable(self, conn: sqlalchemy.Connection, trial_id: int) -> None:
         state = conn.execute(_TRIAL_STATE, {"trial_id": trial_id}).scalar()
         if state is None:
@@ -397,10 +374,12 @@ class LeanPostgresStorage(RDBStorage):
         if template_trial is not None:  # enqueued and re-queued trials: rare, stock path
             return super()._create_new_trial(study_id, template_trial)
         start = _utc_now()
-        row = self._autocommit(_CREATE_TRIAL, {"study_id": study_id, "start": start})
-        if row is None:
-            raise KeyError(models.NOT_FOUND_MSG)
-        trial_id, number = row
+        with self._connection(write=True) as conn:
+            if conn.execute(_LOCK_STUDY, {"study_id": study_id}).first() is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            trial_id, number = conn.execute(
+                _INSERT_TRIAL, {"study_id": study_id, "start": start}
+            ).one()
         return FrozenTrial(
             number=number,
             state=TrialState.RUNNING,
