@@ -125,7 +125,9 @@ def open_storage(
             _open_journal, url, heartbeat_interval_s, grace_period_s, stale_trial_callback
         )
     elif kind == "grpc":
-        opener = partial(_open_grpc, url)
+        opener = partial(
+            _open_grpc, url, heartbeat_interval_s, grace_period_s, stale_trial_callback
+        )
     else:
         opener = partial(
             _open_rdb,
@@ -279,11 +281,19 @@ def _count_connections(engine: Any) -> None:
     event.listen(engine, "close_detached", closed)
 
 
-def _open_grpc(url: str) -> optuna.storages.BaseStorage:
-    import optuna
+def _open_grpc(
+    url: str, interval: int, grace: int, callback: StaleCallback | None
+) -> optuna.storages.BaseStorage:
+    from hpo._grpc import HeartbeatGrpcStorageProxy
 
     hostport = url.split("://", 1)[1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise StorageError(f"storage {url!r}: expected grpc://host:port")
-    return optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+    return HeartbeatGrpcStorageProxy(
+        host=host,
+        port=int(port),
+        heartbeat_interval_s=interval,
+        grace_period_s=grace,
+        stale_callback=callback,
+    )

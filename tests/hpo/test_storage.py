@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import subprocess
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -370,9 +373,9 @@ def test_lean_postgres_store_reads_and_writes_exactly_what_stock_optuna_does(
         running.suggest_float("n", 0.0, 1.0)  # "n" is an int elsewhere in the study
 
 
-def test_workers_reach_postgres_through_hpo_proxy(
-    postgres_url: str, spec_dict: dict[str, Any]
-) -> None:
+@contextlib.contextmanager
+def running_proxy(postgres_url: str) -> Iterator[str]:
+    """``hpo proxy`` on a free port in front of ``postgres_url``; yields its grpc:// URL."""
     import socket
 
     from tests.hpo.conftest import free_port
@@ -395,21 +398,63 @@ def test_workers_reach_postgres_through_hpo_proxy(
             except OSError:
                 assert time.monotonic() < deadline, "hpo proxy did not listen within 60 s"
                 time.sleep(0.2)
-        remote = open_storage(f"grpc://127.0.0.1:{port}")
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+
+
+def test_workers_reach_postgres_through_hpo_proxy(
+    postgres_url: str, spec_dict: dict[str, Any]
+) -> None:
+    with running_proxy(postgres_url) as url:
+        remote = open_storage(url)
         create_study(parse_spec(spec_dict), remote)
         study, spec = load_study(remote, spec_dict["name"])
         trial = study.ask()
         lr = trial.suggest_float("lr", 1e-5, 1e-3, log=True)
         trial.report(0.5, 0)
         study.tell(trial, 0.75)
-    finally:
-        proxy.terminate()
-        proxy.wait(timeout=30)
     direct = optuna.load_study(study_name=spec.name, storage=open_storage(postgres_url))
     [stored] = direct.trials
     assert stored.state == TrialState.COMPLETE and stored.value == 0.75
     assert stored.params == {"lr": lr} and stored.intermediate_values == {0: 0.5}
     assert direct.user_attrs[SPEC_ATTR]["name"] == spec.name
+
+
+def test_a_silent_trial_is_failed_and_requeued_through_hpo_proxy_whatever_the_clocks(
+    postgres_url: str, spec_dict: dict[str, Any]
+) -> None:
+    from hpo.storage import HEARTBEAT_KEY
+
+    requeued: list[int] = []
+    with running_proxy(postgres_url) as url:
+        worker = open_storage(url, heartbeat_interval_s=1, grace_period_s=2)
+        sweeper = open_storage(
+            url,
+            heartbeat_interval_s=1,
+            grace_period_s=2,
+            stale_trial_callback=lambda study, trial: requeued.append(trial.number),
+        )
+        create_study(parse_spec(spec_dict), worker)
+        study, _ = load_study(worker, spec_dict["name"])
+        watcher, _ = load_study(sweeper, spec_dict["name"])
+        alive, dead = study.ask(), study.ask()
+        worker.record_heartbeat(dead._trial_id)  # beats once, then its worker dies
+        started = time.monotonic()
+        beat = 0
+        while time.monotonic() - started < 4.5:
+            # The live worker's clock is decades behind: only a changing beat counts.
+            beat += 1
+            worker.set_trial_system_attr(alive._trial_id, HEARTBEAT_KEY, float(beat))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(watcher)
+            time.sleep(0.5)
+        states = {t.number: t.state for t in watcher.get_trials(deepcopy=False)}
+    assert states[dead.number] == TrialState.FAIL
+    assert states[alive.number] == TrialState.RUNNING
+    assert requeued == [dead.number]
 
 
 def test_lean_store_rereads_running_trials_at_most_once_a_second_but_state_changes_at_once(

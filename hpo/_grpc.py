@@ -1,0 +1,82 @@
+"""Optuna's gRPC storage proxy client with heartbeats, which Optuna gives only to RDB stores.
+
+Workers behind ``hpo proxy`` may run on many hosts whose clocks need not agree, so staleness is
+judged on the observer's own clock: a heartbeat is a value that changes with every beat, and a
+running trial is stale once its value has not changed for ``grace_period_s`` while this process
+watched. A sweeper therefore needs one grace period of watching before it can fail anything,
+and never fails a trial because of clock skew.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import optuna
+from optuna.storages import GrpcStorageProxy
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.storage import HEARTBEAT_KEY
+
+
+class HeartbeatGrpcStorageProxy(GrpcStorageProxy, BaseHeartbeat):
+    """``GrpcStorageProxy`` implementing Optuna's ``BaseHeartbeat`` through a system attribute.
+
+    ``optuna.storages.fail_stale_trials`` and stale-trial callbacks work on it unchanged.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        heartbeat_interval_s: int,
+        grace_period_s: int,
+        stale_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    ) -> None:
+        if heartbeat_interval_s < 1:
+            raise ValueError(f"heartbeat_interval_s must be >= 1, got {heartbeat_interval_s}")
+        if grace_period_s < heartbeat_interval_s:
+            raise ValueError(
+                f"grace_period_s={grace_period_s} must be >= heartbeat_interval_s="
+                f"{heartbeat_interval_s}"
+            )
+        super().__init__(host=host, port=port)
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._grace_period_s = grace_period_s
+        self._stale_callback = stale_callback
+        # trial id -> (last heartbeat value seen, this process's monotonic time it was first seen)
+        self._seen: dict[int, tuple[object, float]] = {}
+        self._seen_lock = threading.Lock()
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, HEARTBEAT_KEY, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.monotonic()
+        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        stale = []
+        with self._seen_lock:
+            watched = {}
+            for trial in running:
+                beat = trial.system_attrs.get(HEARTBEAT_KEY)
+                if beat is None:  # like Optuna's RDB store: a trial that never beat is not judged
+                    continue
+                last = self._seen.get(trial._trial_id)
+                if last is None or last[0] != beat:
+                    last = (beat, now)
+                watched[trial._trial_id] = last
+                if now - last[1] > self._grace_period_s:
+                    stale.append(trial._trial_id)
+            self._seen = watched  # finished trials are forgotten
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._heartbeat_interval_s
+
+    def get_heartbeat_stale_trial_callback(
+        self,
+    ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self._stale_callback
