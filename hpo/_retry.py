@@ -62,7 +62,8 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 
 
 def is_transient(error: BaseException) -> bool:
-    """Whether ``error`` (or anything in its chain) is a lost or refused database connection."""
+    """Whether ``error`` (or anything in its chain) is a lost or refused database connection,
+    or an unreachable ``hpo proxy``."""
     import sqlalchemy.exc
 
     transient: tuple[type[BaseException], ...] = (
@@ -77,7 +78,21 @@ def is_transient(error: BaseException) -> bool:
         transient += (psycopg2.OperationalError, psycopg2.InterfaceError)
     except ImportError:  # pragma: no cover - psycopg2 is a dependency
         pass
-    return any(isinstance(e, transient) for e in _chain(error))
+    return any(isinstance(e, transient) or _grpc_unavailable(e) for e in _chain(error))
+
+
+def _grpc_unavailable(error: BaseException) -> bool:
+    """An ``hpo proxy`` that is down or restarting (gRPC status UNAVAILABLE)."""
+    try:
+        import grpc
+    except ImportError:  # pragma: no cover - grpcio is a dependency
+        return False
+    code = getattr(error, "code", None)
+    return (
+        isinstance(error, grpc.RpcError)
+        and callable(code)
+        and code() == grpc.StatusCode.UNAVAILABLE
+    )
 
 
 def is_connection_limit(error: BaseException) -> bool:

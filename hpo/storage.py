@@ -126,7 +126,12 @@ def open_storage(
         )
     elif kind == "grpc":
         opener = partial(
-            _open_grpc, url, heartbeat_interval_s, grace_period_s, stale_trial_callback
+            _open_grpc,
+            url,
+            heartbeat_interval_s,
+            grace_period_s,
+            stale_trial_callback,
+            outage_timeout_s,
         )
     else:
         opener = partial(
@@ -282,18 +287,23 @@ def _count_connections(engine: Any) -> None:
 
 
 def _open_grpc(
-    url: str, interval: int, grace: int, callback: StaleCallback | None
+    url: str, interval: int, grace: int, callback: StaleCallback | None, outage_timeout_s: float
 ) -> optuna.storages.BaseStorage:
     from hpo._grpc import HeartbeatGrpcStorageProxy
+    from hpo._retry import RetryingStorage
 
     hostport = url.split("://", 1)[1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise StorageError(f"storage {url!r}: expected grpc://host:port")
-    return HeartbeatGrpcStorageProxy(
+    proxy = HeartbeatGrpcStorageProxy(
         host=host,
         port=int(port),
         heartbeat_interval_s=interval,
         grace_period_s=grace,
         stale_callback=callback,
+    )
+    # A proxy that restarts (or a network blip) is ridden out like a database outage.
+    return RetryingStorage(  # type: ignore[abstract]
+        proxy, describe=f"store {url}", outage_timeout_s=outage_timeout_s
     )

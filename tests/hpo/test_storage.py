@@ -374,13 +374,14 @@ def test_lean_postgres_store_reads_and_writes_exactly_what_stock_optuna_does(
 
 
 @contextlib.contextmanager
-def running_proxy(postgres_url: str) -> Iterator[str]:
-    """``hpo proxy`` on a free port in front of ``postgres_url``; yields its grpc:// URL."""
+def running_proxy(postgres_url: str, port: int | None = None) -> Iterator[str]:
+    """``hpo proxy`` on ``port`` (default: a free one) in front of ``postgres_url``; yields
+    its grpc:// URL."""
     import socket
 
     from tests.hpo.conftest import free_port
 
-    port = free_port()
+    port = port or free_port()
     hpo_cli = str(Path(sys.executable).parent / "hpo")
     proxy = subprocess.Popen(
         [hpo_cli, "proxy", "--storage", postgres_url, "--port", str(port)],
@@ -455,6 +456,42 @@ def test_a_silent_trial_is_failed_and_requeued_through_hpo_proxy_whatever_the_cl
     assert states[dead.number] == TrialState.FAIL
     assert states[alive.number] == TrialState.RUNNING
     assert requeued == [dead.number]
+
+
+def test_workers_ride_out_a_restart_of_hpo_proxy(
+    postgres_url: str, spec_dict: dict[str, Any]
+) -> None:
+    import threading
+
+    from tests.hpo.conftest import free_port
+
+    port = free_port()
+    with running_proxy(postgres_url, port) as url:
+        remote = open_storage(url, outage_timeout_s=60)
+        create_study(parse_spec(spec_dict), remote)
+        study, _ = load_study(remote, spec_dict["name"])
+        study.tell(study.ask(), 0.5)
+    # The proxy is down now; it comes back on the same port 2 s later.
+    back = threading.Event()
+    done = threading.Event()
+
+    def restart() -> None:
+        time.sleep(2)
+        with running_proxy(postgres_url, port):
+            back.set()
+            done.wait(timeout=60)
+
+    thread = threading.Thread(target=restart, daemon=True)
+    thread.start()
+    try:
+        trial = study.ask()  # retried while the proxy is away
+        assert back.is_set()
+        study.tell(trial, 0.75)
+        values = sorted(t.value for t in study.get_trials(deepcopy=False))
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    assert values == [0.5, 0.75]
 
 
 def test_lean_store_rereads_running_trials_at_most_once_a_second_but_state_changes_at_once(
