@@ -80,7 +80,7 @@ def prepare(config: TrainerConfig, *, compact_vocab: bool = False) -> Prepared:
     tokens = tokenize_cached(pretrained.tokenizer, examples, config.max_seq_len, config.cache_dir)
     if compact_vocab:
         used = np.union1d(used_ids(tokens), [tokens.pad_id])
-        compact = compact_vocabulary(pretrained, used)
+        compact = compact_vocabulary(pretrained, used, tokens.pad_id)
         if compact is not None:
             pretrained, lookup = compact
             tokens = renumbered(tokens, lookup)

@@ -105,7 +105,9 @@ def load_pretrained(name_or_path: str) -> Pretrained:
         return bundle
 
 
-def compact_vocabulary(pretrained: Pretrained, used: Any) -> tuple[Pretrained, Any] | None:
+def compact_vocabulary(
+    pretrained: Pretrained, used: Any, pad_id: int | None = None
+) -> tuple[Pretrained, Any] | None:
     """The checkpoint cut down to the token ids in ``used``: (pretrained, old id → new id).
 
     A fold trains and evaluates on the study's data only, so the rows of the word-embedding
@@ -113,9 +115,14 @@ def compact_vocabulary(pretrained: Pretrained, used: Any) -> tuple[Pretrained, A
     (moments start at zero) they never move, yet every step zero-fills, clips and updates the
     whole table. MiniLM-L6's table is 11.7 M of its 22.7 M weights; the data may use 10k
     tokens. Keeping only the rows in use gives the same losses, gradients and scores for
-    less work. ``*_token_id`` fields of the config are kept and renumbered (``pad_token_id``
-    is the embedding's ``padding_idx``; RoBERTa derives positions from it). Returns None when
-    the checkpoint has no single word-embedding table of ``vocab_size`` rows.
+    less work. ``*_token_id`` fields of the config are kept and renumbered. The padding id
+    (the config's and ``pad_id``, the tokenizer's) keeps its number, and so every id below it
+    is kept: RoBERTa-style models number positions from ``padding_idx`` (CamemBERT's pad is 1
+    and id 0 never occurs; MPNet hard-codes 1). Returns None when the checkpoint has no single
+    word-embedding table of ``vocab_size`` rows.
+
+    Raises:
+        ModelError: ``used`` holds an id the checkpoint's vocabulary does not have.
     """
     import copy
 
@@ -137,7 +144,16 @@ def compact_vocabulary(pretrained: Pretrained, used: Any) -> tuple[Pretrained, A
         for name, value in config.to_dict().items()
         if name.endswith("_token_id") and isinstance(value, int) and 0 <= value < vocab_size
     }
-    kept = np.union1d(np.asarray(used, dtype=np.int64), list(special.values())).astype(np.int64)
+    used = np.asarray(used, dtype=np.int64)
+    if len(used) and (used.max() >= vocab_size or used.min() < 0):
+        bad = int(used.max() if used.max() >= vocab_size else used.min())
+        raise ModelError(
+            f"{pretrained.path}: the tokenizer produced token id {bad}, outside the model's "
+            f"vocabulary (vocab_size={vocab_size}): tokenizer and model do not match"
+        )
+    pads = [p for p in (config.pad_token_id, pad_id) if isinstance(p, int) and p >= 0]
+    below_pad = np.arange(max(pads) + 1 if pads else 0, dtype=np.int64)
+    kept = np.union1d(np.union1d(used, list(special.values())), below_pad).astype(np.int64)
     if len(kept) >= vocab_size:
         return None
     lookup = np.full(vocab_size, -1, dtype=np.int64)
