@@ -78,7 +78,10 @@ class Meter:
             return self.cells.setdefault(key, [0, 0.0, 0, 0, 0])
 
     def wrap(
-        self, owner: Any, name: str, on_return: Callable[[Any, tuple[Any, ...]], None] | None = None
+        self,
+        owner: Any,
+        name: str,
+        on_return: Callable[[Any, tuple[Any, ...], dict[str, Any]], None] | None = None,
     ) -> None:
         inner = getattr(owner, name)
         local = self._local
@@ -96,7 +99,7 @@ class Meter:
                     cell[0] += 1
                     cell[1] += time.perf_counter() - began
             if on_return is not None and depth == 0:
-                on_return(result, args)
+                on_return(result, args, kwargs)
             return result
 
         setattr(owner, name, timed)
@@ -104,9 +107,12 @@ class Meter:
     def sql(self, index: int) -> None:
         self._cell()[index] += 1
 
-    def trial_created(self, trial_id: Any, _: tuple[Any, ...]) -> None:
-        self.trial = int(trial_id)
-        self.handed_out[self.trial] = time.time()
+    def trial_created(self, trial_id: Any, *_: Any) -> None:
+        self._handed_out(int(trial_id))
+
+    def _handed_out(self, trial_id: int) -> None:
+        self.trial = trial_id
+        self.handed_out[trial_id] = time.time()
         self._step_pending = True
         if self._forward_hook is None:  # a global hook costs every module call: only until used
             from torch.nn.modules.module import register_module_forward_pre_hook
@@ -119,10 +125,13 @@ class Meter:
             self._forward_hook.remove()
             self._forward_hook = None
 
-    def state_set(self, _: Any, args: tuple[Any, ...]) -> None:
-        trial_id, state = args[0], args[1]
+    def state_set(self, _: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        trial_id = int(args[0] if args else kwargs["trial_id"])
+        state = args[1] if len(args) > 1 else kwargs["state"]
         if state.name in FINISHED:
-            self.finished[int(trial_id)] = (time.time(), state.name)
+            self.finished[trial_id] = (time.time(), state.name)
+        elif state.name == "RUNNING" and threading.current_thread() is threading.main_thread():
+            self._handed_out(trial_id)  # a waiting (re-queued) trial was popped by ask
 
     def optimizer_step(self, *_: Any) -> None:
         if self._step_pending and self.trial is not None:
