@@ -15,13 +15,13 @@ from collections.abc import Callable
 
 import optuna
 from optuna.storages import GrpcStorageProxy
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo._attr_heartbeat import AttrHeartbeat
 from hpo.storage import HEARTBEAT_KEY
 
 
-class HeartbeatGrpcStorageProxy(GrpcStorageProxy, BaseHeartbeat):
+class HeartbeatGrpcStorageProxy(GrpcStorageProxy, AttrHeartbeat):
     """``GrpcStorageProxy`` implementing Optuna's ``BaseHeartbeat`` through a system attribute.
 
     ``optuna.storages.fail_stale_trials`` and stale-trial callbacks work on it unchanged.
@@ -36,23 +36,11 @@ class HeartbeatGrpcStorageProxy(GrpcStorageProxy, BaseHeartbeat):
         grace_period_s: int,
         stale_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     ) -> None:
-        if heartbeat_interval_s < 1:
-            raise ValueError(f"heartbeat_interval_s must be >= 1, got {heartbeat_interval_s}")
-        if grace_period_s < heartbeat_interval_s:
-            raise ValueError(
-                f"grace_period_s={grace_period_s} must be >= heartbeat_interval_s="
-                f"{heartbeat_interval_s}"
-            )
+        self._init_heartbeat(heartbeat_interval_s, grace_period_s, stale_callback)
         super().__init__(host=host, port=port)
-        self._heartbeat_interval_s = heartbeat_interval_s
-        self._grace_period_s = grace_period_s
-        self._stale_callback = stale_callback
         # trial id -> (last heartbeat value seen, this process's monotonic time it was first seen)
         self._seen: dict[int, tuple[object, float]] = {}
         self._seen_lock = threading.Lock()
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        self.set_trial_system_attr(trial_id, HEARTBEAT_KEY, time.time())
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.monotonic()
@@ -72,11 +60,3 @@ class HeartbeatGrpcStorageProxy(GrpcStorageProxy, BaseHeartbeat):
                     stale.append(trial._trial_id)
             self._seen = watched  # finished trials are forgotten
         return stale
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self._heartbeat_interval_s
-
-    def get_heartbeat_stale_trial_callback(
-        self,
-    ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
-        return self._stale_callback

@@ -7,16 +7,16 @@ from collections.abc import Callable
 
 import optuna
 from optuna.storages import JournalStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo._attr_heartbeat import AttrHeartbeat
 from hpo.storage import HEARTBEAT_KEY
 
 LOCK_GRACE_S = 5
 
 
-class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+class HeartbeatJournalStorage(JournalStorage, AttrHeartbeat):
     """A journal file store whose running trials record a heartbeat as a system attribute.
 
     It implements Optuna's ``BaseHeartbeat``, so ``optuna.storages.fail_stale_trials`` and
@@ -32,24 +32,12 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         grace_period_s: int,
         stale_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     ) -> None:
-        if heartbeat_interval_s < 1:
-            raise ValueError(f"heartbeat_interval_s must be >= 1, got {heartbeat_interval_s}")
-        if grace_period_s < heartbeat_interval_s:
-            raise ValueError(
-                f"grace_period_s={grace_period_s} must be >= heartbeat_interval_s="
-                f"{heartbeat_interval_s}"
-            )
+        self._init_heartbeat(heartbeat_interval_s, grace_period_s, stale_callback)
         # Optuna's symlink lock (so plain Optuna clients exclude us too), but a lock left by a
         # writer killed mid-append is broken after 5 s instead of Optuna's default 30 s.
         lock = JournalFileSymlinkLock(file_path, grace_period=LOCK_GRACE_S)
         super().__init__(JournalFileBackend(file_path, lock_obj=lock))
         self.file_path = file_path
-        self._heartbeat_interval_s = heartbeat_interval_s
-        self._grace_period_s = grace_period_s
-        self._stale_callback = stale_callback
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        self.set_trial_system_attr(trial_id, HEARTBEAT_KEY, time.time())
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
@@ -64,11 +52,3 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             if now - max(float(beat), started) > self._grace_period_s:
                 stale.append(trial._trial_id)
         return stale
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self._heartbeat_interval_s
-
-    def get_heartbeat_stale_trial_callback(
-        self,
-    ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
-        return self._stale_callback
