@@ -107,11 +107,12 @@ def describe(function: Function, n_steps: int, n_configs: int = 1000) -> dict[st
 
 
 def _fold_aware(n_steps: int) -> Any:
-    from hpo.pruners import StepLayout, make_pruner
+    from hpo.pruners import make_pruner
+    from hpo.steps import StepGrid
 
     # One fold whose epochs are the fidelity steps: the product's default pruner, as built for
     # a study with n_folds=1 and steps_per_fold=n_steps.
-    return make_pruner("fold_aware", {}, StepLayout(n_folds=1, steps_per_fold=n_steps))
+    return make_pruner("fold_aware", {}, StepGrid(n_folds=1, steps_per_fold=n_steps))
 
 
 def _none(n_steps: int) -> Any:

@@ -22,7 +22,7 @@ same seed for every pruner) proposes x; the worker evaluates it at fidelity 10, 
 evaluation costs one fidelity step; a study runs trials until ``--budget-steps`` are spent.
 
 Pruners, one after another on the same (function, seed): ``fold_aware`` (ours, the product's
-default: ``make_pruner("fold_aware", {}, StepLayout(n_folds=1, steps_per_fold=n_steps))``, so
+default: ``make_pruner("fold_aware", {}, StepGrid(n_folds=1, steps_per_fold=n_steps))``, so
 the fidelity steps are the epochs of a single fold), ``none`` (NopPruner), Optuna's
 ``MedianPruner()`` and ``HyperbandPruner()`` with their defaults.
 
@@ -275,7 +275,7 @@ def write_section(payload: Mapping[str, Any], *, write: bool = True) -> str:
         f"evaluation; each study spends {settings['budget_steps']} steps "
         f"(= {settings['budget_steps'] // settings['n_steps']} unpruned trials). Sampler: our "
         "default TPE, same seed for every pruner. Our pruner maps the fidelity steps to the "
-        "epochs of one fold (`StepLayout(n_folds=1, steps_per_fold=n_steps)`). Regret = the "
+        "epochs of one fold (`StepGrid(n_folds=1, steps_per_fold=n_steps)`). Regret = the "
         "incumbent's noise-free full-fidelity value minus the global minimum; cells are medians "
         f"over {settings['seeds']} seeds, with the ratio to `none`'s median in parentheses "
         "(below 1 = better than not pruning at the same budget). *Anytime ÷ none*: geometric "

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from hpo.spec import StudySpec
-from hpo.study import step_layout
+from hpo.study import step_grid
 
 if TYPE_CHECKING:
     import optuna
@@ -57,22 +57,24 @@ def render_status(study: optuna.Study, spec: StudySpec, started: float) -> Rende
             f" ± {best.user_attrs.get('cv_std', 0.0):.4f}  ({params})"
         )
     if running:
-        layout = step_layout(spec)
+        grid = step_grid(spec)
         table = Table(title="running", title_justify="left", expand=False)
         for column in ("trial", "worker", "fold", "epoch", "last score", "age"):
             table.add_column(column)
         now = datetime.now()
         for t in sorted(running, key=lambda t: t.number):
             step = t.last_step
-            fold, epoch = divmod(step, layout.steps_per_fold) if step is not None else (None, None)
+            fold = grid.fold_of(step) if step is not None else None
+            # epochs of this fold reported so far (a trial may run fewer epochs than the grid)
+            epoch = sum(grid.fold_of(s) == fold for s in t.intermediate_values) - 1
             value = t.intermediate_values.get(step) if step is not None else None
             run = t.user_attrs.get("run", {})
             age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
             table.add_row(
                 str(t.number),
                 str(run.get("worker", "?")),
-                "-" if fold is None else f"{fold + 1}/{layout.n_folds}",
-                "-" if epoch is None else str(epoch + 1),
+                "-" if fold is None else f"{fold + 1}/{grid.n_folds}",
+                "-" if fold is None else str(epoch + 1),
                 "-" if value is None else f"{value:.4f}",
                 _fmt_s(age),
             )

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.space import suggest
 from hpo.spec import StudySpec
-from hpo.study import step_layout
+from hpo.steps import StepGrid
+from hpo.study import step_grid
 from trainer.config import DataConfig, FoldResult, Hyperparams, TrainerConfig
 
 if TYPE_CHECKING:
@@ -82,22 +83,21 @@ def trainer_config(
 
 
 class TrialReporter:
-    """Feeds trainer reports to an Optuna trial on the study's aligned step grid.
+    """Feeds trainer reports to an Optuna trial on the study's step grid (``hpo.steps``).
 
-    The trainer numbers steps ``fold * epochs + epoch`` with this trial's epochs; when epochs
-    are searched, steps are re-spaced to ``fold * max_epochs + epoch`` so that the same step
-    means the same fold and epoch in every trial.
+    The trainer numbers steps ``fold * epochs + epoch`` with this trial's epochs; the grid
+    places them so that the same step means the same point of a fold in every trial.
     """
 
-    def __init__(self, trial: optuna.Trial, epochs: int, steps_per_fold: int) -> None:
+    def __init__(self, trial: optuna.Trial, epochs: int, grid: StepGrid) -> None:
         self._trial = trial
         self._epochs = epochs
-        self._steps_per_fold = steps_per_fold
+        self._grid = grid
         self.n_reports = 0
 
     def report(self, value: float, step: int) -> None:
         fold, epoch = divmod(step, self._epochs)
-        self._trial.report(value, fold * self._steps_per_fold + epoch)
+        self._trial.report(value, self._grid.step(fold, epoch, self._epochs))
         self.n_reports += 1
 
     def should_prune(self) -> bool:
@@ -179,7 +179,7 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, context: TrialContext) -> fl
     def save_fold(fold: FoldResult) -> None:
         trial.set_user_attr(f"{FOLD_ATTR_PREFIX}{fold.fold}", fold_to_json(fold))
 
-    reporter = TrialReporter(trial, hparams.epochs, step_layout(spec).steps_per_fold)
+    reporter = TrialReporter(trial, hparams.epochs, step_grid(spec))
     result = run_cv(
         hparams,
         trainer_config(spec, device=context.device, cache_dir=context.cache_dir),

@@ -1,73 +1,75 @@
-"""Pruners by name: a table of constructors that know the study's step layout."""
+"""Pruners by name: a table of constructors that know the study's step grid.
+
+Optuna's Wilcoxon, successive-halving and Hyperband pruners see a trial through
+``GridView``: one value per finished fold (its final score), numbered by folds done. Wilcoxon
+then tests fold scores, not epochs of one fold as if they were independent samples, and a rung of
+successive halving is a number of folds every trial reaches, whatever its epochs, so a rung
+value is never read from another fold.
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from hpo.steps import StepGrid
 
 if TYPE_CHECKING:
     import optuna
 
 
-@dataclass(frozen=True)
-class StepLayout:
-    """How intermediate steps are numbered: ``step = fold * steps_per_fold + epoch``."""
-
-    n_folds: int
-    steps_per_fold: int
-
-    @property
-    def n_steps(self) -> int:
-        return self.n_folds * self.steps_per_fold
-
-
-def _fold_aware(layout: StepLayout, options: Mapping[str, Any]) -> optuna.pruners.BasePruner:
+def _fold_aware(grid: StepGrid, options: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     from hpo._fold_aware import FoldAwarePruner
 
-    return FoldAwarePruner(steps_per_fold=layout.steps_per_fold, **options)
+    return FoldAwarePruner(steps_per_fold=grid.steps_per_fold, n_folds=grid.n_folds, **options)
 
 
-def _median(layout: StepLayout, options: Mapping[str, Any]) -> optuna.pruners.BasePruner:
+def _median(grid: StepGrid, options: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     import optuna
+
+    from hpo._grid_view import GridView
 
     kwargs: dict[str, Any] = {"n_startup_trials": 4, "n_warmup_steps": 0}
     kwargs.update(options)
-    return optuna.pruners.MedianPruner(**kwargs)
+    return GridView(optuna.pruners.MedianPruner(**kwargs), grid, folds_only=False)
 
 
-def _hyperband(layout: StepLayout, options: Mapping[str, Any]) -> optuna.pruners.BasePruner:
+def _hyperband(grid: StepGrid, options: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     import optuna
 
-    kwargs: dict[str, Any] = {"min_resource": 1, "max_resource": layout.n_steps}
+    from hpo._grid_view import GridView
+
+    kwargs: dict[str, Any] = {"min_resource": 1, "max_resource": grid.n_folds}
     kwargs.update(options)
-    return optuna.pruners.HyperbandPruner(**kwargs)
+    return GridView(optuna.pruners.HyperbandPruner(**kwargs), grid, folds_only=True)
 
 
-def _successive_halving(
-    layout: StepLayout, options: Mapping[str, Any]
-) -> optuna.pruners.BasePruner:
+def _successive_halving(grid: StepGrid, options: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     import optuna
+
+    from hpo._grid_view import GridView
 
     kwargs: dict[str, Any] = {"min_resource": 1}
     kwargs.update(options)
-    return optuna.pruners.SuccessiveHalvingPruner(**kwargs)
+    return GridView(optuna.pruners.SuccessiveHalvingPruner(**kwargs), grid, folds_only=True)
 
 
-def _wilcoxon(layout: StepLayout, options: Mapping[str, Any]) -> optuna.pruners.BasePruner:
+def _wilcoxon(grid: StepGrid, options: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     import optuna
 
-    return optuna.pruners.WilcoxonPruner(**options)
+    from hpo._grid_view import GridView
+
+    return GridView(optuna.pruners.WilcoxonPruner(**options), grid, folds_only=True)
 
 
-def _none(layout: StepLayout, options: Mapping[str, Any]) -> optuna.pruners.BasePruner:
+def _none(grid: StepGrid, options: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     import optuna
 
     return optuna.pruners.NopPruner()
 
 
-PrunerFactory = Callable[[StepLayout, Mapping[str, Any]], "optuna.pruners.BasePruner"]
+PrunerFactory = Callable[[StepGrid, Mapping[str, Any]], "optuna.pruners.BasePruner"]
 
 PRUNERS: dict[str, PrunerFactory] = {
     "fold_aware": _fold_aware,
@@ -98,7 +100,11 @@ def _constructor(name: str) -> Callable[..., Any]:
 def check_pruner_options(name: str, options: Mapping[str, Any]) -> None:
     """Raise ValueError naming the first option pruner ``name`` does not take or rejects."""
     cls = _constructor(name)
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "steps_per_fold"}
+    allowed = set(inspect.signature(cls.__init__).parameters) - {
+        "self",
+        "steps_per_fold",
+        "n_folds",
+    }
     for key in options:
         if key not in allowed:
             raise ValueError(
@@ -106,11 +112,11 @@ def check_pruner_options(name: str, options: Mapping[str, Any]) -> None:
                 f"expected one of {sorted(allowed)}"
             )
     try:
-        PRUNERS[name](StepLayout(n_folds=2, steps_per_fold=1), options)
+        PRUNERS[name](StepGrid(n_folds=2, steps_per_fold=1), options)
     except (TypeError, ValueError) as e:
         raise ValueError(f"options: {dict(options)} rejected by pruner {name!r}: {e}") from e
 
 
-def make_pruner(name: str, options: Mapping[str, Any], layout: StepLayout) -> Any:
-    """Build the pruner the spec names for a study with this step layout."""
-    return PRUNERS[name](layout, options)
+def make_pruner(name: str, options: Mapping[str, Any], grid: StepGrid) -> Any:
+    """Build the pruner the spec names for a study with this step grid."""
+    return PRUNERS[name](grid, options)

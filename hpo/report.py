@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.export import rank_trials
 from hpo.spec import StudySpec
-from hpo.study import step_layout
+from hpo.study import step_grid
 
 if TYPE_CHECKING:
     import optuna
@@ -70,7 +70,7 @@ def _curves_figure(study: optuna.Study, spec: StudySpec) -> go.Figure:
     import plotly.graph_objects as go
     from optuna.trial import TrialState
 
-    layout = step_layout(spec)
+    grid = step_grid(spec)
     fig = go.Figure()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         steps = sorted(trial.intermediate_values)
@@ -101,10 +101,10 @@ def _curves_figure(study: optuna.Study, spec: StudySpec) -> go.Figure:
                     hoverinfo="text",
                 )
             )
-    for fold in range(1, layout.n_folds):
-        fig.add_vline(x=fold * layout.steps_per_fold - 0.5, line={"color": "#bbb", "dash": "dash"})
+    for fold in range(1, grid.n_folds):
+        fig.add_vline(x=fold * grid.steps_per_fold - 0.5, line={"color": "#bbb", "dash": "dash"})
     fig.update_layout(
-        xaxis_title=f"step = fold × {layout.steps_per_fold} + epoch",
+        xaxis_title=f"step: {grid.steps_per_fold} per fold, each fold's last epoch at its end",
         yaxis_title=spec.objective.metric,
     )
     return fig

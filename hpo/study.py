@@ -6,10 +6,11 @@ import logging
 from typing import TYPE_CHECKING
 
 from hpo.errors import StorageError, StudyConflictError, StudyNotFoundError
-from hpo.pruners import StepLayout, make_pruner
+from hpo.pruners import make_pruner
 from hpo.samplers import make_sampler
 from hpo.space import Choices
 from hpo.spec import StudySpec, spec_from_json
+from hpo.steps import StepGrid
 
 if TYPE_CHECKING:
     import optuna
@@ -20,8 +21,8 @@ SPEC_ATTR = "spec"
 SPEC_HASH_ATTR = "spec_hash"
 
 
-def step_layout(spec: StudySpec) -> StepLayout:
-    """Steps per fold are the most epochs any trial may run, so steps align across trials."""
+def step_grid(spec: StudySpec) -> StepGrid:
+    """Steps per fold are the most epochs any trial may run (see ``hpo.steps``)."""
     epochs = spec.search.space.epochs
     if epochs is None:
         max_epochs = spec.train.epochs
@@ -29,7 +30,7 @@ def step_layout(spec: StudySpec) -> StepLayout:
         max_epochs = max(int(v) for v in epochs.choices)
     else:
         max_epochs = int(epochs.high)
-    return StepLayout(n_folds=spec.cv.n_folds, steps_per_fold=max_epochs)
+    return StepGrid(n_folds=spec.cv.n_folds, steps_per_fold=max_epochs)
 
 
 def _study_id(storage: optuna.storages.BaseStorage, name: str) -> int | None:
@@ -129,6 +130,6 @@ def load_study(
 
     spec = load_stored_spec(storage, name)
     sampler = make_sampler(spec.search.sampler, spec.search.space, stream=stream)
-    pruner = make_pruner(spec.search.pruner.name, spec.search.pruner.options, step_layout(spec))
+    pruner = make_pruner(spec.search.pruner.name, spec.search.pruner.options, step_grid(spec))
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     return study, spec

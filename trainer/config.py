@@ -10,6 +10,9 @@ Metric = Literal["accuracy", "f1_macro", "roc_auc", "loss"]
 Pooling = Literal["cls", "mean"]
 Anchor = Literal["zero", "pretrained"]
 
+# Key of an epoch's wall seconds (training and evaluation) in its curve entry; not a metric.
+EPOCH_SECONDS = "epoch_s"
+
 
 class Reporter(Protocol):
     """What the trainer needs from whoever watches it; an ``optuna.Trial`` satisfies it as is."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainer.checks import check_inputs
-from trainer.config import CVResult, FoldResult, Hyperparams, Reporter, TrainerConfig
+from trainer.config import EPOCH_SECONDS, CVResult, FoldResult, Hyperparams, Reporter, TrainerConfig
 from trainer.data import Examples, load_examples, make_folds
 from trainer.device import (
     autocast,
@@ -257,13 +257,17 @@ def _train_fold(
             evaluate(forward, prepared, held_idx, config.eval_batch_size) if len(held_idx) else {}
         )
         metrics["train_loss"] = train_loss
+        # Wall seconds of this epoch, training and evaluation: what a step of the curve costs.
+        metrics[EPOCH_SECONDS] = time.perf_counter() - started
         curve.append(metrics)
         logger.debug("fold %d epoch %d: %s", fold, epoch, metrics)
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
         if reporter is not None:
             reporter.report(metrics[config.metric], fold * hparams.epochs + epoch)
-            if reporter.should_prune():
+            # After the last fold's last epoch the compute is spent: nothing to prune.
+            last = fold == config.n_folds - 1 and epoch == hparams.epochs - 1
+            if not last and reporter.should_prune():
                 pruned = True
                 break
     if model_out is not None:
@@ -337,7 +341,8 @@ def run_cv(
         config: model, data, CV layout, device.
         reporter: gets ``report(score, step)`` after every epoch, ``score`` being
             ``config.metric`` on the held-out fold and ``step = fold * epochs + epoch``;
-            training stops as soon as ``should_prune()`` is true.
+            training stops as soon as ``should_prune()`` is true. It is not asked after the
+            last fold's last epoch: a trial that trained every fold is never pruned.
         done_folds: folds an earlier attempt finished, by fold index; they are not retrained
             but taken as they are, and their epoch scores are re-reported at their steps so the
             reporter sees the whole history (it may prune right there).
@@ -373,7 +378,8 @@ def run_cv(
                 for epoch, metrics in enumerate(result.curve):
                     reporter.report(metrics[config.metric], fold * hparams.epochs + epoch)
             finished.append(result)
-            if reporter is not None and reporter.should_prune():
+            last = fold == config.n_folds - 1
+            if reporter is not None and not last and reporter.should_prune():
                 break
             continue
         assert prepared is not None

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.checks import check_inputs
-from trainer.config import Hyperparams, Reporter, TrainerConfig
+from trainer.config import EPOCH_SECONDS, Hyperparams, Reporter, TrainerConfig
 from trainer.cv import Prepared, prepare, train_fold
 from trainer.errors import ConfigError
 
@@ -95,7 +95,7 @@ def train_final(
         }
     model.save_pretrained(out)
     prepared.pretrained.tokenizer.save_pretrained(out)
-    metrics = {k: float(v) for k, v in result.metrics.items()}
+    metrics = {k: float(v) for k, v in result.metrics.items() if k != EPOCH_SECONDS}
     metrics["train_examples"] = float(len(split[0]))
     metrics["holdout_examples"] = float(len(split[1]))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

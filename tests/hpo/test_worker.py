@@ -38,10 +38,10 @@ def tiny_spec(model_dir: Path, data_csv: Path, **overrides: Any) -> dict[str, An
                 "l2": {"low": 1e-7, "high": 1e-3, "log": True},
             },
             "sampler": {"name": "tpe", "seed": 0},
-            # Aggressive: keep only the best 25% after two completed trials.
+            # Aggressive: keep only the best 25% once four trials completed.
             "pruner": {
                 "name": "fold_aware",
-                "options": {"n_startup_trials": 2, "keep_percentile": 25},
+                "options": {"n_startup_trials": 4, "keep_percentile": 25},
             },
         },
         # Held-out loss varies continuously (accuracy on a tiny task ties at 0.5 and 1.0), so

@@ -12,6 +12,7 @@ import torch
 
 from tests.conftest import make_trainer_config
 from trainer import DataConfig, FoldResult, Hyperparams, TrainerConfig, run_cv
+from trainer.config import EPOCH_SECONDS
 from trainer.cv import prepare, train_fold
 from trainer.model import build_model, load_pretrained
 from trainer.regularization import norms, penalized_weights
@@ -122,6 +123,50 @@ def test_prune_at_first_report_stops_after_exactly_one_report(
     assert len(reporter.reports) == 1
     assert result.pruned and result.fold_scores == ()
     assert len(result.curves) == 1 and len(result.curves[0]) == 1
+
+
+def test_a_trial_that_trained_every_fold_is_never_pruned(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    """The reporter is not asked after the last fold's last epoch: that compute is spent, and a
+    trial pruned there would end PRUNED with its last fold left out of its mean."""
+    hp = dataclasses.replace(HP, epochs=1)
+    reporter = RecordingReporter(prune_after=2)  # would prune at the 2nd (= last) report
+    result = run_cv(hp, config_for(tiny_bert_dir, synthetic_csv, tmp_path), reporter=reporter)
+    assert not result.pruned and len(result.fold_scores) == 2
+    assert len(reporter.reports) == 2
+
+
+def test_a_resumed_trial_with_every_fold_done_is_never_pruned(tmp_path: Path) -> None:
+    folds = {
+        f: FoldResult(
+            fold=f,
+            score=0.5,
+            metrics={"accuracy": 0.5},
+            curve=({"accuracy": 0.5},),
+            train_examples=8,
+            train_s=1.0,
+        )
+        for f in range(2)
+    }
+    config = TrainerConfig(
+        model_name_or_path=str(tmp_path / "never-loaded"),
+        data=DataConfig(source=str(tmp_path / "never-read.csv"), text=("text",), label="label"),
+        n_folds=2,
+        device="cpu",
+    )
+    asked_after: list[int] = []
+
+    class AskRecorder(RecordingReporter):
+        def should_prune(self) -> bool:
+            asked_after.append(len(self.reports))
+            return False
+
+    result = run_cv(
+        dataclasses.replace(HP, epochs=1), config, reporter=AskRecorder(), done_folds=folds
+    )
+    assert not result.pruned and result.fold_scores == (0.5, 0.5)
+    assert asked_after == [1]  # after fold 0; never after the last report
 
 
 def test_folds_repeat_are_stratified_and_tokenization_is_cached(
@@ -373,7 +418,9 @@ def test_a_compact_vocabulary_trains_exactly_like_the_full_one(
     a, b = (train_fold(hp, config, p, 0) for p in (full, compact))
     assert len(a.curve) == len(b.curve) == 2
     for x, y in zip(a.curve, b.curve, strict=True):
-        assert x == pytest.approx(y, rel=1e-4, abs=1e-6)
+        assert x[EPOCH_SECONDS] > 0 and y[EPOCH_SECONDS] > 0
+        metrics = {k: v for k, v in x.items() if k != EPOCH_SECONDS}
+        assert metrics == pytest.approx({k: y[k] for k in metrics}, rel=1e-4, abs=1e-6)
 
 
 def test_compact_vocabulary_keeps_rows_and_renumbers_special_ids(tiny_bert_dir: Path) -> None:
