@@ -2,8 +2,8 @@
 
 ``python -m bench.curves build`` runs ``studies/rt-curves.yaml`` (the demo's task and search
 space, 3 folds × 3 epochs, quasi-random points, no pruning) as an ordinary study on a journal
-file under ``.hpo/curves/``, with one ``hpo worker`` process, then writes
-``bench/data/rt_curves.json``: per configuration its params, its held-out score after every
+file kept in git (``bench/data/rt-curves.journal.log``), with one ``hpo worker`` process, then
+writes ``bench/data/rt_curves.json``: per configuration its params, its held-out score after every
 fold × epoch, and the wall seconds each of those steps took. Interrupted, the same command
 continues the study where it stopped (a killed worker's trial is failed as stale and re-queued
 with its finished folds). ``python -m bench.curves export`` rewrites the JSON from the study.
@@ -28,7 +28,10 @@ from typing import Any
 from bench._common import ROOT, machine_line, run_date
 
 SPEC = ROOT / "studies" / "rt-curves.yaml"
-STORE = ROOT / ".hpo" / "curves" / "journal.log"
+# The study itself is kept in git beside the table (about 10 KB a configuration), so a build
+# interrupted on one machine continues on another.
+STORE = ROOT / "bench" / "data" / "rt-curves.journal.log"
+LOG_DIR = ROOT / ".hpo" / "curves"
 TABLE = ROOT / "bench" / "data" / "rt_curves.json"
 COMMAND = "python -m bench.curves build"
 
@@ -59,7 +62,8 @@ def build(store: Path, threads: int, workers: int) -> None:
     create_study(spec, open_storage(str(store)))
     env = {**os.environ, "HPO_STORAGE": str(store), "HF_HUB_OFFLINE": "1"}
     env["HF_DATASETS_OFFLINE"] = "1"
-    log_dir = store.parent
+    log_dir = LOG_DIR
+    log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for index in range(workers):
         log = open(log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - owned by the child
