@@ -16,7 +16,7 @@ Contenders, interleaved (for each round, for each N: plain, ours, proxy), median
 
 * ``plain``: ``optuna.load_study(storage="postgresql+psycopg2://…")``: Optuna's default cached
   ``RDBStorage`` with SQLAlchemy's default connection pool;
-* ``ours``: ``hpo.storage.open_storage`` (no pooled connection, one store operation at a time,
+* ``ours``: ``hpo.store.open_storage`` (no pooled connection, one store operation at a time,
   retries, our lean statements);
 * ``proxy``: plain Optuna clients on ``GrpcStorageProxy`` to one proxy process serving our store,
   as ``hpo proxy`` does (SQL counted in the proxy process).
@@ -101,7 +101,7 @@ class Run:
 
 def _cause(error: BaseException) -> str:
     """An error's cause in a few words: the connection limit, a lost connection, or its type."""
-    from hpo._retry import is_connection_limit, is_transient
+    from hpo.store import is_connection_limit, is_transient
 
     if is_connection_limit(error):
         return "refused: too many clients"
@@ -111,7 +111,7 @@ def _cause(error: BaseException) -> str:
 
 
 def _plain_url(url: str) -> str:
-    from hpo.storage import normalize_postgres_url
+    from hpo.store import normalize_postgres_url
 
     return normalize_postgres_url(url)
 
@@ -124,7 +124,7 @@ def _open(contender: str, url: str, proxy_port: int | None) -> Any:
         storage = optuna.storages.get_storage(_plain_url(url))
         return storage, storage._backend.engine  # type: ignore[attr-defined]
     if contender == "ours":
-        from hpo.storage import open_storage
+        from hpo.store import open_storage
 
         storage = open_storage(url)
         return storage, storage.inner._backend.engine  # type: ignore[attr-defined]
@@ -226,7 +226,7 @@ def _proxy_server(url: str, port: int, start: Any, start_at: Any, stop: Any, res
     import optuna
     from optuna.storages._grpc.server import make_server
 
-    from hpo.storage import open_storage
+    from hpo.store import open_storage
 
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -254,7 +254,7 @@ def _free_port() -> int:
 def _create_study(url: str, name: str) -> None:
     import optuna
 
-    from hpo.storage import open_storage
+    from hpo.store import open_storage
 
     optuna.create_study(study_name=name, storage=open_storage(url))
 
@@ -536,7 +536,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     warnings.simplefilter("ignore")
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(
-        ["optuna", "sqlalchemy", "psycopg2", "grpc", "hpo.storage", "hpo._lean_rdb", __name__]
+        [
+            "optuna",
+            "sqlalchemy",
+            "psycopg2",
+            "grpc",
+            "hpo.store._open",
+            "hpo.store._postgres",
+            __name__,
+        ]
     )
     began = time.monotonic()
     runs: dict[tuple[str, int], list[Run]] = collections.defaultdict(list)

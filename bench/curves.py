@@ -39,7 +39,7 @@ logger = logging.getLogger("bench.curves")
 
 
 def _open(store: Path) -> tuple[Any, Any]:
-    from hpo.storage import open_storage
+    from hpo.store import open_storage
     from hpo.study import load_study
 
     return load_study(open_storage(str(store)), _spec().name)
@@ -54,7 +54,7 @@ def _spec() -> Any:
 def build(store: Path, threads: int, workers: int) -> None:
     """Create the study (idempotent) and run workers until its budget is met."""
     from hpo.run import worker_command
-    from hpo.storage import open_storage
+    from hpo.store import open_storage
     from hpo.study import create_study
 
     spec = _spec()

@@ -8,7 +8,7 @@ then loop for the same wall-clock window::
 
     trial = study.ask(); x = trial.suggest_float("x", -10, 10); study.tell(trial, x * x)
 
-The ``ours-*`` kinds open the store with ``hpo.storage.open_storage`` (heartbeats on) and add,
+The ``ours-*`` kinds open the store with ``hpo.store.open_storage`` (heartbeats on) and add,
 per trial, what our worker writes besides ask/tell: one ``record_heartbeat`` and two
 ``trial.report`` calls. Exceptions are caught and counted per process, never fatal.
 
@@ -106,7 +106,7 @@ class RunResult:
 
 
 class _RetryCounter(logging.Handler):
-    """Counts the "unreachable; retrying" warnings of ``hpo._retry.RetryingStorage``."""
+    """Counts the "unreachable; retrying" warnings of ``hpo.store.RetryingStorage``."""
 
     def __init__(self) -> None:
         super().__init__(level=logging.WARNING)
@@ -132,7 +132,7 @@ def open_store(kind: str, directory: Path) -> optuna.storages.BaseStorage:
         return optuna.storages.get_storage(db_url)
     if kind == "journal":
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(log_path))
-    from hpo.storage import open_storage
+    from hpo.store import open_storage
 
     if kind == "ours-sqlite":
         return open_storage(db_url)

@@ -195,7 +195,7 @@ def child(store: str, url: str, study_name: str, threads: int, out: Path) -> Non
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     import hpo.worker as worker_module
-    from hpo.storage import (
+    from hpo.store import (
         DEFAULT_GRACE_PERIOD_S,
         DEFAULT_HEARTBEAT_INTERVAL_S,
         normalize_postgres_url,
@@ -290,7 +290,7 @@ def child(store: str, url: str, study_name: str, threads: int, out: Path) -> Non
 def _create(store: str, url: str, trials: int) -> str:
     """A fresh copy of the demo study in ``url``; returns its name."""
     from hpo.spec import load_spec
-    from hpo.storage import open_storage
+    from hpo.store import open_storage
     from hpo.study import create_study
 
     spec = load_spec(ROOT / "studies" / "demo.yaml")

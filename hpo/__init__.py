@@ -5,7 +5,7 @@ Importing ``hpo`` never imports torch: the CLI must start fast.
 
 from hpo.errors import HpoError, SpecError, StorageError, StudyConflictError, StudyNotFoundError
 from hpo.spec import StudySpec, load_spec, parse_spec
-from hpo.storage import mask_secrets, mask_url, open_storage, resolve_storage_url
+from hpo.store import mask_secrets, mask_url, open_storage, resolve_storage_url
 from hpo.study import create_study, load_stored_spec, load_study
 
 __all__ = [

@@ -66,7 +66,7 @@ def schema() -> None:
 def create(spec: SpecArg, storage: StorageOpt = None) -> None:
     """Create the study in the store (idempotent for the same spec)."""
     from hpo.preflight import check_spec_file
-    from hpo.storage import mask_url, open_storage, resolve_storage_url
+    from hpo.store import mask_url, open_storage, resolve_storage_url
     from hpo.study import create_study
 
     study_spec = check_spec_file(spec)
@@ -93,7 +93,7 @@ def worker(
     """Run trials of a study until its budget is met (everything else comes from the store)."""
     import os
 
-    from hpo.storage import resolve_storage_url
+    from hpo.store import resolve_storage_url
     from hpo.worker import WorkerOptions, run_worker
 
     summary = run_worker(
@@ -130,7 +130,7 @@ def run(
     """Create the study and tune it with local workers, showing a live view."""
     from hpo.preflight import check_spec_file
     from hpo.run import run_study
-    from hpo.storage import resolve_storage_url
+    from hpo.store import resolve_storage_url
 
     study_spec = check_spec_file(spec)
     outcome = run_study(
@@ -143,7 +143,7 @@ def run(
 
 
 def _open_study(name: str, storage: str | None) -> tuple[Any, Any]:
-    from hpo.storage import open_storage, resolve_storage_url
+    from hpo.store import open_storage, resolve_storage_url
     from hpo.study import load_study
 
     return load_study(open_storage(resolve_storage_url(storage)), name)
@@ -241,7 +241,7 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
 ) -> None:
     """Serve optuna-dashboard on the study store."""
-    from hpo.storage import mask_url, open_storage, resolve_storage_url
+    from hpo.store import mask_url, open_storage, resolve_storage_url
 
     url = resolve_storage_url(storage)
     store = open_storage(url)
@@ -264,7 +264,7 @@ def launch(
 ) -> None:
     """Run this host's workers for a study: one per GPU, restarted on crashes."""
     from hpo.launch import Launcher, build_slots, parse_gpus
-    from hpo.storage import resolve_storage_url
+    from hpo.store import resolve_storage_url
 
     if (gpus is None) == (cpus is None):
         raise typer.BadParameter("give exactly one of --gpus or --cpus")
@@ -287,7 +287,7 @@ def proxy(
     """Serve Optuna's gRPC storage proxy in front of the store (workers use grpc://host:port)."""
     import optuna
 
-    from hpo.storage import mask_url, open_storage, resolve_storage_url
+    from hpo.store import mask_url, open_storage, resolve_storage_url
 
     url = resolve_storage_url(storage)
     # The proxy serves every worker through one store: it keeps its one database connection.
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             typer.echo(f"{e.source}: {problem}", err=True)
         return e.exit_code
     except HpoError as e:
-        from hpo.storage import mask_secrets
+        from hpo.store import mask_secrets
 
         typer.echo(f"error: {mask_secrets(str(e))}", err=True)
         return e.exit_code

@@ -14,7 +14,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from hpo.objective import FAIL_REASON_ATTR, FOLD_ATTR_PREFIX, RETRY_HISTORY_KEY
-from hpo.storage import error_summary
+from hpo.store import error_summary
 
 if TYPE_CHECKING:
     import optuna

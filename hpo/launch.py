@@ -71,7 +71,7 @@ def build_slots(
 
     The store URL reaches workers through ``HPO_STORAGE``, never argv (process titles show it).
     """
-    from hpo.storage import ENV_STORAGE
+    from hpo.store import ENV_STORAGE
 
     base = [sys.executable, "-m", "hpo.cli", "worker", "--study", study]
     slots = []

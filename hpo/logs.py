@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from hpo.storage import mask_secrets
+from hpo.store import mask_secrets
 
 
 class MaskSecretsFilter(logging.Filter):

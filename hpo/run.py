@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpo.spec import StudySpec
-from hpo.storage import ENV_STORAGE, mask_url, open_storage
+from hpo.store import ENV_STORAGE, mask_url, open_storage
 from hpo.study import create_study, load_study
 
 if TYPE_CHECKING:

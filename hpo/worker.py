@@ -24,7 +24,7 @@ from hpo.errors import HpoError
 from hpo.heartbeat import Heartbeat, requeue, requeue_stale
 from hpo.objective import FAIL_REASON_ATTR, RETRY_HISTORY_KEY, TrialContext, run_trial
 from hpo.spec import StudySpec
-from hpo.storage import (
+from hpo.store import (
     CONNECTIONS,
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,

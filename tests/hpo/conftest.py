@@ -37,7 +37,7 @@ def unique_name(prefix: str = "t") -> str:
 def _postgres_reachable() -> bool:
     import sqlalchemy
 
-    from hpo.storage import normalize_postgres_url
+    from hpo.store import normalize_postgres_url
 
     try:
         engine = sqlalchemy.create_engine(

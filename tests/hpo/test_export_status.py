@@ -14,7 +14,7 @@ import yaml
 from optuna.distributions import FloatDistribution
 
 from hpo.spec import parse_spec
-from hpo.storage import open_storage
+from hpo.store import open_storage
 from hpo.study import create_study
 
 REPO = Path(__file__).resolve().parents[2]

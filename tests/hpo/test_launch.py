@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from hpo.errors import HpoError
 from hpo.launch import build_slots, parse_gpus
 from hpo.spec import parse_spec
-from hpo.storage import ENV_STORAGE, open_storage
+from hpo.store import ENV_STORAGE, open_storage
 from hpo.study import create_study
 from tests.hpo.conftest import dashboard_study_names, free_port
 from tests.hpo.test_worker import REPO, tiny_spec

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from hpo.cli import main as hpo_main
 from hpo.errors import StorageError, StudyConflictError, StudyNotFoundError
 from hpo.spec import parse_spec
-from hpo.storage import (
+from hpo.store import (
     DEFAULT_STORAGE,
     mask_secrets,
     mask_url,
@@ -78,7 +78,7 @@ def test_loaded_study_has_spec_sampler_and_pruner(
     create_study(parse_spec(spec_dict), storage)
     study, spec = load_study(storage, spec_dict["name"])
     assert isinstance(study.sampler, optuna.samplers.RandomSampler)
-    assert isinstance(study.pruner, optuna.pruners.MedianPruner)
+    assert isinstance(study.pruner.inner, optuna.pruners.MedianPruner)  # on the step grid
     assert spec.search.sampler.seed == 3
 
 
@@ -238,7 +238,7 @@ def _refused(message: str = "sorry, too many clients already") -> Exception:
 def test_refusal_at_the_connection_limit_is_recognised_through_optunas_wrapper(
     message: str,
 ) -> None:
-    from hpo._retry import is_connection_limit, is_transient
+    from hpo.store import is_connection_limit, is_transient
 
     error = _refused(message)
     assert is_connection_limit(error)
@@ -248,7 +248,7 @@ def test_refusal_at_the_connection_limit_is_recognised_through_optunas_wrapper(
 def test_other_errors_are_not_taken_for_the_connection_limit() -> None:
     import sqlalchemy.exc
 
-    from hpo._retry import is_connection_limit
+    from hpo.store import is_connection_limit
 
     lost = sqlalchemy.exc.OperationalError(
         "SELECT 1", {}, Exception("server closed the connection")
@@ -260,7 +260,7 @@ def test_other_errors_are_not_taken_for_the_connection_limit() -> None:
 def test_short_refusals_are_retried_quietly_with_jitter(caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    from hpo._retry import RETRIES, RetryingStorage
+    from hpo.store import RETRIES, RetryingStorage
 
     calls: list[int] = []
 
@@ -273,7 +273,7 @@ def test_short_refusals_are_retried_quietly_with_jitter(caplog: pytest.LogCaptur
 
     slept: list[float] = []
     refused_before = RETRIES.refused
-    caplog.set_level(logging.DEBUG, logger="hpo._retry")
+    caplog.set_level(logging.DEBUG, logger="hpo.store._retry")
     assert RetryingStorage(Full(), sleep=slept.append).get_all_studies() == []  # type: ignore[abstract]
     assert len(calls) == 4
     assert RETRIES.refused - refused_before == 3
@@ -283,7 +283,7 @@ def test_short_refusals_are_retried_quietly_with_jitter(caplog: pytest.LogCaptur
 
 
 def test_lasting_refusal_names_max_connections_in_one_line() -> None:
-    from hpo._retry import RetryingStorage
+    from hpo.store import RetryingStorage
 
     class Full(optuna.storages.InMemoryStorage):
         def get_all_studies(self) -> Any:
@@ -304,12 +304,12 @@ def test_lasting_refusal_names_max_connections_in_one_line() -> None:
 def test_open_storage_names_max_connections_when_the_server_is_full(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import hpo.storage
+    import hpo.store._open
 
     def full(*args: Any) -> Any:
         raise _refused()
 
-    monkeypatch.setattr(hpo.storage, "_open_rdb", full)
+    monkeypatch.setattr(hpo.store._open, "_open_rdb", full)
     with pytest.raises(StorageError, match="max_connections") as info:
         open_storage("postgresql://bob:hunter2-secret@127.0.0.1:5432/db", outage_timeout_s=0.0)
     assert "hunter2-secret" not in str(info.value)
@@ -321,7 +321,7 @@ def test_lean_postgres_store_reads_and_writes_exactly_what_stock_optuna_does(
 ) -> None:
     import math
 
-    from hpo._lean_rdb import LeanPostgresStorage
+    from hpo.store import LeanPostgresStorage
 
     lean_store = open_storage(postgres_url)
     assert isinstance(lean_store.inner._backend, LeanPostgresStorage)  # type: ignore[attr-defined]
@@ -426,7 +426,7 @@ def test_workers_reach_postgres_through_hpo_proxy(
 def test_a_silent_trial_is_failed_and_requeued_through_hpo_proxy_whatever_the_clocks(
     postgres_url: str, spec_dict: dict[str, Any]
 ) -> None:
-    from hpo.storage import HEARTBEAT_KEY
+    from hpo.store import HEARTBEAT_KEY
 
     requeued: list[int] = []
     with running_proxy(postgres_url) as url:
@@ -497,7 +497,7 @@ def test_workers_ride_out_a_restart_of_hpo_proxy(
 def test_lean_store_rereads_running_trials_at_most_once_a_second_but_state_changes_at_once(
     postgres_url: str,
 ) -> None:
-    from hpo._lean_rdb import LeanPostgresStorage
+    from hpo.store import LeanPostgresStorage
 
     url = normalize_postgres_url(postgres_url)
     mine = LeanPostgresStorage(url, running_refresh_s=0.5)

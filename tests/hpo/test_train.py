@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from hpo.spec import parse_spec
-from hpo.storage import open_storage
+from hpo.store import open_storage
 from hpo.study import create_study
 from tests.hpo.test_worker import REPO, tiny_spec
 

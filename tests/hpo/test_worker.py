@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from hpo.objective import TrialContext, run_trial
 from hpo.spec import parse_spec
-from hpo.storage import open_storage
+from hpo.store import open_storage
 from hpo.study import create_study, load_study
 from tests.hpo.conftest import unique_name
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from hpo.cli import main as hpo_main
-from hpo.storage import open_storage
+from hpo.store import open_storage
 from tests.hpo.test_worker import tiny_spec
 
 Mutation = Callable[[dict[str, Any], Path], None]

@@ -13,7 +13,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from hpo.spec import parse_spec
-from hpo.storage import normalize_postgres_url, open_storage
+from hpo.store import normalize_postgres_url, open_storage
 from hpo.study import create_study
 from tests.hpo.test_worker import _logs, start_worker, tiny_spec
 

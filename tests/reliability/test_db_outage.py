@@ -13,9 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo._retry import RetryingStorage, is_transient
 from hpo.spec import parse_spec
-from hpo.storage import open_storage
+from hpo.store import RetryingStorage, is_transient, open_storage
 from hpo.study import create_study
 
 
@@ -47,7 +46,7 @@ def test_trial_survives_a_postgres_restart(
     trial.suggest_float("lr", 1e-5, 1e-3, log=True)
     trial.report(0.5, 0)
 
-    caplog.set_level(logging.WARNING, logger="hpo._retry")
+    caplog.set_level(logging.WARNING, logger="hpo.store._retry")
     outage = _restart_postgres_in_background(down_s=3.0)
     time.sleep(0.5)  # the server is going down
     for step in range(1, 4):  # these writes straddle the outage

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 import trainer
 from hpo.spec import parse_spec
-from hpo.storage import open_storage
+from hpo.store import open_storage
 from hpo.study import create_study
 from hpo.worker import Worker, WorkerError, WorkerOptions
 from tests.hpo.test_worker import tiny_spec

@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.spec import parse_spec
-from hpo.storage import open_storage
+from hpo.store import open_storage
 from hpo.study import create_study
 from tests.hpo.test_worker import _logs, start_worker, tiny_spec
 

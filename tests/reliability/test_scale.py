@@ -22,7 +22,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.spec import StudySpec, parse_spec
-from hpo.storage import open_storage
+from hpo.store import open_storage
 from hpo.study import create_study
 from tests.hpo.conftest import MINIMAL_SPEC, unique_name
 
@@ -60,8 +60,7 @@ class _Problems(logging.Handler):
 def _worker_main(url: str, study_name: str, index: int, out_dir: str) -> None:
     """One forked worker: the real ``Worker`` loop with the training replaced."""
     import hpo.worker
-    from hpo._retry import RETRIES
-    from hpo.storage import CONNECTIONS
+    from hpo.store import CONNECTIONS, RETRIES
 
     root = logging.getLogger()
     root.handlers.clear()

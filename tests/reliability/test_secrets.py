@@ -12,7 +12,7 @@ import optuna
 import pytest
 import yaml
 
-from hpo.storage import open_storage
+from hpo.store import open_storage
 from tests.hpo.test_worker import tiny_spec
 
 PASSWORD = "Sup3r-s3cret-pw"

@@ -17,7 +17,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -25,7 +25,13 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 
 from hpo.errors import StorageError
-from hpo.storage import DEFAULT_OUTAGE_TIMEOUT_S, error_summary
+from hpo.store._base import (
+    DEFAULT_OUTAGE_TIMEOUT_S,
+    connection_limit_message,
+    error_summary,
+    is_connection_limit,
+    is_transient,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,87 +42,6 @@ _MAX_DELAY_S = 15.0
 _FIRST_REFUSED_DELAY_S = 0.1
 _MAX_REFUSED_DELAY_S = 2.0
 _QUIET_REFUSED_S = 30.0
-
-# PostgreSQL's words when it is at max_connections (or a role's / database's own limit).
-_CONNECTION_LIMIT_MARKERS = (
-    "too many clients",
-    "remaining connection slots are reserved",
-    "too many connections for",
-)
-_TOO_MANY_CONNECTIONS_SQLSTATE = "53300"
-
-
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """``error``, then its causes and contexts and SQLAlchemy's wrapped driver errors."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [error]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        for linked in (current.__cause__, current.__context__, getattr(current, "orig", None)):
-            if isinstance(linked, BaseException):
-                pending.append(linked)
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether ``error`` (or anything in its chain) is a lost or refused database connection,
-    or an unreachable ``hpo proxy``."""
-    import sqlalchemy.exc
-
-    transient: tuple[type[BaseException], ...] = (
-        sqlalchemy.exc.OperationalError,
-        sqlalchemy.exc.InterfaceError,
-        sqlalchemy.exc.DisconnectionError,
-        ConnectionError,
-    )
-    try:
-        import psycopg2
-
-        transient += (psycopg2.OperationalError, psycopg2.InterfaceError)
-    except ImportError:  # pragma: no cover - psycopg2 is a dependency
-        pass
-    return any(isinstance(e, transient) or _grpc_unavailable(e) for e in _chain(error))
-
-
-def _grpc_unavailable(error: BaseException) -> bool:
-    """An ``hpo proxy`` that is down or restarting (gRPC status UNAVAILABLE)."""
-    try:
-        import grpc
-    except ImportError:  # pragma: no cover - grpcio is a dependency
-        return False
-    code = getattr(error, "code", None)
-    return (
-        isinstance(error, grpc.RpcError)
-        and callable(code)
-        and code() == grpc.StatusCode.UNAVAILABLE
-    )
-
-
-def is_connection_limit(error: BaseException) -> bool:
-    """Whether the database refused a connection because it is at its connection limit.
-
-    Looks through the whole chain: Optuna wraps the driver's error in a
-    ``StorageInternalError`` that speaks of "invalid data in the commit".
-    """
-    for e in _chain(error):
-        if getattr(e, "pgcode", None) == _TOO_MANY_CONNECTIONS_SQLSTATE:
-            return True
-        text = str(e).lower()
-        if any(marker in text for marker in _CONNECTION_LIMIT_MARKERS):
-            return True
-    return False
-
-
-def connection_limit_message(describe: str, refused_s: float) -> str:
-    """One line: the server is full, and what to do about it."""
-    return (
-        f"{describe} refused connections for {refused_s:.0f} s: the database is at its "
-        "connection limit (PostgreSQL max_connections); raise max_connections, run fewer "
-        "workers, or put `hpo proxy` in front of the database"
-    )
 
 
 class RetryStats:

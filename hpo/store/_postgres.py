@@ -40,7 +40,7 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo._lingering import (
+from hpo.store._connections import (
     DEFAULT_LINGER_S,
     DEFAULT_MAX_HOLD_S,
     LingeringConnection,

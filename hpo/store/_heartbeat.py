@@ -9,7 +9,7 @@ import optuna
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial
 
-from hpo.storage import HEARTBEAT_KEY
+from hpo.store._base import HEARTBEAT_KEY
 
 
 class AttrHeartbeat(BaseHeartbeat):

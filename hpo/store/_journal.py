@@ -10,8 +10,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo._attr_heartbeat import AttrHeartbeat
-from hpo.storage import HEARTBEAT_KEY
+from hpo.store._base import HEARTBEAT_KEY
+from hpo.store._heartbeat import AttrHeartbeat
 
 LOCK_GRACE_S = 5
 

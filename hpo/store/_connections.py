@@ -20,6 +20,8 @@ from typing import Any
 
 import sqlalchemy
 
+from hpo.store._base import CONNECTIONS
+
 DEFAULT_LINGER_S = 0.2
 DEFAULT_MAX_HOLD_S = 2.0
 POLITE_AFTER_REFUSAL_S = 30.0
@@ -65,7 +67,7 @@ class LingeringConnection:
                 try:
                     self._conn = self._engine.connect()
                 except sqlalchemy.exc.OperationalError as e:
-                    from hpo._retry import is_connection_limit
+                    from hpo.store import is_connection_limit
 
                     if is_connection_limit(e):
                         self._polite_until = time.monotonic() + POLITE_AFTER_REFUSAL_S
@@ -147,3 +149,19 @@ def _forget_in_child(ref: weakref.ref[LingeringConnection]) -> None:
     owner = ref()
     if owner is not None:
         owner._forget()
+
+
+def count_connections(engine: Any) -> None:
+    """Count this process's open connections of ``engine`` in ``CONNECTIONS``."""
+    from sqlalchemy import event
+
+    def opened(*_: Any) -> None:
+        CONNECTIONS.open += 1
+        CONNECTIONS.peak = max(CONNECTIONS.peak, CONNECTIONS.open)
+
+    def closed(*_: Any) -> None:
+        CONNECTIONS.open -= 1
+
+    event.listen(engine, "connect", opened)
+    event.listen(engine, "close", closed)
+    event.listen(engine, "close_detached", closed)

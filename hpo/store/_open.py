@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -19,24 +18,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import StorageError
+from hpo.store._base import (
+    DEFAULT_GRACE_PERIOD_S,
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    DEFAULT_OUTAGE_TIMEOUT_S,
+    DEFAULT_STORAGE,
+    ENV_STORAGE,
+    StaleCallback,
+    error_summary,
+    is_connection_limit,
+)
+from hpo.store._connections import count_connections
+from hpo.store._masking import mask_url
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.trial import FrozenTrial
 
 logger = logging.getLogger(__name__)
-
-ENV_STORAGE = "HPO_STORAGE"
-DEFAULT_STORAGE = ".hpo/journal.log"
-HEARTBEAT_KEY = "hpo:heartbeat"
-DEFAULT_HEARTBEAT_INTERVAL_S = 10
-DEFAULT_GRACE_PERIOD_S = 30
-DEFAULT_OUTAGE_TIMEOUT_S = 300.0
-
-_USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
-_PASSWORD_KV_RE = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
-
-StaleCallback = Callable[["optuna.Study", "FrozenTrial"], None]
 
 
 def resolve_storage_url(cli_value: str | None, env: Mapping[str, str] | None = None) -> str:
@@ -45,26 +43,6 @@ def resolve_storage_url(cli_value: str | None, env: Mapping[str, str] | None = N
         return cli_value
     env = os.environ if env is None else env
     return env.get(ENV_STORAGE) or DEFAULT_STORAGE
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``; safe to log and to store."""
-    return _USERINFO_RE.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
-
-
-def mask_secrets(text: str, url: str | None = None) -> str:
-    """Remove passwords from free text: URL userinfo, ``password=…`` pairs, and ``url``'s own."""
-    if url:
-        password = _password_of(url)
-        if password:
-            text = text.replace(password, "***")
-    text = _USERINFO_RE.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-    return _PASSWORD_KV_RE.sub(r"\1***", text)
-
-
-def _password_of(url: str) -> str | None:
-    match = re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:(?P<pw>[^@\s]*)@", url)
-    return match["pw"] if match and match["pw"] else None
 
 
 def storage_kind(url: str) -> str:
@@ -144,7 +122,7 @@ def open_storage(
             outage_timeout_s,
             keep_connection,
         )
-    from hpo._retry import Backoff, is_connection_limit
+    from hpo.store._retry import Backoff
 
     backoff = Backoff(f"store {mask_url(url)}", timeout_s=outage_timeout_s)
     while True:
@@ -162,13 +140,6 @@ def open_storage(
         return storage
 
 
-def error_summary(error: BaseException, url: str | None = None) -> str:
-    """The first line of an error (of the driver's error, if wrapped), passwords masked."""
-    cause = getattr(error, "orig", None) or error.__cause__ or error
-    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    return mask_secrets(lines[0] if lines else type(cause).__name__, url)
-
-
 def journal_path(url: str) -> Path:
     """The file behind a journal URL."""
     for prefix in ("journal://", "file://"):
@@ -180,7 +151,7 @@ def journal_path(url: str) -> Path:
 def _open_journal(
     url: str, interval: int, grace: int, callback: StaleCallback | None
 ) -> optuna.storages.BaseStorage:
-    from hpo._journal import HeartbeatJournalStorage
+    from hpo.store._journal import HeartbeatJournalStorage
 
     path = journal_path(url).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +204,7 @@ def _open_rdb(
         engine_kwargs = {"connect_args": {"timeout": 60}}
     rdb_class: type[optuna.storages.RDBStorage] = optuna.storages.RDBStorage
     if kind == "postgresql":
-        from hpo._lean_rdb import LeanPostgresStorage
+        from hpo.store._postgres import LeanPostgresStorage
 
         # Same tables and rows as Optuna's, a few statements per trial instead of ~70.
         rdb_class = LeanPostgresStorage
@@ -248,8 +219,8 @@ def _open_rdb(
             heartbeat_stale_trial_callback=callback,
         )
     logger.debug("opened %s in %.2f s", mask_url(url), time.monotonic() - started)
-    _count_connections(storage.engine)
-    from hpo._retry import RetryingStorage
+    count_connections(storage.engine)
+    from hpo.store._retry import RetryingStorage
 
     # Keep Optuna's trial cache (load_study adds it only to a bare RDBStorage), then retry.
     # The delegates are generated, so mypy cannot see that the class is concrete.
@@ -260,37 +231,11 @@ def _open_rdb(
     )
 
 
-class ConnectionStats:
-    """Open database connections of this process, and the most ever open at once."""
-
-    def __init__(self) -> None:
-        self.open = 0
-        self.peak = 0
-
-
-CONNECTIONS = ConnectionStats()
-
-
-def _count_connections(engine: Any) -> None:
-    from sqlalchemy import event
-
-    def opened(*_: Any) -> None:
-        CONNECTIONS.open += 1
-        CONNECTIONS.peak = max(CONNECTIONS.peak, CONNECTIONS.open)
-
-    def closed(*_: Any) -> None:
-        CONNECTIONS.open -= 1
-
-    event.listen(engine, "connect", opened)
-    event.listen(engine, "close", closed)
-    event.listen(engine, "close_detached", closed)
-
-
 def _open_grpc(
     url: str, interval: int, grace: int, callback: StaleCallback | None, outage_timeout_s: float
 ) -> optuna.storages.BaseStorage:
-    from hpo._grpc import HeartbeatGrpcStorageProxy
-    from hpo._retry import RetryingStorage
+    from hpo.store._grpc import HeartbeatGrpcStorageProxy
+    from hpo.store._retry import RetryingStorage
 
     hostport = url.split("://", 1)[1].rstrip("/")
     host, _, port = hostport.rpartition(":")

@@ -17,8 +17,8 @@ import optuna
 from optuna.storages import GrpcStorageProxy
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo._attr_heartbeat import AttrHeartbeat
-from hpo.storage import HEARTBEAT_KEY
+from hpo.store._base import HEARTBEAT_KEY
+from hpo.store._heartbeat import AttrHeartbeat
 
 
 class HeartbeatGrpcStorageProxy(GrpcStorageProxy, AttrHeartbeat):

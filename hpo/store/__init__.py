@@ -1,0 +1,68 @@
+"""The study store: a URL in, an Optuna storage out, with heartbeats, retries and no leaked
+password. Read the package in the order ``_base``'s docstring gives."""
+
+from hpo.store._base import (
+    CONNECTIONS,
+    DEFAULT_GRACE_PERIOD_S,
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    DEFAULT_OUTAGE_TIMEOUT_S,
+    DEFAULT_STORAGE,
+    ENV_STORAGE,
+    HEARTBEAT_KEY,
+    StaleCallback,
+    connection_limit_message,
+    error_summary,
+    is_connection_limit,
+    is_transient,
+)
+from hpo.store._masking import mask_secrets, mask_url
+from hpo.store._open import (
+    journal_path,
+    normalize_postgres_url,
+    open_storage,
+    resolve_storage_url,
+    storage_kind,
+)
+
+# Heavy names (they import Optuna and SQLAlchemy) load on first use, so ``import hpo`` stays fast.
+_LAZY = {
+    "RETRIES": "hpo.store._retry",
+    "Backoff": "hpo.store._retry",
+    "RetryingStorage": "hpo.store._retry",
+    "LeanPostgresStorage": "hpo.store._postgres",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hpo.store' has no attribute {name!r}")
+
+
+__all__ = [
+    "CONNECTIONS",
+    "DEFAULT_GRACE_PERIOD_S",
+    "DEFAULT_HEARTBEAT_INTERVAL_S",
+    "DEFAULT_OUTAGE_TIMEOUT_S",
+    "DEFAULT_STORAGE",
+    "ENV_STORAGE",
+    "HEARTBEAT_KEY",
+    "RETRIES",
+    "Backoff",
+    "LeanPostgresStorage",
+    "RetryingStorage",
+    "StaleCallback",
+    "connection_limit_message",
+    "error_summary",
+    "is_connection_limit",
+    "is_transient",
+    "journal_path",
+    "mask_secrets",
+    "mask_url",
+    "normalize_postgres_url",
+    "open_storage",
+    "resolve_storage_url",
+    "storage_kind",
+]

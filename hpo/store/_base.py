@@ -1,0 +1,128 @@
+"""What every part of the store shares: names, defaults, and how errors are classified.
+
+The store package reads in this order: ``_base`` (this), ``_masking``, ``_connections`` (one
+kept PostgreSQL connection per burst of operations), ``_retry`` (riding out outages),
+``_heartbeat`` (leases: beats, staleness, the sweep), the backends ``_journal``, ``_postgres``
+and ``_grpc``, and ``_open`` (a URL to a store). The front module ``hpo.store`` re-exports the
+public names; nothing outside the package imports these private modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from hpo.store._masking import mask_secrets
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+ENV_STORAGE = "HPO_STORAGE"
+DEFAULT_STORAGE = ".hpo/journal.log"
+HEARTBEAT_KEY = "hpo:heartbeat"
+DEFAULT_HEARTBEAT_INTERVAL_S = 10
+DEFAULT_GRACE_PERIOD_S = 30
+DEFAULT_OUTAGE_TIMEOUT_S = 300.0
+
+StaleCallback = Callable[["optuna.Study", "FrozenTrial"], None]
+
+
+def error_summary(error: BaseException, url: str | None = None) -> str:
+    """The first line of an error (of the driver's error, if wrapped), passwords masked."""
+    cause = getattr(error, "orig", None) or error.__cause__ or error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return mask_secrets(lines[0] if lines else type(cause).__name__, url)
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then its causes and contexts and SQLAlchemy's wrapped driver errors."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for linked in (current.__cause__, current.__context__, getattr(current, "orig", None)):
+            if isinstance(linked, BaseException):
+                pending.append(linked)
+
+
+# PostgreSQL's words when it is at max_connections (or a role's / database's own limit).
+_CONNECTION_LIMIT_MARKERS = (
+    "too many clients",
+    "remaining connection slots are reserved",
+    "too many connections for",
+)
+_TOO_MANY_CONNECTIONS_SQLSTATE = "53300"
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` (or anything in its chain) is a lost or refused database connection,
+    or an unreachable ``hpo proxy``."""
+    import sqlalchemy.exc
+
+    transient: tuple[type[BaseException], ...] = (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        sqlalchemy.exc.DisconnectionError,
+        ConnectionError,
+    )
+    try:
+        import psycopg2
+
+        transient += (psycopg2.OperationalError, psycopg2.InterfaceError)
+    except ImportError:  # pragma: no cover - psycopg2 is a dependency
+        pass
+    return any(isinstance(e, transient) or _grpc_unavailable(e) for e in _chain(error))
+
+
+def _grpc_unavailable(error: BaseException) -> bool:
+    """An ``hpo proxy`` that is down or restarting (gRPC status UNAVAILABLE)."""
+    try:
+        import grpc
+    except ImportError:  # pragma: no cover - grpcio is a dependency
+        return False
+    code = getattr(error, "code", None)
+    return (
+        isinstance(error, grpc.RpcError)
+        and callable(code)
+        and code() == grpc.StatusCode.UNAVAILABLE
+    )
+
+
+def is_connection_limit(error: BaseException) -> bool:
+    """Whether the database refused a connection because it is at its connection limit.
+
+    Looks through the whole chain: Optuna wraps the driver's error in a
+    ``StorageInternalError`` that speaks of "invalid data in the commit".
+    """
+    for e in _chain(error):
+        if getattr(e, "pgcode", None) == _TOO_MANY_CONNECTIONS_SQLSTATE:
+            return True
+        text = str(e).lower()
+        if any(marker in text for marker in _CONNECTION_LIMIT_MARKERS):
+            return True
+    return False
+
+
+def connection_limit_message(describe: str, refused_s: float) -> str:
+    """One line: the server is full, and what to do about it."""
+    return (
+        f"{describe} refused connections for {refused_s:.0f} s: the database is at its "
+        "connection limit (PostgreSQL max_connections); raise max_connections, run fewer "
+        "workers, or put `hpo proxy` in front of the database"
+    )
+
+
+class ConnectionStats:
+    """Open database connections of this process, and the most ever open at once."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.peak = 0
+
+
+CONNECTIONS = ConnectionStats()
