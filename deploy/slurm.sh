@@ -15,4 +15,5 @@ study="${1:?usage: sbatch --array=0-N deploy/slurm.sh STUDY}"
 HPO_STORAGE="$(cat "${HPO_STORAGE_FILE:-$HOME/.hpo-storage}")"
 export HPO_STORAGE
 # Slurm sends SIGTERM 120 s before the time limit (--signal); the worker re-queues its trial.
-exec hpo worker --study "$study" --device cuda:0
+# The array index is the sampler stream: distinct per task, repeatable per run.
+exec hpo worker --study "$study" --device cuda:0 --stream "${SLURM_ARRAY_TASK_ID:-0}"

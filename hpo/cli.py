@@ -84,17 +84,21 @@ def worker(
         int | None, typer.Option(help="Stop after this many trials of this worker.")
     ] = None,
     stream: Annotated[
-        int, typer.Option(help="Sampler random stream; give each worker its own.")
-    ] = -1,
+        int | None,
+        typer.Option(
+            help="Sampler random stream (falls back to $HPO_STREAM). Default: a random one, "
+            "distinct across hosts and containers; pass 0, 1, … for repeatable runs.",
+            envvar="HPO_STREAM",
+            show_default=False,
+        ),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     heartbeat_s: Annotated[int, typer.Option(help="Heartbeat interval (s).")] = 10,
     grace_s: Annotated[int, typer.Option(help="Silence after which a trial is stale (s).")] = 30,
 ) -> None:
     """Run trials of a study until its budget is met (everything else comes from the store)."""
-    import os
-
     from hpo.store import resolve_storage_url
-    from hpo.worker import WorkerOptions, run_worker
+    from hpo.worker import WorkerOptions, random_stream, run_worker
 
     summary = run_worker(
         WorkerOptions(
@@ -102,7 +106,7 @@ def worker(
             study_name=study,
             device=device,
             max_trials=max_trials,
-            stream=stream if stream >= 0 else os.getpid(),
+            stream=stream if stream is not None else random_stream(),
             threads=threads,
             heartbeat_interval_s=heartbeat_s,
             grace_period_s=grace_s,

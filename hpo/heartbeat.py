@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hpo.objective import FAIL_REASON_ATTR, FOLD_ATTR_PREFIX, RETRY_HISTORY_KEY
-from hpo.store import error_summary
+from hpo.store import REQUEUE_OF_KEY, error_summary
 
 if TYPE_CHECKING:
     import optuna
@@ -49,7 +48,11 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retry: int = DEFAULT
             params=trial.params,
             distributions=trial.distributions,
             user_attrs=carried,
-            system_attrs={"failed_trial": history[0], RETRY_HISTORY_KEY: history},
+            system_attrs={
+                "failed_trial": history[0],
+                RETRY_HISTORY_KEY: history,
+                REQUEUE_OF_KEY: trial._trial_id,  # the store keeps one copy per failed trial
+            },
         )
     )
     logger.info(
@@ -60,13 +63,29 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retry: int = DEFAULT
     return True
 
 
-def requeue_stale(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Stale-trial callback for the store: record why, then re-queue."""
-    try:
-        study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, "heartbeat stale")
-    except Exception:  # the trial is already finished: the reason is only informative
-        logger.debug("could not record the stale reason of trial %d", trial.number)
-    requeue(study, trial)
+def sweep_stale(study: optuna.Study) -> list[int]:
+    """Fail and re-queue the study's stale trials; returns the numbers this call failed.
+
+    A trial is stale when its lease lapsed: silent for the grace period (see the store). Its
+    failure is one guarded transition with its reason, so of several sweepers exactly one
+    wins and only the winner re-queues it. Liveness is judged with evidence: a sweeper whose
+    own store connection came back less than a grace period ago does not judge anyone (during
+    an outage nobody could beat, and every live worker beats again within one heartbeat of
+    its return), and PostgreSQL judges no lease within a grace period of its own restart.
+    """
+    storage: Any = study._storage
+    grace_s = storage.get_grace_period_s()
+    reachable_for_s = getattr(storage, "reachable_for_s", None)
+    if reachable_for_s is not None and reachable_for_s() < grace_s:
+        return []
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        if storage.fail_if_stale(trial_id, {FAIL_REASON_ATTR: "heartbeat stale"}):
+            trial = storage.get_trial(trial_id)
+            logger.warning("trial %d was silent for %.0f s: failed", trial.number, grace_s)
+            requeue(study, trial)
+            failed.append(trial.number)
+    return failed
 
 
 class Heartbeat:
@@ -104,13 +123,9 @@ class Heartbeat:
             logger.warning("heartbeat for trial id %d failed: %s", trial_id, error_summary(e))
 
     def sweep(self) -> None:
-        """Fail stale trials now (their callback re-queues them)."""
-        import optuna
-
+        """Fail and re-queue stale trials now (see ``sweep_stale``)."""
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self._study)
+            sweep_stale(self._study)
         except Exception as e:
             logger.warning("stale-trial sweep failed: %s", error_summary(e))
 

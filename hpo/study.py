@@ -65,12 +65,21 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> int:
         return study_id
     try:
         storage.set_study_user_attr(study_id, SPEC_ATTR, spec.to_json_dict())
+        _set_budget(storage, study_id, spec)
         storage.set_study_user_attr(study_id, SPEC_HASH_ATTR, spec.spec_hash())
     except Exception:
         storage.delete_study(study_id)  # never leave a study without its spec
         raise
     logger.info("created study %r (spec %s)", spec.name, spec.spec_hash())
     return study_id
+
+
+def _set_budget(storage: optuna.storages.BaseStorage, study_id: int, spec: StudySpec) -> None:
+    """The store refuses to start a trial beyond the budget (running + finished)."""
+    from hpo.store import BUDGET_KEY
+
+    if storage.get_study_system_attrs(study_id).get(BUDGET_KEY) != spec.budget.n_trials:
+        storage.set_study_system_attr(study_id, BUDGET_KEY, spec.budget.n_trials)
 
 
 def _check_same_spec(
@@ -129,6 +138,7 @@ def load_study(
     import optuna
 
     spec = load_stored_spec(storage, name)
+    _set_budget(storage, storage.get_study_id_from_name(name), spec)  # studies made before it
     sampler = make_sampler(spec.search.sampler, spec.search.space, stream=stream)
     pruner = make_pruner(spec.search.pruner.name, spec.search.pruner.options, step_grid(spec))
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)

@@ -17,19 +17,22 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from hpo.errors import HpoError
-from hpo.heartbeat import Heartbeat, requeue, requeue_stale
+from hpo.heartbeat import Heartbeat, requeue
 from hpo.objective import FAIL_REASON_ATTR, RETRY_HISTORY_KEY, TrialContext, run_trial
 from hpo.spec import StudySpec
 from hpo.store import (
     CONNECTIONS,
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,
+    NoSlotLeft,
     mask_secrets,
     open_storage,
+    storage_kind,
 )
 from hpo.study import load_study
 
@@ -38,8 +41,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FINISHED_STATES_NAMES = ("COMPLETE", "PRUNED")
 WAIT_POLL_S = 2.0
+
+
+class Outcome(Enum):
+    """How one turn of the worker loop ended."""
+
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+    FAIL = "fail"
+    LOST = "lost"  # the trial was failed elsewhere (its lease lapsed): dropped, not ours to end
+    NO_SLOT = "no_slot"  # every slot of the budget is taken; a running trial may still free one
 
 
 class WorkerError(HpoError):
@@ -77,6 +89,7 @@ class WorkerSummary:
     completed: int = 0
     pruned: int = 0
     failed: int = 0
+    lost: int = 0
     stop_reason: str = ""
 
 
@@ -120,6 +133,14 @@ class StopSignal:
             self._in_trial = False
 
 
+def random_stream() -> int:
+    """A sampler stream for a worker given none: random, so workers on different hosts or in
+    containers (where every worker is PID 1) never draw the same points."""
+    import secrets
+
+    return secrets.randbits(31)
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -161,14 +182,42 @@ def _over_budget(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
     return trial.number in numbers and numbers.index(trial.number) >= budget
 
 
-def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
+    """Fail our trial with its reason. False if it was no longer ours (failed elsewhere)."""
     import optuna
 
     try:
         trial.set_user_attr(FAIL_REASON_ATTR, reason[:500])
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return bool(
+            study._storage.set_trial_state_values(
+                trial._trial_id, state=optuna.trial.TrialState.FAIL
+            )
+        )
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
     except Exception as e:
         logger.warning("could not mark trial %d failed: %s", trial.number, mask_secrets(str(e)))
+        return False
+
+
+def _finish(study: optuna.Study, trial: optuna.Trial, state: str, value: float | None) -> bool:
+    """End our trial COMPLETE (with ``value``) or PRUNED; False if it was failed elsewhere
+    first (then it is not ours to end: its lease lapsed and a copy was re-queued)."""
+    import optuna
+
+    storage = study._storage
+    try:
+        if state == "COMPLETE":
+            assert value is not None
+            study.tell(trial, value)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return True
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+        frozen = storage.get_trial(trial._trial_id)
+        if frozen.state == optuna.trial.TrialState.FAIL:
+            return False
+        raise
 
 
 class Worker:
@@ -183,8 +232,9 @@ class Worker:
             options.storage_url,
             heartbeat_interval_s=options.heartbeat_interval_s,
             grace_period_s=options.grace_period_s,
-            stale_trial_callback=requeue_stale,
         )
+        # SQLite is the one store that does not refuse a trial beyond the budget itself.
+        self._store_enforces_budget = storage_kind(options.storage_url) != "sqlite"
         self.study, self.spec = load_study(storage, options.study_name, stream=options.stream)
         self.context = TrialContext(
             host=socket.gethostname(),
@@ -212,7 +262,10 @@ class Worker:
                     self.summary.stop_reason = reason
                     break
                 state = self._run_one(heartbeat)
-                if state == "FAIL":
+                if state == Outcome.NO_SLOT:
+                    time.sleep(WAIT_POLL_S)
+                    continue
+                if state == Outcome.FAIL:
                     _free_memory()  # outside the except block: the traceback is gone by now
                     consecutive_failures += 1
                     if consecutive_failures >= self.options.max_consecutive_failures:
@@ -221,7 +274,7 @@ class Worker:
                             "all failed; stopping instead of burning the budget (see the "
                             f"trials' {FAIL_REASON_ATTR!r} attribute)"
                         )
-                elif state != "SURPLUS":
+                elif state != Outcome.LOST:
                     consecutive_failures = 0
         logger.info("worker %s stops: %s", self.worker_id, self.summary.stop_reason)
         if CONNECTIONS.peak:
@@ -250,41 +303,51 @@ class Worker:
             return "wait"  # the last slots are taken; wait in case one of them fails
         return ""
 
-    def _run_one(self, heartbeat: Heartbeat) -> str:
+    def _run_one(self, heartbeat: Heartbeat) -> Outcome:
         import optuna
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "heartbeat ... with Study.optimize"
-            trial = self.study.ask()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "heartbeat ... with Study.optimize"
+                trial = self.study.ask()
+        except NoSlotLeft:
+            return Outcome.NO_SLOT
         heartbeat.watch(trial._trial_id)
         try:
-            if _over_budget(self.study, trial, self.spec.budget.n_trials):
-                _fail(self.study, trial, "over budget: another worker took the last slot")
-                frozen = self.study._storage.get_trial(trial._trial_id)
-                if frozen.system_attrs.get(RETRY_HISTORY_KEY):
-                    requeue(self.study, frozen)
-                return "SURPLUS"
+            if not self._store_enforces_budget and _over_budget(
+                self.study, trial, self.spec.budget.n_trials
+            ):
+                if _fail(self.study, trial, "over budget: another worker took the last slot"):
+                    frozen = self.study._storage.get_trial(trial._trial_id)
+                    if frozen.system_attrs.get(RETRY_HISTORY_KEY):
+                        requeue(self.study, frozen)
+                return Outcome.NO_SLOT
             started = time.monotonic()
             try:
                 with self.stop.trial_scope():
                     value = run_trial(trial, self.spec, self.context)
             except Interrupted:
-                _fail(self.study, trial, "interrupted")
-                requeue(self.study, self.study._storage.get_trial(trial._trial_id))
+                # Re-queued only by whoever failed it: a sweeper may have been first.
+                if _fail(self.study, trial, "interrupted"):
+                    requeue(self.study, self.study._storage.get_trial(trial._trial_id))
                 self.summary.failed += 1
-                return "FAIL"
+                return Outcome.FAIL
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return self._lost(trial)
             except optuna.TrialPruned as e:
-                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                if not _finish(self.study, trial, "PRUNED", None):
+                    return self._lost(trial)
                 self.summary.pruned += 1
                 logger.info("trial %d pruned (%s)", trial.number, e)
-                return "PRUNED"
+                return Outcome.PRUNED
             except Exception as e:  # OOM, NaN loss, bad data…: this trial fails, we go on
                 reason = mask_secrets(f"{type(e).__name__}: {e}".splitlines()[0])
                 logger.error("trial %d failed: %s", trial.number, reason)
                 _fail(self.study, trial, reason)
                 self.summary.failed += 1
-                return "FAIL"
-            self.study.tell(trial, value)
+                return Outcome.FAIL
+            if not _finish(self.study, trial, "COMPLETE", value):
+                return self._lost(trial)
             self.summary.completed += 1
             logger.info(
                 "trial %d: %s=%.4f in %.1f s",
@@ -293,9 +356,20 @@ class Worker:
                 value,
                 time.monotonic() - started,
             )
-            return "COMPLETE"
+            return Outcome.COMPLETE
         finally:
             heartbeat.watch(None)
+
+    def _lost(self, trial: optuna.Trial) -> Outcome:
+        """Our lease on ``trial`` lapsed (we were frozen or cut off past the grace period) and
+        it was failed and re-queued elsewhere: drop it and take the next one."""
+        logger.warning(
+            "trial %d is no longer this worker's (failed elsewhere after its heartbeat lapsed); "
+            "dropping it",
+            trial.number,
+        )
+        self.summary.lost += 1
+        return Outcome.LOST
 
 
 def _free_memory() -> None:

@@ -2,13 +2,18 @@
 password. Read the package in the order ``_base``'s docstring gives."""
 
 from hpo.store._base import (
+    BUDGET_KEY,
     CONNECTIONS,
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,
     DEFAULT_OUTAGE_TIMEOUT_S,
     DEFAULT_STORAGE,
     ENV_STORAGE,
+    FINISH_KEY,
     HEARTBEAT_KEY,
+    REQUEST_KEY,
+    REQUEUE_OF_KEY,
+    NoSlotLeft,
     StaleCallback,
     connection_limit_message,
     error_summary,
@@ -42,16 +47,21 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "BUDGET_KEY",
     "CONNECTIONS",
     "DEFAULT_GRACE_PERIOD_S",
     "DEFAULT_HEARTBEAT_INTERVAL_S",
     "DEFAULT_OUTAGE_TIMEOUT_S",
     "DEFAULT_STORAGE",
     "ENV_STORAGE",
+    "FINISH_KEY",
     "HEARTBEAT_KEY",
+    "REQUEST_KEY",
+    "REQUEUE_OF_KEY",
     "RETRIES",
     "Backoff",
     "LeanPostgresStorage",
+    "NoSlotLeft",
     "RetryingStorage",
     "StaleCallback",
     "connection_limit_message",

@@ -9,9 +9,13 @@ public names; nothing outside the package imports these private modules.
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from hpo.errors import StorageError
 from hpo.store._masking import mask_secrets
 
 if TYPE_CHECKING:
@@ -21,6 +25,15 @@ if TYPE_CHECKING:
 ENV_STORAGE = "HPO_STORAGE"
 DEFAULT_STORAGE = ".hpo/journal.log"
 HEARTBEAT_KEY = "hpo:heartbeat"
+# Trial system attributes that make retried writes idempotent and transitions attributable:
+# the id of the request that created or popped the trial, that finished it, and the trial a
+# re-queued copy replaces (at most one copy per failed trial).
+REQUEST_KEY = "hpo:request"
+FINISH_KEY = "hpo:finish"
+REQUEUE_OF_KEY = "hpo:requeue_of"
+# Study system attribute: the most finished (complete + pruned) trials the study may have; the
+# store refuses to start a trial beyond it (running + finished), so the budget is exact.
+BUDGET_KEY = "hpo:budget"
 DEFAULT_HEARTBEAT_INTERVAL_S = 10
 DEFAULT_GRACE_PERIOD_S = 30
 DEFAULT_OUTAGE_TIMEOUT_S = 300.0
@@ -126,3 +139,38 @@ class ConnectionStats:
 
 
 CONNECTIONS = ConnectionStats()
+
+
+NO_SLOT = "no trial slot left in the study's budget"
+
+
+class NoSlotLeft(StorageError):
+    """The study's budget is taken: finished plus running trials already reach it.
+
+    Raised by the store when a trial would start (a new one, or a waiting one popped); a worker
+    waits (a running trial may still fail and free its slot) or stops.
+    """
+
+
+_REQUEST = threading.local()
+
+
+@contextmanager
+def request_scope() -> Iterator[str]:
+    """One logical store operation: every attempt of it (retries after a lost reply) carries the
+    same request id, which the backends record with what the operation wrote."""
+    outer = getattr(_REQUEST, "id", None)
+    if outer is not None:  # nested: part of the enclosing operation
+        yield outer
+        return
+    _REQUEST.id = uuid.uuid4().hex
+    try:
+        yield _REQUEST.id
+    finally:
+        _REQUEST.id = None
+
+
+def current_request() -> str:
+    """The id of the operation under way (a fresh one outside ``request_scope``)."""
+    request = getattr(_REQUEST, "id", None)
+    return request if request is not None else uuid.uuid4().hex

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import optuna
 from optuna.storages import GrpcStorageProxy
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.store._base import HEARTBEAT_KEY
+from hpo.store._base import HEARTBEAT_KEY, NO_SLOT, NoSlotLeft
 from hpo.store._heartbeat import AttrHeartbeat
 
 
@@ -49,9 +51,9 @@ class HeartbeatGrpcStorageProxy(GrpcStorageProxy, AttrHeartbeat):
         with self._seen_lock:
             watched = {}
             for trial in running:
+                # A trial that never beat is judged too (its owner may have died before the first
+                # beat): silent since this process first saw it.
                 beat = trial.system_attrs.get(HEARTBEAT_KEY)
-                if beat is None:  # like Optuna's RDB store: a trial that never beat is not judged
-                    continue
                 last = self._seen.get(trial._trial_id)
                 if last is None or last[0] != beat:
                     last = (beat, now)
@@ -60,3 +62,39 @@ class HeartbeatGrpcStorageProxy(GrpcStorageProxy, AttrHeartbeat):
                     stale.append(trial._trial_id)
             self._seen = watched  # finished trials are forgotten
         return stale
+
+    def fail_if_stale(self, trial_id: int, user_attrs: dict[str, Any]) -> bool:
+        """Fail a stale trial with ``user_attrs`` (its reason) written first. The state change is
+        guarded by the store behind the proxy (a finished trial is never failed again); the
+        attributes and the state are two calls, as Optuna's gRPC API has no transaction."""
+        try:
+            for key, value in user_attrs.items():
+                self.set_trial_user_attr(trial_id, key, value)
+            return self.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+
+    # Behind ``hpo proxy`` the budget is enforced by the store there; its refusal comes back as
+    # a gRPC error carrying our message, turned back into ``NoSlotLeft`` here.
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        with _no_slot_from_proxy():
+            return super().create_new_trial(study_id, template_trial)
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        with _no_slot_from_proxy():
+            return super().set_trial_state_values(trial_id, state, values)
+
+
+@contextmanager
+def _no_slot_from_proxy() -> Iterator[None]:
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as e:
+        details = e.details() if callable(getattr(e, "details", None)) else ""
+        if NO_SLOT in (details or ""):
+            raise NoSlotLeft(details) from None
+        raise

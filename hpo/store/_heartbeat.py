@@ -41,6 +41,9 @@ class AttrHeartbeat(BaseHeartbeat):
     def get_heartbeat_interval(self) -> int | None:
         return self._heartbeat_interval_s
 
+    def get_grace_period_s(self) -> float:
+        return float(self._grace_period_s)
+
     def get_heartbeat_stale_trial_callback(
         self,
     ) -> Callable[[optuna.Study, FrozenTrial], None] | None:

@@ -228,6 +228,9 @@ def _open_rdb(
         optuna.storages._CachedStorage(storage),
         describe=f"store {mask_url(url)}",
         outage_timeout_s=outage_timeout_s,
+        # Back within a heartbeat of an outage's end: a live trial must beat again well before
+        # a sweeper that came back first may judge it (see hpo.store._heartbeat).
+        max_delay_s=float(interval),
     )
 
 
@@ -250,5 +253,8 @@ def _open_grpc(
     )
     # A proxy that restarts (or a network blip) is ridden out like a database outage.
     return RetryingStorage(  # type: ignore[abstract]
-        proxy, describe=f"store {url}", outage_timeout_s=outage_timeout_s
+        proxy,
+        describe=f"store {url}",
+        outage_timeout_s=outage_timeout_s,
+        max_delay_s=float(interval),
     )

@@ -40,6 +40,15 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.store._base import (
+    BUDGET_KEY,
+    FINISH_KEY,
+    NO_SLOT,
+    REQUEST_KEY,
+    REQUEUE_OF_KEY,
+    NoSlotLeft,
+    current_request,
+)
 from hpo.store._connections import (
     DEFAULT_LINGER_S,
     DEFAULT_MAX_HOLD_S,
@@ -89,11 +98,89 @@ _LOCK_STUDY = sqlalchemy.text("SELECT study_id FROM studies WHERE study_id = :st
 # Numbered like Optuna's count_past_trials: every trial of the study before this one. The study
 # row is locked by the previous statement, and this statement's snapshot is taken after the lock
 # was granted, so it sees every trial committed before ours.
+# The budget a study may not exceed (running + finished trials), as one guard in a statement.
+_BUDGET_FULL = f"""
+    EXISTS (SELECT 1 FROM study_system_attributes b
+             WHERE b.study_id = :study_id AND b.key = '{BUDGET_KEY}'
+               AND CAST(b.value_json AS integer) <= (
+                   SELECT count(*) FROM trials c
+                    WHERE c.study_id = :study_id AND c.state IN ('COMPLETE', 'PRUNED', 'RUNNING')))
+"""
+
+# This request already made a trial of this study (a retry after the reply was lost).
+_MADE_BY_REQUEST = f"""
+    SELECT r.trial_id FROM trials r JOIN trial_system_attributes a ON a.trial_id = r.trial_id
+     WHERE r.study_id = :study_id AND a.key = '{REQUEST_KEY}' AND a.value_json = :request
+"""
+
+# A new running trial with its request id and first heartbeat, in one statement, unless the
+# budget is taken or this request made one already. Numbered like Optuna's count_past_trials:
+# the study row is locked by the previous statement, and this statement's snapshot is taken
+# after the lock was granted, so it sees every trial committed before ours.
 _INSERT_TRIAL = sqlalchemy.text(
+    f"""
+    WITH t AS (
+        INSERT INTO trials (number, study_id, state, datetime_start)
+        SELECT count(*), :study_id, 'RUNNING', :start FROM trials
+         WHERE study_id = :study_id
+        HAVING NOT {_BUDGET_FULL} AND NOT EXISTS ({_MADE_BY_REQUEST})
+        RETURNING trial_id, number
+    ), a AS (
+        INSERT INTO trial_system_attributes (trial_id, key, value_json)
+        SELECT trial_id, '{REQUEST_KEY}', :request FROM t
+    ), h AS (
+        INSERT INTO trial_heartbeats (trial_id, heartbeat) SELECT trial_id, LOCALTIMESTAMP FROM t
+    )
+    SELECT trial_id, number FROM t
     """
-    INSERT INTO trials (number, study_id, state, datetime_start)
-    SELECT count(*), :study_id, 'RUNNING', :start FROM trials WHERE study_id = :study_id
-    RETURNING trial_id, number
+)
+
+_WHY_NO_TRIAL = sqlalchemy.text(f"SELECT ({_MADE_BY_REQUEST} LIMIT 1), {_BUDGET_FULL}")
+
+_LOCK_STUDY_OF_TRIAL = sqlalchemy.text(
+    """
+    SELECT s.study_id FROM studies s JOIN trials t ON t.study_id = s.study_id
+     WHERE t.trial_id = :trial_id FOR UPDATE OF s
+    """
+)
+
+# A re-queued copy replaces one failed trial: at most one copy each.
+_COPY_OF = sqlalchemy.text(
+    f"""
+    SELECT r.trial_id FROM trials r JOIN trial_system_attributes a ON a.trial_id = r.trial_id
+     WHERE r.study_id = :study_id AND a.key = '{REQUEUE_OF_KEY}' AND a.value_json = :failed
+     LIMIT 1
+    """
+)
+
+_INSERT_WAITING = sqlalchemy.text(
+    """
+    INSERT INTO trials (number, study_id, state)
+    SELECT count(*), :study_id, 'WAITING' FROM trials WHERE study_id = :study_id
+    RETURNING trial_id
+    """
+)
+
+_INSERT_PARAM_ROW = sqlalchemy.text(
+    """
+    INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
+    VALUES (:trial_id, :name, CAST(:value AS double precision), :distribution)
+    """
+)
+
+_INSERT_USER_ATTR = sqlalchemy.text(
+    """
+    INSERT INTO trial_user_attributes (trial_id, key, value_json)
+    VALUES (:trial_id, :key, :value)
+    ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json
+    """
+)
+
+_INSERT_SYSTEM_ATTR = sqlalchemy.text(
+    """
+    INSERT INTO trial_system_attributes (trial_id, key, value_json)
+    VALUES (:trial_id, :key, :value)
+    ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json
     """
 )
 
@@ -132,21 +219,77 @@ _UPSERT_INTERMEDIATE = sqlalchemy.text(
     """
 )
 
+# Popping a waiting trial, unless the budget is taken: the request id and a first heartbeat go
+# with it (the study row is locked by the previous statement).
 _START_WAITING = sqlalchemy.text(
+    f"""
+    WITH u AS (
+        UPDATE trials SET state = 'RUNNING', datetime_start = :now
+         WHERE trial_id = :trial_id AND state = 'WAITING' AND NOT {_BUDGET_FULL}
+        RETURNING trial_id
+    ), a AS (
+        INSERT INTO trial_system_attributes (trial_id, key, value_json)
+        SELECT trial_id, '{REQUEST_KEY}', :request FROM u
+        ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json
+    ), h AS (
+        INSERT INTO trial_heartbeats (trial_id, heartbeat) SELECT trial_id, LOCALTIMESTAMP FROM u
+        ON CONFLICT (trial_id) DO UPDATE SET heartbeat = EXCLUDED.heartbeat
+    )
+    SELECT trial_id FROM u
     """
-    UPDATE trials SET state = 'RUNNING', datetime_start = :now
-     WHERE trial_id = :trial_id AND state = 'WAITING'
+)
+
+_WHY_NOT_STARTED = sqlalchemy.text(
+    f"""
+    SELECT t.state::text, a.value_json, {_BUDGET_FULL}
+      FROM trials t
+      LEFT JOIN trial_system_attributes a ON a.trial_id = t.trial_id AND a.key = '{REQUEST_KEY}'
+     WHERE t.trial_id = :trial_id
+    """
+)
+
+# A state change, and which request made it (so a retry after a lost reply knows its own).
+_SET_STATE = sqlalchemy.text(
+    f"""
+    WITH u AS (
+        UPDATE trials
+           SET state = CAST(:state AS trialstate),
+               datetime_complete = CASE WHEN :finished THEN :now ELSE datetime_complete END
+         WHERE trial_id = :trial_id AND state NOT IN {_FINISHED}
+        RETURNING trial_id
+    )
+    INSERT INTO trial_system_attributes (trial_id, key, value_json)
+    SELECT trial_id, '{FINISH_KEY}', :request FROM u
+    ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json
     RETURNING trial_id
     """
 )
 
-_SET_STATE = sqlalchemy.text(
+# How long a running trial has been silent: since its last heartbeat (server clock), or since
+# it started if it never beat (a trial whose owner died before its first beat is not hidden).
+_SILENCE = """
+    COALESCE((SELECT LOCALTIMESTAMP - h.heartbeat FROM trial_heartbeats h
+               WHERE h.trial_id = t.trial_id),
+             (now() AT TIME ZONE 'UTC') - t.datetime_start)
+"""
+
+# Failing a stale trial is one guarded transition: still running, still silent past the grace
+# period; its reason and the request that failed it are written with it. Of two sweepers, one
+# wins; only the winner re-queues.
+_FAIL_IF_STALE = sqlalchemy.text(
     f"""
-    UPDATE trials
-       SET state = CAST(:state AS trialstate),
-           datetime_complete = CASE WHEN :finished THEN :now ELSE datetime_complete END
-     WHERE trial_id = :trial_id AND state NOT IN {_FINISHED}
-    RETURNING trial_id
+    WITH u AS (
+        UPDATE trials t SET state = 'FAIL', datetime_complete = :now
+         WHERE t.trial_id = :trial_id AND t.state = 'RUNNING'
+           AND {_SILENCE} > make_interval(secs => :grace_s)
+           AND now() - pg_postmaster_start_time() > make_interval(secs => :grace_s)
+        RETURNING trial_id
+    ), f AS (
+        INSERT INTO trial_system_attributes (trial_id, key, value_json)
+        SELECT trial_id, '{FINISH_KEY}', :request FROM u
+        ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json
+    )
+    SELECT trial_id FROM u
     """
 )
 
@@ -168,11 +311,14 @@ _BEAT = sqlalchemy.text(
     """
 )
 
+# Stale: silent past the grace period, judged only once the server itself has been up for a
+# grace period (after a restart nobody could beat; their leases are not expired by that).
 _STALE = sqlalchemy.text(
-    """
-    SELECT t.trial_id FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id
+    f"""
+    SELECT t.trial_id FROM trials t
      WHERE t.study_id = :study_id AND t.state = 'RUNNING'
-       AND LOCALTIMESTAMP - h.heartbeat > make_interval(secs => :grace_s)
+       AND {_SILENCE} > make_interval(secs => :grace_s)
+       AND now() - pg_postmaster_start_time() > make_interval(secs => :grace_s)
     """
 )
 
@@ -215,6 +361,10 @@ def _intermediate(stored: float | None, kind: str) -> float:
     return models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
         stored, models.TrialIntermediateValueModel.TrialIntermediateValueType[kind]
     )
+
+
+def _attr_row(trial_id: int, key: str, value: Any) -> dict[str, Any]:
+    return {"trial_id": trial_id, "key": key, "value": json.dumps(value)}
 
 
 def _frozen_trial(row: Sequence[Any]) -> FrozenTrial:
@@ -371,15 +521,25 @@ class LeanPostgresStorage(RDBStorage):
     def _create_new_trial(
         self, study_id: int, template_trial: FrozenTrial | None = None
     ) -> FrozenTrial:
-        if template_trial is not None:  # enqueued and re-queued trials: rare, stock path
-            return super()._create_new_trial(study_id, template_trial)
+        if template_trial is not None:
+            if REQUEUE_OF_KEY in template_trial.system_attrs:
+                return self._create_copy(study_id, template_trial)
+            return super()._create_new_trial(study_id, template_trial)  # enqueued: stock path
         start = _utc_now()
+        request = json.dumps(current_request())
         with self._connection(write=True) as conn:
             if conn.execute(_LOCK_STUDY, {"study_id": study_id}).first() is None:
                 raise KeyError(models.NOT_FOUND_MSG)
-            trial_id, number = conn.execute(
-                _INSERT_TRIAL, {"study_id": study_id, "start": start}
-            ).one()
+            params = {"study_id": study_id, "start": start, "request": request}
+            row = conn.execute(_INSERT_TRIAL, params).first()
+            if row is None:
+                mine, full = conn.execute(_WHY_NO_TRIAL, params).one()
+                if mine is not None:  # made by this request before its reply was lost
+                    found = conn.execute(_GET_TRIAL, {"trial_id": mine}).one()
+                    return _frozen_trial(found)
+                assert full
+                raise NoSlotLeft(f"study {study_id}: {NO_SLOT}")
+            trial_id, number = row
         return FrozenTrial(
             number=number,
             state=TrialState.RUNNING,
@@ -394,6 +554,36 @@ class LeanPostgresStorage(RDBStorage):
             intermediate_values={},
             trial_id=trial_id,
         )
+
+    def _create_copy(self, study_id: int, template: FrozenTrial) -> FrozenTrial:
+        """A waiting copy of a failed trial, unless one exists already (one per failed trial)."""
+        failed = json.dumps(template.system_attrs[REQUEUE_OF_KEY])
+        with self._connection(write=True) as conn:
+            if conn.execute(_LOCK_STUDY, {"study_id": study_id}).first() is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            existing = conn.execute(_COPY_OF, {"study_id": study_id, "failed": failed}).scalar()
+            if existing is None:
+                trial_id = conn.execute(_INSERT_WAITING, {"study_id": study_id}).scalar_one()
+                for name, value in template.params.items():
+                    dist = template.distributions[name]
+                    conn.execute(
+                        _INSERT_PARAM_ROW,
+                        {
+                            "trial_id": trial_id,
+                            "name": name,
+                            "value": dist.to_internal_repr(value),
+                            "distribution": distributions.distribution_to_json(dist),
+                        },
+                    )
+                for statement, attrs in (
+                    (_INSERT_USER_ATTR, template.user_attrs),
+                    (_INSERT_SYSTEM_ATTR, template.system_attrs),
+                ):
+                    for key, value in attrs.items():
+                        conn.execute(statement, _attr_row(trial_id, key, value))
+                existing = trial_id
+            row = conn.execute(_GET_TRIAL, {"trial_id": existing}).one()
+        return _frozen_trial(row)
 
     def _set_trial_param(
         self,
@@ -451,10 +641,18 @@ class LeanPostgresStorage(RDBStorage):
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
         now = _utc_now()
+        request = json.dumps(current_request())
         with self._connection(write=True) as conn:
             if state == TrialState.RUNNING:  # taking an enqueued trial: only a WAITING one
-                started = conn.execute(_START_WAITING, {"trial_id": trial_id, "now": now}).first()
-                if started is None:
+                if conn.execute(_LOCK_STUDY_OF_TRIAL, {"trial_id": trial_id}).first() is None:
+                    raise KeyError(models.NOT_FOUND_MSG)
+                params = {"trial_id": trial_id, "now": now, "request": request}
+                if conn.execute(_START_WAITING, params).first() is None:
+                    current, by, full = conn.execute(_WHY_NOT_STARTED, params).one()
+                    if current == "RUNNING" and by == request:  # ours; its reply was lost
+                        return True
+                    if current == "WAITING" and full:
+                        raise NoSlotLeft(f"trial {trial_id}: {NO_SLOT}")
                     self._raise_unless_updatable(conn, trial_id)
                     return False
             else:
@@ -465,6 +663,7 @@ class LeanPostgresStorage(RDBStorage):
                         "state": state.name,
                         "finished": state.is_finished(),
                         "now": now,
+                        "request": request,
                     },
                 ).first()
                 if changed is None:
@@ -492,9 +691,32 @@ class LeanPostgresStorage(RDBStorage):
                 raise
             # The trial is gone (its study was deleted): nothing to beat for, as in stock.
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    def fail_if_stale(self, trial_id: int, user_attrs: dict[str, Any]) -> bool:
+        """Fail ``trial_id`` if it is still running and silent past the grace period, writing
+        ``user_attrs`` (its failure reason) with it. True only for the call that failed it."""
+        with self._connection(write=True) as conn:
+            failed = conn.execute(
+                _FAIL_IF_STALE,
+                {
+                    "trial_id": trial_id,
+                    "now": _utc_now(),
+                    "grace_s": self.get_grace_period_s(),
+                    "request": json.dumps(current_request()),
+                },
+            ).first()
+            if failed is None:
+                return False
+            for key, value in user_attrs.items():
+                conn.execute(_INSERT_USER_ATTR, _attr_row(trial_id, key, value))
+        return True
+
+    def get_grace_period_s(self) -> float:
         assert self.heartbeat_interval is not None
-        grace_s = self.grace_period or 2 * self.heartbeat_interval
+        return float(self.grace_period or 2 * self.heartbeat_interval)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         with self._connection(write=False) as conn:
-            rows = conn.execute(_STALE, {"study_id": study_id, "grace_s": grace_s}).all()
+            rows = conn.execute(
+                _STALE, {"study_id": study_id, "grace_s": self.get_grace_period_s()}
+            ).all()
         return [trial_id for (trial_id,) in rows]

@@ -23,14 +23,18 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.trial import TrialState
 
 from hpo.errors import StorageError
 from hpo.store._base import (
     DEFAULT_OUTAGE_TIMEOUT_S,
+    FINISH_KEY,
     connection_limit_message,
+    current_request,
     error_summary,
     is_connection_limit,
     is_transient,
+    request_scope,
 )
 
 logger = logging.getLogger(__name__)
@@ -68,9 +72,11 @@ class Backoff:
         describe: str,
         *,
         timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S,
+        max_delay_s: float = _MAX_DELAY_S,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.describe = describe
+        self.max_delay_s = max_delay_s
         self.timeout_s = timeout_s
         self.started: float | None = None
         self._sleep = sleep
@@ -114,7 +120,7 @@ class Backoff:
         delay_s = self._delay_s * random.uniform(0.5, 1.5)
         RETRIES.waited_s += delay_s
         self._sleep(delay_s)
-        ceiling = _MAX_REFUSED_DELAY_S if refused else _MAX_DELAY_S
+        ceiling = _MAX_REFUSED_DELAY_S if refused else self.max_delay_s
         self._delay_s = min(self._delay_s * 2, ceiling)
 
     def succeeded(self) -> None:
@@ -132,9 +138,15 @@ class Backoff:
 class RetryingStorage(BaseStorage, BaseHeartbeat):
     """Delegates every operation to ``inner``, retrying transient connection errors.
 
-    Retried writes are idempotent in Optuna's stores (same key, same value), except a state
-    change that did commit before the connection dropped: its retry finds the trial already
-    finished in the requested state, which counts as success.
+    Every attempt of one operation carries the same request id (``request_scope``), and every
+    operation that is not idempotent by itself records it with what it wrote (PostgreSQL), so a
+    retry after a lost reply finds its own work: the trial it created or popped, the state
+    change it made. A trial found finished by *another* request is another's win
+    (``UpdateFinishedTrialError``), never counted as ours. Attribute and report writes are
+    idempotent (same key, same value).
+
+    ``reachable_for_s()`` says how long the store has answered without a break: a sweeper judges
+    other workers' leases only after a full grace period of it (see ``_heartbeat``).
     """
 
     def __init__(
@@ -143,13 +155,20 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         *,
         outage_timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S,
         describe: str = "store",
+        max_delay_s: float = _MAX_DELAY_S,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._inner = inner
+        self._max_delay_s = max_delay_s
         self._outage_timeout_s = outage_timeout_s
         self._describe = describe
         self._sleep = sleep
         self._lock = threading.RLock()
+        self._reachable_since = time.monotonic()
+
+    def reachable_for_s(self) -> float:
+        """Seconds since this store last recovered from an outage (or was opened)."""
+        return time.monotonic() - self._reachable_since
 
     @property
     def inner(self) -> BaseStorage:
@@ -158,7 +177,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         # One operation at a time per process (main loop and heartbeat thread alike): with an
         # unpooled engine, that caps a worker at one database connection.
-        with self._lock:
+        with self._lock, request_scope():
             try:
                 return self._call_unlocked(name, *args, **kwargs)
             finally:
@@ -176,24 +195,34 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
 
     def _call_unlocked(self, name: str, *args: Any, **kwargs: Any) -> Any:
         method = getattr(self._inner, name)
-        backoff = Backoff(self._describe, timeout_s=self._outage_timeout_s, sleep=self._sleep)
+        backoff = Backoff(
+            self._describe,
+            timeout_s=self._outage_timeout_s,
+            max_delay_s=self._max_delay_s,
+            sleep=self._sleep,
+        )
         while True:
             try:
                 result = method(*args, **kwargs)
             except optuna.exceptions.UpdateFinishedTrialError:
                 if backoff.started is not None and name == "set_trial_state_values":
                     trial = self._inner.get_trial(args[0])
-                    requested = kwargs.get("state", args[1] if len(args) > 1 else None)
-                    if trial.state == requested:  # our own write committed before the drop
-                        return True
+                    if trial.system_attrs.get(FINISH_KEY) == current_request():
+                        self._recovered(backoff)
+                        return True  # our own write committed before its reply was lost
                 raise
             except Exception as e:
                 if not is_transient(e):
                     raise
                 backoff.failed(e)
                 continue
-            backoff.succeeded()
+            self._recovered(backoff)
             return result
+
+    def _recovered(self, backoff: Backoff) -> None:
+        backoff.succeeded()
+        if backoff.started is not None:
+            self._reachable_since = time.monotonic()
 
     # Heartbeat support follows the inner store's.
     def record_heartbeat(self, trial_id: int) -> None:
@@ -201,6 +230,31 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return list(self._call("_get_stale_trial_ids", study_id))
+
+    def fail_if_stale(self, trial_id: int, user_attrs: dict[str, Any]) -> bool:
+        """The inner store's guarded stale-trial failure; after a lost reply, True only if the
+        failure found is this request's."""
+        if not hasattr(self._inner, "fail_if_stale"):  # SQLite: Optuna's own guarded FAIL
+            with self._lock:
+                try:
+                    for key, value in user_attrs.items():
+                        self._call("set_trial_user_attr", trial_id, key, value)
+                    return bool(self._call("set_trial_state_values", trial_id, TrialState.FAIL))
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    return False
+        with self._lock, request_scope() as request:
+            if self._call("fail_if_stale", trial_id, user_attrs):
+                return True
+            # Lost: another sweeper (or the owner) was first, or our own first attempt committed
+            # and its reply was lost (then the failure carries our request id).
+            trial = self._call("get_trial", trial_id)
+            return bool(trial.system_attrs.get(FINISH_KEY) == request)
+
+    def get_grace_period_s(self) -> float:
+        inner: Any = getattr(self._inner, "_backend", self._inner)  # through Optuna's cache
+        if hasattr(inner, "get_grace_period_s"):
+            return float(inner.get_grace_period_s())
+        return float(inner.grace_period or 2 * inner.heartbeat_interval)  # SQLite: RDBStorage
 
     def get_heartbeat_interval(self) -> int | None:
         if not isinstance(self._inner, BaseHeartbeat):
