@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hpo.errors import SpecError
 from hpo.space import SearchSpace
+from trainer.config import Anchor, ClassWeights, Pooling
 
 STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -76,8 +77,10 @@ class TrainSpec(_Strict):
     weight_decay: float = Field(default=0.0, ge=0.0)
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     freeze_layers: int = Field(default=0, ge=0)
-    pooling: Literal["cls", "mean"] = "cls"
-    anchor: Literal["zero", "pretrained"] = "zero"
+    pooling: Pooling = "cls"
+    anchor: Anchor = "zero"
+    # "balanced": cross-entropy weights n / (n_classes * count_c) from each fold's training rows.
+    class_weights: ClassWeights = "none"
     seed: int = 0
     # torch.compile the model (dynamic shapes). Pays off on GPUs for long trials; see BENCHMARKS.md.
     torch_compile: bool = False

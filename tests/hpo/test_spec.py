@@ -116,6 +116,18 @@ INVALID = [
         "search.space",
         "pooling: ['max'] not allowed",
     ),
+    (
+        "class weights not none/balanced",
+        _set("train.class_weights", "inverse"),
+        "train.class_weights",
+        "'none' or 'balanced'",
+    ),
+    (
+        "class weights choice not none/balanced",
+        _set("search.space.class_weights", {"choices": ["none", "sqrt"]}),
+        "search.space",
+        "class_weights: ['sqrt'] not allowed; expected choices from [none, balanced]",
+    ),
     ("zero trials", _set("budget.n_trials", 0), "budget.n_trials", "greater than or equal to 1"),
     ("three text columns", _set("data.text", ["a", "b", "c"]), "data.text", "at most 2"),
     ("subsample below folds", _set("data.subsample", 4), "", "data.subsample=4 is too small"),
@@ -165,6 +177,21 @@ def test_defaults_are_filled_and_spec_is_frozen() -> None:
     assert spec.data.text == ("text",)
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises its own frozen error
         spec.cv.n_folds = 7  # type: ignore[misc]
+
+
+def test_class_weights_default_to_none_and_a_searched_choice_overrides_the_spec() -> None:
+    from hpo.objective import hyperparams_for
+
+    data = copy.deepcopy(MINIMAL_SPEC)
+    assert parse_spec(data).train.class_weights == "none"
+    data["train"] = {"class_weights": "balanced"}
+    spec = parse_spec(data)
+    params = {"lr": 1e-4, "dropout": 0.1, "l1": 0.0, "l2": 0.0}
+    assert hyperparams_for(spec, params, seed=0).class_weights == "balanced"
+    data["search"]["space"]["class_weights"] = {"choices": ["none", "balanced"]}
+    spec = parse_spec(data)
+    assert spec.search.space.class_weights is not None
+    assert hyperparams_for(spec, {**params, "class_weights": "none"}, 0).class_weights == "none"
 
 
 def test_loss_metric_defaults_to_minimize() -> None:
