@@ -210,6 +210,20 @@ def test_spec_hash_ignores_yaml_form_but_sees_changes(tmp_path: Path) -> None:
     assert parse_spec(data).spec_hash() != first.spec_hash()
 
 
+def test_specs_without_class_weights_keep_the_hash_their_stored_studies_have() -> None:
+    """Hashes from before ``class_weights`` existed: ``hpo create`` must still match them."""
+    assert parse_spec(copy.deepcopy(MINIMAL_SPEC)).spec_hash() == "adc9b1e3cf9933af"
+    assert load_spec(REPO / "studies" / "rt-curves.yaml").spec_hash() == "817ebdc39e7b50b5"
+    data = copy.deepcopy(MINIMAL_SPEC)
+    data["train"] = {"class_weights": "none"}  # the default, spelled out
+    assert parse_spec(data).spec_hash() == "adc9b1e3cf9933af"
+    data["train"] = {"class_weights": "balanced"}
+    assert parse_spec(data).spec_hash() != "adc9b1e3cf9933af"
+    data = copy.deepcopy(MINIMAL_SPEC)
+    data["search"]["space"]["class_weights"] = {"choices": ["none", "balanced"]}
+    assert parse_spec(data).spec_hash() != "adc9b1e3cf9933af"
+
+
 def test_spec_round_trips_through_json() -> None:
     spec = parse_spec(copy.deepcopy(MINIMAL_SPEC))
     again = parse_spec(json.loads(json.dumps(spec.to_json_dict())))
