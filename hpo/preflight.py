@@ -216,7 +216,7 @@ def _row_findings(spec: StudySpec, profile: DataProfile, found: _Findings) -> No
         if n_empty:
             found.warnings.append(
                 f"data.text: {n_empty} rows have an empty {column!r} text; they are kept and "
-                "train on special tokens only"
+                "train with nothing in its place"
             )
     conflicts = profile.conflicts
     if conflicts.n_texts:

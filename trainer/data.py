@@ -287,5 +287,5 @@ def class_counts(examples: Examples) -> dict[str, int]:
 
 def empty_texts(examples: Examples) -> tuple[int, ...]:
     """Rows whose text is empty or only whitespace, per text column (a missing text reads as
-    empty): such rows train as an input of special tokens only."""
+    empty): such rows are kept and train with nothing in that column's place."""
     return tuple(sum(1 for text in column if not text.strip()) for column in examples.texts)

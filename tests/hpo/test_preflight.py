@@ -173,8 +173,8 @@ def test_rows_without_a_label_and_empty_texts_are_counted(
         "data.label: 2 of 52 rows have no 'label' value and are left out"
     ]
     assert _about(found.warnings, "data.text") == [
-        "data.text: 2 rows have an empty 'text' text; they are kept and train on special "
-        "tokens only"
+        "data.text: 2 rows have an empty 'text' text; they are kept and train with nothing "
+        "in its place"
     ]
 
 
