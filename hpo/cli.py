@@ -6,11 +6,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from hpo.errors import HpoError, SpecError
+
+if TYPE_CHECKING:
+    from hpo.spec import StudySpec
 
 app = typer.Typer(
     name="hpo",
@@ -32,6 +35,17 @@ StorageOpt = Annotated[
 SpecArg = Annotated[Path, typer.Argument(help="Study spec (YAML).", show_default=False)]
 
 
+def _checked_spec(path: Path) -> StudySpec:
+    """The spec at ``path`` once it passed its checks (notes are logged), its warnings printed
+    to stderr one per line as ``warning: <field>: ...``; errors raise (one line each, exit 2)."""
+    from hpo.preflight import inspect_spec_file
+
+    preflight = inspect_spec_file(path)
+    for warning in preflight.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    return preflight.spec
+
+
 def _setup_logging(verbose: bool) -> None:
     from hpo.logs import configure_logging
 
@@ -47,10 +61,9 @@ def _root(
 
 @app.command()
 def validate(spec: SpecArg) -> None:
-    """Check a study spec: prints `ok`, or one line per problem and exits 2."""
-    from hpo.preflight import check_spec_file
-
-    check_spec_file(spec)  # a SpecError becomes one line per problem and exit code 2
+    """Check a study spec and its model and data: prints `ok` (after any warnings), or one
+    line per problem and exits 2."""
+    _checked_spec(spec)  # a SpecError becomes one line per problem and exit code 2
     typer.echo("ok")
 
 
@@ -65,11 +78,10 @@ def schema() -> None:
 @app.command()
 def create(spec: SpecArg, storage: StorageOpt = None) -> None:
     """Create the study in the store (idempotent for the same spec)."""
-    from hpo.preflight import check_spec_file
     from hpo.store import mask_url, open_storage, resolve_storage_url
     from hpo.study import create_study
 
-    study_spec = check_spec_file(spec)
+    study_spec = _checked_spec(spec)
     url = resolve_storage_url(storage)
     create_study(study_spec, open_storage(url))
     typer.echo(f"study {study_spec.name!r} ready in {mask_url(url)}")
@@ -132,11 +144,10 @@ def run(
     ] = None,
 ) -> None:
     """Create the study and tune it with local workers, showing a live view."""
-    from hpo.preflight import check_spec_file
     from hpo.run import run_study
     from hpo.store import resolve_storage_url
 
-    study_spec = check_spec_file(spec)
+    study_spec = _checked_spec(spec)
     outcome = run_study(
         study_spec, resolve_storage_url(storage), n_workers=workers, device=device, best_path=best
     )

@@ -47,6 +47,7 @@ def hyperparams_for(spec: StudySpec, params: Mapping[str, Any], seed: int) -> Hy
         "weight_decay": train.weight_decay,
         "freeze_layers": train.freeze_layers,
         "pooling": train.pooling,
+        "class_weights": train.class_weights,
         **params,
         "seed": seed,
     }

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+from trainer.config import ClassWeights, Pooling
 
 if TYPE_CHECKING:
     import optuna
@@ -112,6 +114,7 @@ class SearchSpace(_Strict):
     weight_decay: FloatParam | None = None
     freeze_layers: IntParam | None = None
     pooling: Choices | None = None
+    class_weights: Choices | None = None
 
     @model_validator(mode="after")
     def _check_domains(self) -> SearchSpace:
@@ -130,10 +133,15 @@ class SearchSpace(_Strict):
                 isinstance(v, int) and not isinstance(v, bool) for v in param.choices
             ):
                 raise ValueError(f"{name}: choices must be integers, got {list(param.choices)}")
-        if self.pooling is not None:
-            bad = [v for v in self.pooling.choices if v not in ("cls", "mean")]
-            if bad:
-                raise ValueError(f"pooling: {bad} not allowed; expected choices from [cls, mean]")
+        for name, allowed in (("pooling", Pooling), ("class_weights", ClassWeights)):
+            choices = getattr(self, name)
+            if choices is not None:
+                expected = get_args(allowed)
+                bad = [v for v in choices.choices if v not in expected]
+                if bad:
+                    raise ValueError(
+                        f"{name}: {bad} not allowed; expected choices from [{', '.join(expected)}]"
+                    )
         return self
 
     def items(self) -> Iterator[tuple[str, Param]]:

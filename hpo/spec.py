@@ -16,8 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hpo.errors import SpecError
 from hpo.space import SearchSpace
+from trainer.config import Anchor, ClassWeights, Pooling
 
 STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+# Fields added after studies were first stored, with their defaults. A spec that leaves such a
+# field at its default hashes as it did before the field existed, so ``hpo create`` and
+# ``hpo run`` still recognize the studies already in a store (their stored hash).
+HASH_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {
+    ("train", "class_weights"): "none",
+    ("search", "space", "class_weights"): None,
+}
 
 SamplerName = Literal["tpe", "gp", "random", "qmc", "grid"]
 PrunerName = Literal["fold_aware", "median", "hyperband", "successive_halving", "wilcoxon", "none"]
@@ -76,8 +85,10 @@ class TrainSpec(_Strict):
     weight_decay: float = Field(default=0.0, ge=0.0)
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     freeze_layers: int = Field(default=0, ge=0)
-    pooling: Literal["cls", "mean"] = "cls"
-    anchor: Literal["zero", "pretrained"] = "zero"
+    pooling: Pooling = "cls"
+    anchor: Anchor = "zero"
+    # "balanced": cross-entropy weights n / (n_classes * count_c) from each fold's training rows.
+    class_weights: ClassWeights = "none"
     seed: int = 0
     # torch.compile the model (dynamic shapes). Pays off on GPUs for long trials; see BENCHMARKS.md.
     torch_compile: bool = False
@@ -186,8 +197,19 @@ class StudySpec(_Strict):
         return self.model_dump(mode="json")
 
     def spec_hash(self) -> str:
-        """A stable hash of the resolved spec; equal specs hash equal whatever their YAML form."""
-        canonical = json.dumps(self.to_json_dict(), sort_keys=True, separators=(",", ":"))
+        """A stable hash of the resolved spec; equal specs hash equal whatever their YAML form.
+
+        Fields of :data:`HASH_NEUTRAL_DEFAULTS` at their default are left out: adding a field
+        does not change the hash of the specs that do not use it.
+        """
+        resolved = self.to_json_dict()
+        for (*parents, leaf), default in HASH_NEUTRAL_DEFAULTS.items():
+            node = resolved
+            for key in parents:
+                node = node[key]
+            if node.get(leaf, default) == default:
+                node.pop(leaf, None)
+        canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -25,34 +25,60 @@ from trainer.errors import (
 )
 
 if TYPE_CHECKING:
+    from trainer.checkpoint import CheckpointInfo, PositionLimit, inspect_checkpoint
     from trainer.cv import run_cv
-    from trainer.data import Examples, load_examples, make_folds
+    from trainer.data import Examples, LoadReport, load_examples, load_with_report, make_folds
     from trainer.final import train_final
+    from trainer.loss import class_weights
+    from trainer.profile import DataProfile, LengthStats, length_stats, profile_examples
+    from trainer.tokens import token_lengths
 
 _LAZY = {
     "run_cv": "trainer.cv",
     "load_examples": "trainer.data",
+    "load_with_report": "trainer.data",
     "make_folds": "trainer.data",
     "Examples": "trainer.data",
+    "LoadReport": "trainer.data",
     "train_final": "trainer.final",
+    "class_weights": "trainer.loss",
+    "CheckpointInfo": "trainer.checkpoint",
+    "PositionLimit": "trainer.checkpoint",
+    "inspect_checkpoint": "trainer.checkpoint",
+    "DataProfile": "trainer.profile",
+    "LengthStats": "trainer.profile",
+    "length_stats": "trainer.profile",
+    "profile_examples": "trainer.profile",
+    "token_lengths": "trainer.tokens",
 }
 
 __all__ = [
     "CVResult",
+    "CheckpointInfo",
     "ConfigError",
     "DataConfig",
     "DataError",
+    "DataProfile",
     "Examples",
     "FoldResult",
     "Hyperparams",
+    "LengthStats",
+    "LoadReport",
     "ModelError",
     "NonFiniteLossError",
+    "PositionLimit",
     "Reporter",
     "TrainerConfig",
     "TrainerError",
+    "class_weights",
+    "inspect_checkpoint",
+    "length_stats",
     "load_examples",
+    "load_with_report",
     "make_folds",
+    "profile_examples",
     "run_cv",
+    "token_lengths",
     "train_final",
 ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import get_args
 
-from trainer.config import Anchor, Hyperparams, Metric, Pooling, TrainerConfig
+from trainer.config import Anchor, ClassWeights, Hyperparams, Metric, Pooling, TrainerConfig
 from trainer.errors import ConfigError
 
 
@@ -30,6 +30,12 @@ def check_inputs(hparams: Hyperparams, config: TrainerConfig) -> None:
     _require(0.0 <= h.warmup_ratio <= 1.0, "warmup_ratio", h.warmup_ratio, "a number in [0, 1]")
     _require(h.freeze_layers >= 0, "freeze_layers", h.freeze_layers, "an integer >= 0")
     _require(h.pooling in get_args(Pooling), "pooling", h.pooling, f"one of {get_args(Pooling)}")
+    _require(
+        h.class_weights in get_args(ClassWeights),
+        "class_weights",
+        h.class_weights,
+        f"one of {get_args(ClassWeights)}",
+    )
     c = config
     _require(c.max_seq_len >= 2, "max_seq_len", c.max_seq_len, "an integer >= 2")
     _require(c.n_folds >= 2, "n_folds", c.n_folds, "an integer >= 2")

@@ -9,6 +9,9 @@ from typing import Literal, Protocol
 Metric = Literal["accuracy", "f1_macro", "roc_auc", "loss"]
 Pooling = Literal["cls", "mean"]
 Anchor = Literal["zero", "pretrained"]
+# How the cross-entropy weighs classes: "balanced" is n_rows / (n_classes * rows_of_class),
+# counted on the rows a model trains on (see trainer/loss.py).
+ClassWeights = Literal["none", "balanced"]
 
 # Key of an epoch's wall seconds (training and evaluation) in its curve entry; not a metric.
 EPOCH_SECONDS = "epoch_s"
@@ -39,6 +42,7 @@ class Hyperparams:
     weight_decay: float = 0.0
     freeze_layers: int = 0
     pooling: Pooling = "cls"
+    class_weights: ClassWeights = "none"
     seed: int = 0
 
 

@@ -1,7 +1,8 @@
 """Cross-validated fine-tuning: ``run_cv(hparams, config) -> CVResult``. No optuna in here.
 
 Per fold: a fresh head on the pretrained encoder, AdamW with linear warmup and decay,
-loss = cross-entropy + l1·Σ|w| + l2·Σw², gradient clipping; after every epoch, held-out
+loss = cross-entropy (class-weighted from the fold's training rows when asked) + l1·Σ|w| +
+l2·Σw², gradient clipping; after every epoch, held-out
 metrics are reported at ``step = fold * epochs + epoch`` and the reporter may stop the trial.
 """
 
@@ -29,6 +30,7 @@ from trainer.device import (
     resolve_device,
 )
 from trainer.errors import NonFiniteLossError
+from trainer.loss import class_weights
 from trainer.metrics import classification_metrics
 from trainer.model import (
     Pretrained,
@@ -222,6 +224,13 @@ def _train_fold(
         optimizer, lambda step: linear_warmup_decay(step, total, warmup)
     )
     labels_all = torch.tensor(prepared.examples.labels)
+    # Counted on this fold's training rows only: the held-out rows stay unseen.
+    weights = class_weights(
+        hparams.class_weights,
+        prepared.examples.labels[train_idx],
+        len(prepared.examples.label_names),
+    )
+    class_weight = None if weights is None else torch.from_numpy(weights).to(prepared.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     rng = np.random.default_rng(seed)
     pin = prepared.device.type == "cuda"
@@ -239,7 +248,9 @@ def _train_fold(
         for batch, inputs in iterate(prepared.tokens, batches, prepared.device, pin=pin):
             labels = labels_all[batch].to(prepared.device, non_blocking=pin)
             optimizer.zero_grad(set_to_none=True)
-            loss, total_loss = _step_loss(forward, inputs, labels, penalized, hparams, splits)
+            loss, total_loss = _step_loss(
+                forward, inputs, labels, penalized, hparams, splits, class_weight=class_weight
+            )
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -290,11 +301,16 @@ def _step_loss(
     penalized: Penalized,
     hparams: Hyperparams,
     splits: int,
+    *,
+    class_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backpropagate one batch's loss; returns (cross-entropy, with penalties), detached.
 
-    With ``splits > 1`` the batch goes through in that many micro-batches, each weighted by
-    its share of the batch, so the gradient is the whole batch's.
+    ``class_weight`` (per class) makes the cross-entropy the weighted mean over the batch,
+    ``Σ w[y_i]·ce_i / Σ w[y_i]``, as ``F.cross_entropy(weight=...)`` computes it.
+    With ``splits > 1`` the batch goes through in that many micro-batches, each summed and
+    divided by the whole batch's total weight (its size when unweighted), so the loss and the
+    gradient are the whole batch's.
     """
     import torch
     import torch.nn.functional as F
@@ -302,21 +318,29 @@ def _step_loss(
     if splits == 1:
         with autocast(labels.device):
             logits = forward(**inputs).logits
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = F.cross_entropy(logits.float(), labels, weight=class_weight)
         loss.backward()
         loss = loss.detach()
     else:
         size = len(labels)
         step = math.ceil(size / splits)
+        total_weight = class_weight[labels].sum() if class_weight is not None else size
         loss = torch.zeros((), device=labels.device)
         for start in range(0, size, step):
             part = {name: value[start : start + step] for name, value in inputs.items()}
             with autocast(labels.device):
                 logits = forward(**part).logits
-            part_loss = F.cross_entropy(logits.float(), labels[start : start + step])
-            share = len(logits) / size
-            (part_loss * share).backward()
-            loss += part_loss.detach() * share
+            part_loss = (
+                F.cross_entropy(
+                    logits.float(),
+                    labels[start : start + step],
+                    weight=class_weight,
+                    reduction="sum",
+                )
+                / total_weight
+            )
+            part_loss.backward()
+            loss += part_loss.detach()
     reg = add_penalty_gradient(penalized, hparams.l1, hparams.l2)
     return loss, loss if reg is None else loss + reg
 

@@ -61,6 +61,21 @@ class Examples:
         return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class LoadReport:
+    """What loading did to the source's rows, for reports (:func:`load_with_report`).
+
+    ``rows_read`` is the table's size; the others count rows left out, each for one reason:
+    no value in the label column, a label outside ``DataConfig.labels``, or not drawn by
+    ``DataConfig.subsample``. Rows with an empty text are kept (see ``empty_texts``).
+    """
+
+    rows_read: int
+    missing_label: int = 0
+    other_label: int = 0
+    subsampled_out: int = 0
+
+
 def _base_suffix(name: str) -> str:
     lower = name.lower()
     for compression in _COMPRESSIONS:
@@ -138,13 +153,24 @@ def _label_names(values: pd.Series) -> list[str]:
 def load_examples(config: DataConfig) -> Examples:
     """Read, filter, label-encode and optionally subsample the examples.
 
+    See :func:`load_with_report`, which also counts the rows left out.
+    """
+    return load_with_report(config)[0]
+
+
+def load_with_report(config: DataConfig) -> tuple[Examples, LoadReport]:
+    """Read, filter, label-encode and optionally subsample the examples; count what was left out.
+
+    Rows without a label are left out; a missing text reads as an empty one.
+
     Label names are strings in the order of ``config.labels`` when given (which also drops rows
     with other labels), else sorted. ``config.subsample`` keeps a stratified, seeded sample of
     that many rows (in source order); a larger value keeps everything.
 
     Raises:
         DataError: missing or unreadable file, missing column, empty data, a label subset
-            matching nothing, fewer than two classes, or a subsample smaller than the classes.
+            matching nothing, fewer than two classes, or a subsample smaller than the classes
+            or of data with a class of one row.
     """
     table = read_table(config)
     where = config.source
@@ -154,7 +180,9 @@ def load_examples(config: DataConfig) -> Examples:
         raise DataError(
             f"{where}: column(s) {missing} not found; the file has {list(table.columns)}", field
         )
+    rows_read = len(table)
     table = table[table[config.label].notna()]
+    missing_label = rows_read - len(table)
     raw_labels = _as_label_strings(table[config.label])
     if config.labels is not None:
         keep = raw_labels.isin(config.labels)
@@ -165,9 +193,11 @@ def load_examples(config: DataConfig) -> Examples:
                 "data.labels",
             )
         table, raw_labels = table[keep], raw_labels[keep]
+        other_label = int((~keep).sum())
         names = [n for n in config.labels if n in set(raw_labels)]
     else:
         names = _label_names(table[config.label])
+        other_label = 0
     if len(table) == 0:
         raise DataError(f"{where}: the dataset is empty (no row with a label in {config.label!r})")
     if len(names) < 2:
@@ -184,9 +214,22 @@ def load_examples(config: DataConfig) -> Examples:
                 f"{where}: subsample={config.subsample} is smaller than the {len(names)} classes",
                 "data.subsample",
             )
+        single = [name for name, n in class_counts(examples).items() if n < 2]
+        if single:  # a stratified sample needs two rows of a class to know its share
+            raise DataError(
+                f"{where}: subsample={config.subsample} needs at least 2 rows of every class; "
+                f"{single[:5]} have 1",
+                "data.subsample",
+            )
         examples = subsample(examples, config.subsample, config.subsample_seed)
+    report = LoadReport(
+        rows_read=rows_read,
+        missing_label=missing_label,
+        other_label=other_label,
+        subsampled_out=len(table) - len(examples),
+    )
     logger.debug("loaded %d examples, %d classes from %s", len(examples), len(names), where)
-    return examples
+    return examples, report
 
 
 def subsample(examples: Examples, n: int, seed: int) -> Examples:
@@ -240,3 +283,9 @@ def class_counts(examples: Examples) -> dict[str, int]:
     """Rows per label name."""
     counts: Any = np.bincount(examples.labels, minlength=len(examples.label_names))
     return {name: int(counts[i]) for i, name in enumerate(examples.label_names)}
+
+
+def empty_texts(examples: Examples) -> tuple[int, ...]:
+    """Rows whose text is empty or only whitespace, per text column (a missing text reads as
+    empty): such rows are kept and train with nothing in that column's place."""
+    return tuple(sum(1 for text in column if not text.strip()) for column in examples.texts)

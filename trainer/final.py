@@ -48,7 +48,9 @@ def train_final(
 
     Args:
         hparams: the exported hyperparameters.
-        config: model, data, device; ``n_folds`` is not used.
+        config: model, data, device; ``n_folds`` is not used. With
+            ``hparams.class_weights="balanced"`` the weights are counted on the training rows
+            (all rows less the holdout).
         output_dir: created if needed; receives the model, its tokenizer and ``metrics.json``.
         holdout_fraction: a stratified, seeded (``config.split_seed``) share of rows kept out
             of training and evaluated after every epoch; None trains on every row.

@@ -3,7 +3,8 @@
 The cache is content-addressed: its key hashes the tokenizer's full definition, the data's
 fingerprint and ``max_seq_len``, so any change makes a new entry and stale reuse is impossible.
 Entries are written atomically (temp file, then rename), so worker processes on one host can
-share the directory. The format is ``.npz`` read with ``allow_pickle=False``.
+share the directory. The format is ``.npz`` read with ``allow_pickle=False``. Untruncated
+token lengths (for data reports) are cached the same way, without ``max_seq_len`` in the key.
 """
 
 from __future__ import annotations
@@ -68,11 +69,12 @@ def tokenizer_identity(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
-def cache_key(tokenizer: Any, examples: Examples, max_seq_len: int) -> str:
+def cache_key(tokenizer: Any, examples: Examples, max_seq_len: int | None) -> str:
+    """The content address of a cache entry; ``max_seq_len=None`` for untruncated lengths."""
     parts = (
         tokenizer_identity(tokenizer),
         examples.fingerprint(),
-        str(max_seq_len),
+        "lengths" if max_seq_len is None else str(max_seq_len),
         str(len(examples.texts)),
     )
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
@@ -119,27 +121,67 @@ def tokenize_cached(
     types = None
     if "token_type_ids" in encoded and examples.is_pair:
         types = [np.asarray(x, dtype=np.int32) for x in encoded["token_type_ids"]]
-    directory.mkdir(parents=True, exist_ok=True)
     flat_ids, ids_offsets = _pack(ids)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+    arrays = {"ids": flat_ids, "ids_offsets": ids_offsets}
+    if types is not None:
+        arrays["types"], arrays["types_offsets"] = _pack(types)
+    _write_atomically(path, **arrays)
+    return Tokenized(ids, types, pad_id, key, from_cache=False)
+
+
+def token_lengths(
+    tokenizer: Any, examples: Examples, cache_dir: str | Path | None, *, chunk: int = 1024
+) -> tuple[np.ndarray, bool]:
+    """Untruncated length in tokens (special tokens included) of every example, in row order.
+
+    What each example would take without ``max_seq_len``: an example is truncated exactly when
+    its length exceeds it. Cached like :func:`tokenize_cached` (same directory, key without a
+    length), so trying another ``max_seq_len`` tokenizes nothing; only the lengths are kept.
+
+    Returns:
+        (lengths, from_cache).
+    """
+    key = cache_key(tokenizer, examples, None)
+    directory = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
+    path = directory / f"{key}.lengths.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                lengths = data["lengths"]
+            if len(lengths) == len(examples):
+                return lengths, True
+        except (OSError, KeyError, ValueError) as e:  # a damaged entry is rebuilt
+            logger.warning("ignoring damaged token-length cache %s: %s", path, e)
+    lengths = np.zeros(len(examples), dtype=np.int64)
+    for start in range(0, len(examples), chunk):  # chunks: only the lengths stay in memory
+        encoded = tokenizer(
+            *[list(column[start : start + chunk]) for column in examples.texts],
+            truncation=False,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,  # no "longer than the model's maximum" warning: that is the point
+        )
+        lengths[start : start + chunk] = [len(ids) for ids in encoded["input_ids"]]
+    _write_atomically(path, lengths=lengths)
+    return lengths, False
+
+
+def _write_atomically(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` to ``path`` through a temp file and a rename; a failure only logs."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    except OSError as e:
+        logger.warning("could not write token cache %s: %s", path, e)
+        return
     try:
         with os.fdopen(fd, "wb") as out:
-            if types is None:
-                np.savez(out, ids=flat_ids, ids_offsets=ids_offsets)
-            else:
-                flat_types, types_offsets = _pack(types)
-                np.savez(
-                    out,
-                    ids=flat_ids,
-                    ids_offsets=ids_offsets,
-                    types=flat_types,
-                    types_offsets=types_offsets,
-                )
+            np.savez(out, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except OSError as e:
-        logger.warning("could not write tokenization cache %s: %s", path, e)
+        logger.warning("could not write token cache %s: %s", path, e)
         Path(tmp).unlink(missing_ok=True)
-    return Tokenized(ids, types, pad_id, key, from_cache=False)
 
 
 def used_ids(tokens: Tokenized) -> np.ndarray:

@@ -116,6 +116,18 @@ INVALID = [
         "search.space",
         "pooling: ['max'] not allowed",
     ),
+    (
+        "class weights not none/balanced",
+        _set("train.class_weights", "inverse"),
+        "train.class_weights",
+        "'none' or 'balanced'",
+    ),
+    (
+        "class weights choice not none/balanced",
+        _set("search.space.class_weights", {"choices": ["none", "sqrt"]}),
+        "search.space",
+        "class_weights: ['sqrt'] not allowed; expected choices from [none, balanced]",
+    ),
     ("zero trials", _set("budget.n_trials", 0), "budget.n_trials", "greater than or equal to 1"),
     ("three text columns", _set("data.text", ["a", "b", "c"]), "data.text", "at most 2"),
     ("subsample below folds", _set("data.subsample", 4), "", "data.subsample=4 is too small"),
@@ -167,6 +179,21 @@ def test_defaults_are_filled_and_spec_is_frozen() -> None:
         spec.cv.n_folds = 7  # type: ignore[misc]
 
 
+def test_class_weights_default_to_none_and_a_searched_choice_overrides_the_spec() -> None:
+    from hpo.objective import hyperparams_for
+
+    data = copy.deepcopy(MINIMAL_SPEC)
+    assert parse_spec(data).train.class_weights == "none"
+    data["train"] = {"class_weights": "balanced"}
+    spec = parse_spec(data)
+    params = {"lr": 1e-4, "dropout": 0.1, "l1": 0.0, "l2": 0.0}
+    assert hyperparams_for(spec, params, seed=0).class_weights == "balanced"
+    data["search"]["space"]["class_weights"] = {"choices": ["none", "balanced"]}
+    spec = parse_spec(data)
+    assert spec.search.space.class_weights is not None
+    assert hyperparams_for(spec, {**params, "class_weights": "none"}, 0).class_weights == "none"
+
+
 def test_loss_metric_defaults_to_minimize() -> None:
     data = copy.deepcopy(MINIMAL_SPEC)
     data["objective"] = {"metric": "loss"}
@@ -181,6 +208,20 @@ def test_spec_hash_ignores_yaml_form_but_sees_changes(tmp_path: Path) -> None:
     assert parse_spec(data).spec_hash() == first.spec_hash()
     data["cv"]["n_folds"] = 4
     assert parse_spec(data).spec_hash() != first.spec_hash()
+
+
+def test_specs_without_class_weights_keep_the_hash_their_stored_studies_have() -> None:
+    """Hashes from before ``class_weights`` existed: ``hpo create`` must still match them."""
+    assert parse_spec(copy.deepcopy(MINIMAL_SPEC)).spec_hash() == "adc9b1e3cf9933af"
+    assert load_spec(REPO / "studies" / "rt-curves.yaml").spec_hash() == "817ebdc39e7b50b5"
+    data = copy.deepcopy(MINIMAL_SPEC)
+    data["train"] = {"class_weights": "none"}  # the default, spelled out
+    assert parse_spec(data).spec_hash() == "adc9b1e3cf9933af"
+    data["train"] = {"class_weights": "balanced"}
+    assert parse_spec(data).spec_hash() != "adc9b1e3cf9933af"
+    data = copy.deepcopy(MINIMAL_SPEC)
+    data["search"]["space"]["class_weights"] = {"choices": ["none", "balanced"]}
+    assert parse_spec(data).spec_hash() != "adc9b1e3cf9933af"
 
 
 def test_spec_round_trips_through_json() -> None:

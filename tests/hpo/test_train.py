@@ -79,3 +79,64 @@ def test_train_rejects_a_file_that_is_not_an_export(tmp_path: Path) -> None:
     result = _hpo("train", str(bogus), "-o", str(tmp_path / "m"))
     assert result.returncode == 1
     assert "missing key 'params'" in result.stderr
+
+
+@pytest.mark.parametrize("where", ["searched", "spec default"])
+def test_class_weights_survive_export_and_reach_production_training(
+    where: str,
+    tmp_path: Path,
+    tiny_bert_dir: Path,
+    synthetic_csv: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import numpy as np
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    import trainer.cv
+    from hpo.cli import main as hpo_main
+
+    data = tiny_spec(tiny_bert_dir, synthetic_csv)
+    data["train"]["epochs"] = 1
+    if where == "searched":
+        data["search"]["space"]["class_weights"] = {"choices": ["none", "balanced"]}
+    else:
+        data["train"]["class_weights"] = "balanced"
+    spec = parse_spec(data)
+    url = str(tmp_path / "journal.log")
+    create_study(spec, open_storage(url))
+    params: dict[str, object] = {"lr": 5e-3, "dropout": 0.0, "l1": 1e-9, "l2": 1e-7}
+    distributions = {
+        "lr": FloatDistribution(1e-4, 1e-2, log=True),
+        "dropout": FloatDistribution(0.0, 0.1),
+        "l1": FloatDistribution(1e-9, 1e-5, log=True),
+        "l2": FloatDistribution(1e-7, 1e-3, log=True),
+    }
+    if where == "searched":
+        params["class_weights"] = "balanced"
+        distributions["class_weights"] = CategoricalDistribution(["none", "balanced"])
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(url))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=params, distributions=distributions, value=0.3, user_attrs={"cv_mean": 0.3}
+        )
+    )
+    export = tmp_path / "best.yaml"
+    assert hpo_main(["export", spec.name, "--storage", url, "-o", str(export)]) == 0
+
+    calls: list[tuple[str, int]] = []
+    real = trainer.cv.class_weights
+
+    def spy(mode: str, train_labels: np.ndarray, n_classes: int) -> np.ndarray | None:
+        calls.append((mode, len(train_labels)))
+        return real(mode, train_labels, n_classes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer.cv, "class_weights", spy)
+    model_dir = tmp_path / "model"
+    code = hpo_main(
+        ["train", str(export), "-o", str(model_dir), "--holdout", "0.25", "--device", "cpu"]
+    )
+    assert code == 0
+    assert calls == [("balanced", 120)]  # the 160 rows less the 40 held out
+    config = yaml.safe_load((model_dir / "training_config.yaml").read_text())
+    assert config["hyperparams"]["class_weights"] == "balanced"

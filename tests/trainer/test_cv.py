@@ -369,7 +369,10 @@ def test_a_fold_out_of_accelerator_memory_starts_over_in_micro_batches(
     assert "split into 4 micro-batches" in caplog.text
 
 
-def test_micro_batches_give_the_whole_batch_gradient(tiny_bert_dir: Path) -> None:
+@pytest.mark.parametrize("class_weight", [None, [0.4, 2.5]], ids=["unweighted", "weighted"])
+def test_micro_batches_give_the_whole_batch_gradient(
+    class_weight: list[float] | None, tiny_bert_dir: Path
+) -> None:
     from trainer.cv import _step_loss
 
     pretrained = load_pretrained(str(tiny_bert_dir))
@@ -381,11 +384,12 @@ def test_micro_batches_give_the_whole_batch_gradient(tiny_bert_dir: Path) -> Non
         "input_ids": torch.randint(5, pretrained.config.vocab_size, (8, 12), generator=generator),
         "attention_mask": torch.ones(8, 12, dtype=torch.long),
     }
-    labels = torch.tensor([0, 1] * 4)
+    labels = torch.tensor([0, 1, 1, 1, 0, 1, 1, 1])  # micro-batches of unequal total weight
+    weight = None if class_weight is None else torch.tensor(class_weight)
     grads = []
     for splits in (1, 4):
         model.zero_grad()
-        loss, total = _step_loss(model, inputs, labels, penalized, hp, splits)
+        loss, total = _step_loss(model, inputs, labels, penalized, hp, splits, class_weight=weight)
         grads.append(([p.grad.clone() for p in model.parameters()], loss, total))
     (whole, loss1, total1), (parts, loss4, total4) = grads
     assert loss4 == pytest.approx(float(loss1), rel=1e-5)

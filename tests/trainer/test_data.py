@@ -154,6 +154,10 @@ def _bad(tmp_path: Path, case: str) -> tuple[DataConfig, str, str]:
     if case == "subsample below the number of classes":
         config = _config(good, subsample=1)
         return config, "good.csv: subsample=1 is smaller than the 2 classes", "data.subsample"
+    if case == "subsample of a class with one row":
+        rows = [*ROWS, {"text": "a plot summary", "other": "v", "label": "plot"}]
+        config = _config(_csv(tmp_path / "one.csv", rows), subsample=3)
+        return config, "one.csv: subsample=3 needs at least 2 rows of every class", "data.subsample"
     if case == "directory":
         return _config(tmp_path), f"{tmp_path}: is a directory", "data.source"
     if case == "missing pkg file":
@@ -178,6 +182,7 @@ def _bad(tmp_path: Path, case: str) -> tuple[DataConfig, str, str]:
         "one class",
         "label subset matching nothing",
         "subsample below the number of classes",
+        "subsample of a class with one row",
         "directory",
         "missing pkg file",
     ],
@@ -209,3 +214,26 @@ def test_unreachable_hub_dataset_says_it_could_not_be_loaded_and_may_be_offline(
     message = str(info.value)
     assert message.startswith("nobody-hpo-test/no-such-dataset: the hub dataset could not be")
     assert "may be offline" in message and "\n" not in message
+
+
+def test_the_load_report_counts_rows_left_out_and_empty_texts(tmp_path: Path) -> None:
+    from trainer import load_with_report
+    from trainer.data import empty_texts
+
+    rows = [
+        *ROWS,
+        {"text": "no label", "other": "v", "label": None},
+        {"text": "  ", "other": "v", "label": "pos"},
+        {"text": None, "other": "v", "label": "neg"},
+        {"text": "a plot summary", "other": "v", "label": "plot"},
+    ]
+    csv = _csv(tmp_path / "d.csv", rows)
+    examples, report = load_with_report(_config(csv, labels=("pos", "neg")))
+    assert (report.rows_read, report.missing_label, report.other_label) == (8, 1, 1)
+    assert report.subsampled_out == 0 and len(examples) == 6
+    assert empty_texts(examples) == (2,)  # blank and missing texts are kept, as empty inputs
+
+    config = _config(csv, labels=("pos", "neg"), subsample=4)
+    sampled, report = load_with_report(config)
+    assert len(sampled) == 4 and report.subsampled_out == 6 - 4
+    assert load_examples(config).texts == sampled.texts

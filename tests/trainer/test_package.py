@@ -50,6 +50,7 @@ CONFIG = TrainerConfig(
         (dataclasses.replace(HP, warmup_ratio=1.5), CONFIG, "warmup_ratio=1.5"),
         (dataclasses.replace(HP, freeze_layers=-1), CONFIG, "freeze_layers=-1"),
         (dataclasses.replace(HP, pooling="max"), CONFIG, "pooling='max': expected one of"),  # type: ignore[arg-type]
+        (dataclasses.replace(HP, class_weights="inverse"), CONFIG, "class_weights='inverse'"),  # type: ignore[arg-type]
         (HP, dataclasses.replace(CONFIG, n_folds=1), "n_folds=1: expected an integer >= 2"),
         (HP, dataclasses.replace(CONFIG, metric="auc"), "metric='auc'"),  # type: ignore[arg-type]
         (HP, dataclasses.replace(CONFIG, anchor="init"), "anchor='init'"),  # type: ignore[arg-type]

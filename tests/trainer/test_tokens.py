@@ -168,3 +168,23 @@ def test_truncation_respects_max_seq_len(
     tokenizer = load_pretrained(str(tiny_bert_dir)).tokenizer
     tokens = tokenize_cached(tokenizer, _examples(csv), max_seq_len, tmp_path)
     assert tokens.lengths.tolist() == [min(max_seq_len, 32)] * 4
+
+
+def test_untruncated_lengths_are_cached_and_match_the_tokenizer(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer import token_lengths
+
+    tokenizer = load_pretrained(str(tiny_bert_dir)).tokenizer
+    examples = _examples(synthetic_csv)
+    lengths, from_cache = token_lengths(tokenizer, examples, tmp_path, chunk=7)
+    assert not from_cache
+    expected = [len(ids) for ids in tokenizer(list(examples.texts[0]))["input_ids"]]
+    assert lengths.tolist() == expected
+    # A truncated tokenization at max_seq_len=6 keeps min(length, 6) tokens.
+    truncated = tokenize_cached(tokenizer, examples, 6, tmp_path)
+    assert np.minimum(lengths, 6).tolist() == truncated.lengths.tolist()
+
+    monkeypatch.setattr(type(tokenizer), "__call__", lambda *a, **k: pytest.fail("re-tokenized"))
+    again, from_cache = token_lengths(tokenizer, examples, tmp_path)
+    assert from_cache and again.tolist() == expected
