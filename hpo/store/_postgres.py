@@ -644,9 +644,15 @@ class LeanPostgresStorage(RDBStorage):
         request = json.dumps(current_request())
         with self._connection(write=True) as conn:
             if state == TrialState.RUNNING:  # taking an enqueued trial: only a WAITING one
-                if conn.execute(_LOCK_STUDY_OF_TRIAL, {"trial_id": trial_id}).first() is None:
+                study_id = conn.execute(_LOCK_STUDY_OF_TRIAL, {"trial_id": trial_id}).scalar()
+                if study_id is None:
                     raise KeyError(models.NOT_FOUND_MSG)
-                params = {"trial_id": trial_id, "now": now, "request": request}
+                params = {
+                    "trial_id": trial_id,
+                    "study_id": study_id,
+                    "now": now,
+                    "request": request,
+                }
                 if conn.execute(_START_WAITING, params).first() is None:
                     current, by, full = conn.execute(_WHY_NOT_STARTED, params).one()
                     if current == "RUNNING" and by == request:  # ours; its reply was lost
