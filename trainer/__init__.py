@@ -13,6 +13,8 @@ from trainer.config import (
     DataConfig,
     FoldResult,
     Hyperparams,
+    Precision,
+    PrecisionRequest,
     Reporter,
     TrainerConfig,
 )
@@ -23,6 +25,7 @@ from trainer.errors import (
     NonFiniteLossError,
     TrainerError,
 )
+from trainer.precision import resolve_precision
 
 if TYPE_CHECKING:
     from trainer.cv import run_cv
@@ -47,11 +50,14 @@ __all__ = [
     "Hyperparams",
     "ModelError",
     "NonFiniteLossError",
+    "Precision",
+    "PrecisionRequest",
     "Reporter",
     "TrainerConfig",
     "TrainerError",
     "load_examples",
     "make_folds",
+    "resolve_precision",
     "run_cv",
     "train_final",
 ]
