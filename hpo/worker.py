@@ -32,6 +32,7 @@ from hpo.storage import (
     open_storage,
 )
 from hpo.study import load_study
+from trainer.config import Precision
 
 if TYPE_CHECKING:
     import optuna
@@ -186,6 +187,7 @@ class Worker:
             stale_trial_callback=requeue_stale,
         )
         self.study, self.spec = load_study(storage, options.study_name, stream=options.stream)
+        self.precision = _check_precision(self.spec, options.device, self.worker_id)
         self.context = TrialContext(
             host=socket.gethostname(),
             device=options.device,
@@ -296,6 +298,19 @@ class Worker:
             return "COMPLETE"
         finally:
             heartbeat.watch(None)
+
+
+def _check_precision(spec: StudySpec, device: str, worker_id: str) -> Precision:
+    """The precision this worker's trials train in, decided (and probed) once at start, so a
+    spec this device cannot run fails the worker, not trial after trial."""
+    from trainer import ConfigError, resolve_precision
+
+    try:
+        precision = resolve_precision(spec.train.precision, device)
+    except ConfigError as e:
+        raise WorkerError(f"worker {worker_id}: {e}") from e
+    logger.info("worker %s trains in %s on %s", worker_id, precision, device)
+    return precision
 
 
 def _free_memory() -> None:
