@@ -1,7 +1,14 @@
 # Worker image: a CUDA build of PyTorch plus this project. Build: docker compose build worker
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# torch 2.9.1 meets pyproject's torch>=2.6 (transformers 5 disables PyTorch below 2.6);
+# tests/test_versions.py fails when this tag and the libraries' minimums drift apart.
+FROM pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 HF_HUB_DISABLE_TELEMETRY=1
+# train.torch_compile: Triton builds its kernel launchers with a C compiler at run time, and
+# the runtime images ship none ("Failed to find C compiler").
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY hpo ./hpo
 COPY trainer ./trainer

@@ -1,7 +1,7 @@
 # Setup, demo and tests. `make demo` sets everything up from scratch and runs the main job offline.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU wheel this machine keeps on disk; on a GPU host: make setup TORCH_SPEC='torch>=2.3'
+# The CPU wheel this machine keeps on disk; on a GPU host: make setup TORCH_SPEC='torch>=2.6,<3'
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

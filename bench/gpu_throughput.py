@@ -134,6 +134,8 @@ def run_ours(
         device=device,
         eval_batch_size=SETTINGS["eval_batch_size"],
         torch_compile=compile_,
+        # As ``TrainingArguments(bf16=cuda)`` on the HF side.
+        precision="bf16" if device.startswith("cuda") else "fp32",
     )
     hparams = Hyperparams(
         lr=SETTINGS["lr"],

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from hpo.errors import HpoError, SpecError
+from trainer.errors import TrainerError
 
 if TYPE_CHECKING:
     from hpo.spec import StudySpec
@@ -226,11 +227,23 @@ def train(
         float | None, typer.Option(help="Stratified fraction held out for metrics.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, or cuda:N.")] = "auto",
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto, fp32 or bf16 (default: what the exported trial trained in)."),
+    ] = None,
 ) -> None:
     """Train the production model on all the data with an exported config."""
     from hpo.train import train_from_export
 
-    metrics = train_from_export(export_file, output, holdout=holdout, device=device)
+    if precision not in (None, "auto", "fp32", "bf16"):
+        raise typer.BadParameter(f"--precision {precision!r}: expected auto, fp32 or bf16")
+    metrics = train_from_export(
+        export_file,
+        output,
+        holdout=holdout,
+        device=device,
+        precision=precision,  # type: ignore[arg-type]
+    )
     typer.echo(json.dumps(metrics, indent=2))
 
 
@@ -325,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
 
         typer.echo(f"error: {mask_secrets(str(e))}", err=True)
         return e.exit_code
+    except TrainerError as e:  # the data or the model does not fit (hpo train)
+        from hpo.store import mask_secrets
+
+        typer.echo(f"error: {mask_secrets(str(e))}", err=True)
+        return 1
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from hpo.objective import RUN_ATTR
 from hpo.spec import StudySpec
 
 if TYPE_CHECKING:
@@ -47,10 +48,12 @@ def rank_trials(study: optuna.Study, spec: StudySpec, by: RankBy = "mean") -> li
 
 
 def trial_record(trial: FrozenTrial) -> dict[str, Any]:
-    """Params and CV statistics of one trial."""
+    """Params, the precision it trained in (None for trials recorded before precision was)
+    and CV statistics of one trial."""
     return {
         "trial": trial.number,
         "params": dict(trial.params),
+        "precision": trial.user_attrs.get(RUN_ATTR, {}).get("precision"),
         "cv": {
             "mean": trial.user_attrs.get("cv_mean", trial.value),
             "std": trial.user_attrs.get("cv_std"),
@@ -79,7 +82,8 @@ def data_fingerprint(spec: StudySpec) -> dict[str, Any]:
 def build_export(
     study: optuna.Study, spec: StudySpec, *, top: int = 1, by: RankBy = "mean"
 ) -> dict[str, Any]:
-    """The export document: best params, the resolved spec, CV stats and provenance."""
+    """The export document: best params, the precision the best trial trained in (what
+    ``hpo train`` reproduces), the resolved spec, CV stats and provenance."""
     from optuna.trial import TrialState
 
     ranked = rank_trials(study, spec, by)

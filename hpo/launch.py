@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -43,7 +43,7 @@ def parse_gpus(gpus: str, visible: int | None = None) -> list[str]:
         HpoError: the list is malformed, or ``all`` was asked on a host without GPUs.
     """
     if gpus == "all":
-        count = visible if visible is not None else _cuda_device_count()
+        count = visible if visible is not None else cuda_device_count()
         if count == 0:
             raise HpoError("--gpus all: no CUDA device is visible on this host; use --cpus N")
         return [str(i) for i in range(count)]
@@ -53,10 +53,39 @@ def parse_gpus(gpus: str, visible: int | None = None) -> list[str]:
     return ids
 
 
-def _cuda_device_count() -> int:
-    import torch
-
+def cuda_device_count() -> int:
+    """GPUs this process sees (after its own CUDA_VISIBLE_DEVICES); 0 without CUDA or torch."""
+    try:
+        import torch
+    except ImportError:
+        return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def pinned_devices(gpus: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES value that pins a worker to each of ``gpus``.
+
+    ``gpus`` number the GPUs this process sees, as ``cuda:N`` and ``--gpus all`` do. A child's
+    CUDA_VISIBLE_DEVICES is read against the physical GPUs, so where this process runs under
+    a CUDA_VISIBLE_DEVICES of its own (a Slurm allocation, a container, a user's choice), id
+    N is its N-th entry (an index or a UUID), not physical GPU N: another job's.
+
+    Raises:
+        HpoError: an id beyond what this process's CUDA_VISIBLE_DEVICES lists.
+    """
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return list(gpus)
+    entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
+    pinned = []
+    for gpu in gpus:
+        if int(gpu) >= len(entries):
+            raise HpoError(
+                f"--gpus: GPU {gpu} is not visible here: CUDA_VISIBLE_DEVICES={visible!r} "
+                f"lists {len(entries)} GPU(s), numbered from 0"
+            )
+        pinned.append(entries[int(gpu)])
+    return pinned
 
 
 def build_slots(
@@ -66,26 +95,30 @@ def build_slots(
     gpus: Sequence[str] | None,
     cpus: int | None,
     per_gpu: int = 1,
+    environ: Mapping[str, str] | None = None,
 ) -> list[Slot]:
     """One slot per (GPU, k) pinned with CUDA_VISIBLE_DEVICES, or ``cpus`` CPU slots.
 
-    The store URL reaches workers through ``HPO_STORAGE``, never argv (process titles show it).
+    ``gpus`` are ids as this process sees them (see :func:`pinned_devices`); ``environ``
+    (default ``os.environ``) is what the workers inherit. The store URL reaches workers
+    through ``HPO_STORAGE``, never argv (process titles show it).
     """
     from hpo.store import ENV_STORAGE
 
+    environ = os.environ if environ is None else environ
     base = [sys.executable, "-m", "hpo.cli", "worker", "--study", study]
     slots = []
     if gpus:
-        for gpu in gpus:
+        for gpu, pinned in zip(gpus, pinned_devices(gpus, environ), strict=True):
             for k in range(per_gpu):
-                env = {**os.environ, ENV_STORAGE: storage_url, "CUDA_VISIBLE_DEVICES": gpu}
+                env = {**environ, ENV_STORAGE: storage_url, "CUDA_VISIBLE_DEVICES": pinned}
                 name = f"gpu{gpu}" + (f".{k}" if per_gpu > 1 else "")
                 slots.append(Slot(name, env, [*base, "--device", "cuda:0"]))
     else:
         n = cpus or 1
         threads = max(1, (os.cpu_count() or 1) // n)
         for k in range(n):
-            env = {**os.environ, ENV_STORAGE: storage_url, "CUDA_VISIBLE_DEVICES": ""}
+            env = {**environ, ENV_STORAGE: storage_url, "CUDA_VISIBLE_DEVICES": ""}
             slots.append(
                 Slot(f"cpu{k}", env, [*base, "--device", "cpu", "--threads", str(threads)])
             )

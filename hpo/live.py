@@ -6,6 +6,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from hpo.objective import RUN_ATTR
 from hpo.spec import StudySpec
 from hpo.study import step_grid
 
@@ -68,7 +69,7 @@ def render_status(study: optuna.Study, spec: StudySpec, started: float) -> Rende
             # epochs of this fold reported so far (a trial may run fewer epochs than the grid)
             epoch = sum(grid.fold_of(s) == fold for s in t.intermediate_values) - 1
             value = t.intermediate_values.get(step) if step is not None else None
-            run = t.user_attrs.get("run", {})
+            run = t.user_attrs.get(RUN_ATTR, {})
             age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
             table.add_row(
                 str(t.number),

@@ -12,7 +12,7 @@ from hpo.space import suggest
 from hpo.spec import StudySpec
 from hpo.steps import StepGrid
 from hpo.study import step_grid
-from trainer.config import DataConfig, FoldResult, Hyperparams, TrainerConfig
+from trainer.config import DataConfig, FoldResult, Hyperparams, Precision, TrainerConfig
 
 if TYPE_CHECKING:
     import optuna
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FOLD_ATTR_PREFIX = "fold_"
+RUN_ATTR = "run"  # where a trial ran: host, device, worker, seed, precision, resumed folds
 FAIL_REASON_ATTR = "fail_reason"
 RETRY_HISTORY_KEY = "retry_history"  # Optuna's RetryHeartbeatStaleTrialCallback uses this key
 
@@ -55,9 +56,17 @@ def hyperparams_for(spec: StudySpec, params: Mapping[str, Any], seed: int) -> Hy
 
 
 def trainer_config(
-    spec: StudySpec, *, device: str = "auto", cache_dir: str | None = None
+    spec: StudySpec,
+    *,
+    device: str = "auto",
+    cache_dir: str | None = None,
+    precision: Precision = "fp32",
 ) -> TrainerConfig:
-    """The trainer's view of a spec: model, data, CV layout, device."""
+    """The trainer's view of a spec: model, data, CV layout, device.
+
+    ``precision`` is the resolved one (``resolve_precision`` of ``spec.train.precision`` on
+    this device): the spec's ``auto`` is decided per device, not here.
+    """
     data = spec.data
     return TrainerConfig(
         model_name_or_path=spec.model.name_or_path,
@@ -80,6 +89,7 @@ def trainer_config(
         eval_batch_size=spec.train.eval_batch_size,
         cache_dir=cache_dir,
         torch_compile=spec.train.torch_compile,
+        precision=precision,
     )
 
 
@@ -156,8 +166,10 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, context: TrialContext) -> fl
     """
     import optuna
 
-    from trainer import run_cv
+    from trainer import resolve_precision, run_cv
 
+    # Once per process and device (the probe is cached); a worker checked it at start.
+    precision = resolve_precision(spec.train.precision, context.device)
     params = suggest(trial, spec.search.space)
     seed = trial_seed(
         spec.train.seed, original_number(trial.study._storage.get_trial(trial._trial_id))
@@ -165,12 +177,13 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, context: TrialContext) -> fl
     hparams = hyperparams_for(spec, params, seed)
     done = saved_folds(trial)
     trial.set_user_attr(
-        "run",
+        RUN_ATTR,
         {
             "host": context.host,
             "device": context.device,
             "worker": context.worker_id,
             "seed": seed,
+            "precision": precision,
             "resumed_folds": sorted(done),
         },
     )
@@ -183,7 +196,9 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, context: TrialContext) -> fl
     reporter = TrialReporter(trial, hparams.epochs, step_grid(spec))
     result = run_cv(
         hparams,
-        trainer_config(spec, device=context.device, cache_dir=context.cache_dir),
+        trainer_config(
+            spec, device=context.device, cache_dir=context.cache_dir, precision=precision
+        ),
         reporter=reporter,
         done_folds=done,
         on_fold_end=save_fold,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpo.launch import cuda_device_count
 from hpo.spec import StudySpec
 from hpo.store import ENV_STORAGE, mask_url, open_storage
 from hpo.study import create_study, load_study
@@ -29,14 +30,19 @@ STOP_GRACE_S = 30.0
 def default_workers(device: str) -> int:
     """What the machine can feed: one per GPU, else one per two CPU cores (torch uses both)."""
     if device.startswith("cuda") or device == "auto":
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                return torch.cuda.device_count()
-        except ImportError:
-            pass
+        n_gpus = cuda_device_count()
+        if n_gpus:
+            return n_gpus
     return max(1, (os.cpu_count() or 1) // 2)
+
+
+def worker_device(device: str, index: int, n_gpus: int) -> str:
+    """The ``--device`` of local worker ``index``: ``auto`` and ``cuda`` spread the workers
+    over the ``n_gpus`` GPUs round-robin (``cuda:index mod n_gpus``), so none is left idle
+    and none gets every worker; ``auto`` without a GPU, ``cpu`` and ``cuda:N`` stay as given."""
+    if device in ("auto", "cuda") and n_gpus > 0:
+        return f"cuda:{index % n_gpus}"
+    return device
 
 
 def worker_command(study: str, index: int, device: str, threads: int) -> list[str]:
@@ -72,9 +78,10 @@ def start_workers(
     """Start ``n_workers`` processes; each logs to ``log_dir/worker-<i>.log``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // n_workers)
+    n_gpus = cuda_device_count() if device in ("auto", "cuda") else 0
     procs = []
     for index in range(n_workers):
-        dev = f"cuda:{index}" if device == "cuda" else device
+        dev = worker_device(device, index, n_gpus)
         log = open(log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - owned by the child
         procs.append(
             subprocess.Popen(

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hpo.errors import SpecError
 from hpo.space import SearchSpace
-from trainer.config import Anchor, ClassWeights, Pooling
+from trainer.config import Anchor, ClassWeights, Pooling, PrecisionRequest
 
 STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -25,6 +25,7 @@ STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # ``hpo run`` still recognize the studies already in a store (their stored hash).
 HASH_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("train", "class_weights"): "none",
+    ("train", "precision"): "auto",
     ("search", "space", "class_weights"): None,
 }
 
@@ -92,6 +93,9 @@ class TrainSpec(_Strict):
     seed: int = 0
     # torch.compile the model (dynamic shapes). Pays off on GPUs for long trials; see BENCHMARKS.md.
     torch_compile: bool = False
+    # auto: bf16 autocast where the device has native bf16 and a probe measures it faster
+    # (trainer.precision), else fp32. Each trial records what it ran in; exports carry that.
+    precision: PrecisionRequest = "auto"
 
 
 class SamplerSpec(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from hpo.objective import RUN_ATTR
 from hpo.spec import StudySpec
 
 if TYPE_CHECKING:
@@ -35,13 +36,14 @@ def study_status(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
     for trial in trials:
         if trial.state != TrialState.RUNNING:
             continue
-        run = trial.user_attrs.get("run", {})
+        run = trial.user_attrs.get(RUN_ATTR, {})
         running.append(
             {
                 "trial": trial.number,
                 "host": run.get("host"),
                 "worker": run.get("worker"),
                 "device": run.get("device"),
+                "precision": run.get("precision"),
                 "age_s": round((now - trial.datetime_start).total_seconds(), 1)
                 if trial.datetime_start
                 else None,

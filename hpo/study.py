@@ -43,7 +43,9 @@ def _study_id(storage: optuna.storages.BaseStorage, name: str) -> int | None:
 def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> int:
     """Create the study for ``spec`` and store the resolved spec and its hash as user attrs.
 
-    Idempotent: the same spec (same hash) returns the existing study's id.
+    Idempotent: the same spec returns the existing study's id, also for a study an earlier
+    version created before the spec gained a field (its stored spec, validated now, fills that
+    field with its default).
 
     Raises:
         StudyConflictError: a study of this name exists with a different spec, or without one.
@@ -102,11 +104,24 @@ def _check_same_spec(
             f"study {spec.name!r} exists but was not created by hpo (no spec attribute); "
             "choose another name"
         )
-    if stored_hash != spec.spec_hash():
+    if stored_hash != spec.spec_hash() and not _same_when_revalidated(attrs.get(SPEC_ATTR), spec):
         raise StudyConflictError(
             f"study {spec.name!r} exists with a different spec (stored {stored_hash}, "
             f"given {spec.spec_hash()}); rename the study or delete the old one"
         )
+
+
+def _same_when_revalidated(stored: object, spec: StudySpec) -> bool:
+    """Whether a stored spec, validated by this version, is ``spec``: a hash stored by an
+    earlier version misses fields added since (``train.precision``), which take defaults."""
+    from hpo.errors import SpecError
+
+    if not isinstance(stored, dict):
+        return False
+    try:
+        return spec_from_json(stored).spec_hash() == spec.spec_hash()
+    except SpecError:
+        return False
 
 
 def load_stored_spec(storage: optuna.storages.BaseStorage, name: str) -> StudySpec:

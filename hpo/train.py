@@ -12,6 +12,7 @@ import yaml
 from hpo.errors import HpoError
 from hpo.objective import hyperparams_for, trainer_config
 from hpo.spec import spec_from_json
+from trainer.config import PrecisionRequest
 
 logger = logging.getLogger(__name__)
 
@@ -32,21 +33,52 @@ def read_export(path: Path) -> dict[str, Any]:
     return document
 
 
+def requested_precision(
+    document: dict[str, Any], override: PrecisionRequest | None = None
+) -> PrecisionRequest:
+    """What to train in: ``override``, else the precision the exported trial trained in
+    (resolved when it ran, so not re-probed), else the spec's (exports from before trials
+    recorded their precision)."""
+    if override is not None:
+        return override
+    exported = document.get("precision")
+    if exported is not None:
+        return exported
+    return spec_from_json(document["spec"]).train.precision
+
+
 def train_from_export(
-    export_path: Path, output_dir: Path, *, holdout: float | None = None, device: str = "auto"
+    export_path: Path,
+    output_dir: Path,
+    *,
+    holdout: float | None = None,
+    device: str = "auto",
+    precision: PrecisionRequest | None = None,
 ) -> dict[str, float]:
     """Train the production model described by an export; writes the model dir and returns
-    the metrics (holdout metrics when ``holdout`` is given)."""
+    the metrics (holdout metrics when ``holdout`` is given).
+
+    Args:
+        precision: overrides the precision of the exported trial (see
+            :func:`requested_precision`).
+
+    Raises:
+        HpoError: the file is not an export, or its precision cannot run on ``device``.
+    """
     from rich.progress import Progress
 
-    from trainer import train_final
+    from trainer import ConfigError, resolve_precision, train_final
 
     if holdout is not None and not 0.0 < holdout < 1.0:
         raise HpoError(f"--holdout {holdout}: expected a fraction in (0, 1)")
     document = read_export(export_path)
     spec = spec_from_json(document["spec"])
     hparams = hyperparams_for(spec, document["params"], spec.train.seed)
-    config = trainer_config(spec, device=device)
+    try:
+        resolved = resolve_precision(requested_precision(document, precision), device)
+    except ConfigError as e:
+        raise HpoError(f"{export_path}: {e} (or pass --precision)") from e
+    config = trainer_config(spec, device=device, precision=resolved)
     with Progress(transient=False) as progress:
         task = progress.add_task("training", total=hparams.epochs)
 
@@ -62,6 +94,7 @@ def train_from_export(
         "study": document.get("study"),
         "trial": document.get("trial"),
         "hyperparams": asdict(hparams),
+        "precision": resolved,
         "holdout_fraction": holdout,
         "spec": spec.to_json_dict(),
     }

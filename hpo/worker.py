@@ -35,6 +35,7 @@ from hpo.store import (
     storage_kind,
 )
 from hpo.study import load_study
+from trainer.config import Precision
 
 if TYPE_CHECKING:
     import optuna
@@ -236,6 +237,7 @@ class Worker:
         # SQLite is the one store that does not refuse a trial beyond the budget itself.
         self._store_enforces_budget = storage_kind(options.storage_url) != "sqlite"
         self.study, self.spec = load_study(storage, options.study_name, stream=options.stream)
+        self.precision = _check_precision(self.spec, options.device, self.worker_id)
         self.context = TrialContext(
             host=socket.gethostname(),
             device=options.device,
@@ -370,6 +372,19 @@ class Worker:
         )
         self.summary.lost += 1
         return Outcome.LOST
+
+
+def _check_precision(spec: StudySpec, device: str, worker_id: str) -> Precision:
+    """The precision this worker's trials train in, decided (and probed) once at start, so a
+    spec this device cannot run fails the worker, not trial after trial."""
+    from trainer import ConfigError, resolve_precision
+
+    try:
+        precision = resolve_precision(spec.train.precision, device)
+    except ConfigError as e:
+        raise WorkerError(f"worker {worker_id}: {e}") from e
+    logger.info("worker %s trains in %s on %s", worker_id, precision, device)
+    return precision
 
 
 def _free_memory() -> None:

@@ -13,6 +13,8 @@ from trainer.config import (
     DataConfig,
     FoldResult,
     Hyperparams,
+    Precision,
+    PrecisionRequest,
     Reporter,
     TrainerConfig,
 )
@@ -23,6 +25,7 @@ from trainer.errors import (
     NonFiniteLossError,
     TrainerError,
 )
+from trainer.precision import resolve_precision
 
 if TYPE_CHECKING:
     from trainer.checkpoint import CheckpointInfo, PositionLimit, inspect_checkpoint
@@ -67,6 +70,8 @@ __all__ = [
     "ModelError",
     "NonFiniteLossError",
     "PositionLimit",
+    "Precision",
+    "PrecisionRequest",
     "Reporter",
     "TrainerConfig",
     "TrainerError",
@@ -77,6 +82,7 @@ __all__ = [
     "load_with_report",
     "make_folds",
     "profile_examples",
+    "resolve_precision",
     "run_cv",
     "token_lengths",
     "train_final",

@@ -5,7 +5,15 @@ from __future__ import annotations
 import math
 from typing import get_args
 
-from trainer.config import Anchor, ClassWeights, Hyperparams, Metric, Pooling, TrainerConfig
+from trainer.config import (
+    Anchor,
+    ClassWeights,
+    Hyperparams,
+    Metric,
+    Pooling,
+    Precision,
+    TrainerConfig,
+)
 from trainer.errors import ConfigError
 
 
@@ -43,4 +51,10 @@ def check_inputs(hparams: Hyperparams, config: TrainerConfig) -> None:
     _require(c.eval_batch_size >= 1, "eval_batch_size", c.eval_batch_size, "an integer >= 1")
     _require(c.anchor in get_args(Anchor), "anchor", c.anchor, f"one of {get_args(Anchor)}")
     _require(c.metric in get_args(Metric), "metric", c.metric, f"one of {get_args(Metric)}")
+    _require(
+        c.precision in get_args(Precision),
+        "precision",
+        c.precision,
+        f"one of {get_args(Precision)}",
+    )
     _require(len(c.data.text) in (1, 2), "data.text", c.data.text, "one or two column names")

@@ -12,6 +12,10 @@ Anchor = Literal["zero", "pretrained"]
 # How the cross-entropy weighs classes: "balanced" is n_rows / (n_classes * rows_of_class),
 # counted on the rows a model trains on (see trainer/loss.py).
 ClassWeights = Literal["none", "balanced"]
+# What a run trains in: fp32, or bf16 autocast over fp32 weights (see trainer.precision).
+Precision = Literal["fp32", "bf16"]
+# What a study asks for: ``auto`` is resolved per device by ``resolve_precision``.
+PrecisionRequest = Literal["auto", "fp32", "bf16"]
 
 # Key of an epoch's wall seconds (training and evaluation) in its curve entry; not a metric.
 EPOCH_SECONDS = "epoch_s"
@@ -61,7 +65,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """Everything except the hyperparameters: model, data, CV layout, device, caches."""
+    """Everything except the hyperparameters: model, data, CV layout, device, caches.
+
+    ``precision`` is already resolved (``resolve_precision``): ``bf16`` runs the model's
+    forward under bf16 autocast; weights, loss, penalty and metrics stay fp32.
+    """
 
     model_name_or_path: str
     data: DataConfig
@@ -75,6 +83,7 @@ class TrainerConfig:
     eval_batch_size: int = 64
     cache_dir: str | None = None
     torch_compile: bool = False
+    precision: Precision = "fp32"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainer.checks import check_inputs
-from trainer.config import EPOCH_SECONDS, CVResult, FoldResult, Hyperparams, Reporter, TrainerConfig
+from trainer.config import (
+    EPOCH_SECONDS,
+    CVResult,
+    FoldResult,
+    Hyperparams,
+    Precision,
+    Reporter,
+    TrainerConfig,
+)
 from trainer.data import Examples, load_examples, make_folds
 from trainer.device import (
     autocast,
@@ -118,9 +126,15 @@ def prepare_cached(config: TrainerConfig) -> Prepared:
 
 
 def evaluate(
-    model: nn.Module, prepared: Prepared, indices: np.ndarray, batch_size: int
+    model: nn.Module,
+    prepared: Prepared,
+    indices: np.ndarray,
+    batch_size: int,
+    precision: Precision = "fp32",
 ) -> dict[str, float]:
     """Held-out metrics under ``eval()`` and ``inference_mode``, batches sorted by length.
+
+    The forward runs in ``precision``; metrics are computed from fp32 logits.
 
     A batch that runs out of accelerator memory is retried at half the batch size.
     """
@@ -128,9 +142,10 @@ def evaluate(
 
     model.eval()
     while True:
+        logits: list[torch.Tensor] = []
+        order: list[np.ndarray] = []
         try:
-            logits, order = [], []
-            with torch.inference_mode(), autocast(prepared.device):
+            with torch.inference_mode(), autocast(prepared.device, precision):
                 batches = sorted_batches(indices, prepared.tokens.lengths, batch_size)
                 for batch, inputs in iterate(prepared.tokens, batches, prepared.device):
                     logits.append(model(**inputs).logits.float())
@@ -139,10 +154,12 @@ def evaluate(
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise
-            del logits
-            free_memory(prepared.device)
-            batch_size //= 2
-            logger.warning("evaluation out of memory: retrying at batch size %d", batch_size)
+        # Freed outside the except block: until it ends, the traceback keeps the failed
+        # forward's frames, and with them its activations, alive.
+        logits.clear()
+        free_memory(prepared.device)
+        batch_size //= 2
+        logger.warning("evaluation out of memory: retrying at batch size %d", batch_size)
     all_logits = torch.cat(logits).cpu().numpy()
     labels = prepared.examples.labels[np.concatenate(order)]
     return classification_metrics(all_logits, labels)
@@ -178,15 +195,17 @@ def train_fold(
         except torch.OutOfMemoryError:
             if splits >= hparams.batch_size:
                 raise
-            splits *= 2
-            free_memory(prepared.device)
-            logger.warning(
-                "fold %d out of memory: starting it over with batches of %d split into %d "
-                "micro-batches",
-                fold,
-                hparams.batch_size,
-                splits,
-            )
+        # Freed outside the except block: until it ends, the traceback keeps the failed
+        # attempt's frames alive, and with them its model, optimizer state and activations.
+        free_memory(prepared.device)
+        splits *= 2
+        logger.warning(
+            "fold %d out of memory: starting it over with batches of %d split into %d "
+            "micro-batches",
+            fold,
+            hparams.batch_size,
+            splits,
+        )
 
 
 def _train_fold(
@@ -249,7 +268,14 @@ def _train_fold(
             labels = labels_all[batch].to(prepared.device, non_blocking=pin)
             optimizer.zero_grad(set_to_none=True)
             loss, total_loss = _step_loss(
-                forward, inputs, labels, penalized, hparams, splits, class_weight=class_weight
+                forward,
+                inputs,
+                labels,
+                penalized,
+                hparams,
+                splits,
+                class_weight=class_weight,
+                precision=config.precision,
             )
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
@@ -265,7 +291,9 @@ def _train_fold(
                 f"{objective} (lr={hparams.lr:g}, l1={hparams.l1:g}, l2={hparams.l2:g})"
             )
         metrics = (
-            evaluate(forward, prepared, held_idx, config.eval_batch_size) if len(held_idx) else {}
+            evaluate(forward, prepared, held_idx, config.eval_batch_size, config.precision)
+            if len(held_idx)
+            else {}
         )
         metrics["train_loss"] = train_loss
         # Wall seconds of this epoch, training and evaluation: what a step of the curve costs.
@@ -303,6 +331,7 @@ def _step_loss(
     splits: int,
     *,
     class_weight: torch.Tensor | None = None,
+    precision: Precision = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backpropagate one batch's loss; returns (cross-entropy, with penalties), detached.
 
@@ -310,13 +339,14 @@ def _step_loss(
     ``Σ w[y_i]·ce_i / Σ w[y_i]``, as ``F.cross_entropy(weight=...)`` computes it.
     With ``splits > 1`` the batch goes through in that many micro-batches, each summed and
     divided by the whole batch's total weight (its size when unweighted), so the loss and the
-    gradient are the whole batch's.
+    gradient are the whole batch's. Only the forward runs in ``precision``: cross-entropy is
+    taken on fp32 logits, the penalty on the fp32 weights.
     """
     import torch
     import torch.nn.functional as F
 
     if splits == 1:
-        with autocast(labels.device):
+        with autocast(labels.device, precision):
             logits = forward(**inputs).logits
         loss = F.cross_entropy(logits.float(), labels, weight=class_weight)
         loss.backward()
@@ -328,7 +358,7 @@ def _step_loss(
         loss = torch.zeros((), device=labels.device)
         for start in range(0, size, step):
             part = {name: value[start : start + step] for name, value in inputs.items()}
-            with autocast(labels.device):
+            with autocast(labels.device, precision):
                 logits = forward(**part).logits
             part_loss = (
                 F.cross_entropy(

@@ -1,4 +1,4 @@
-"""Where training runs: device choice, mixed precision, peak memory. Torch imported lazily."""
+"""Where training runs: device choice, autocast, peak memory. Torch imported lazily."""
 
 from __future__ import annotations
 
@@ -6,30 +6,50 @@ import contextlib
 import resource
 from typing import TYPE_CHECKING, Any
 
+from trainer.config import Precision
+
 if TYPE_CHECKING:
     import torch
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when present, else CPU. CUDA gets TF32 matmuls."""
+    """``auto``: CUDA when present, else CPU. CUDA gets TF32 matmuls, and ``cuda:N`` becomes
+    the current device, so whatever asks for "the" GPU (streams, caches) does not open a
+    context on GPU 0 next to the one we train on."""
     import torch
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda":
+        # The legacy flags, not ``fp32_precision``: on torch 2.9+ they still set both views
+        # consistently, while a new-API write makes every legacy reader (inductor's, in some
+        # versions) raise "mix of the legacy and new APIs".
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        if device.index is not None:
+            torch.cuda.set_device(device)
     return device
 
 
-def autocast(device: torch.device) -> Any:
-    """bf16 autocast on CUDA GPUs that support it; a no-op elsewhere (CPU trains in fp32)."""
+def autocast(device: torch.device, precision: Precision) -> Any:
+    """bf16 autocast on ``device`` for ``precision="bf16"``; a no-op for fp32.
+
+    Only what runs inside is cast; parameters and their gradients stay fp32.
+    """
     import torch
 
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; CPU has nothing to wait)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def peak_memory_mb(device: torch.device) -> float:

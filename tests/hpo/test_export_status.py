@@ -40,7 +40,13 @@ def _fill(url: str, spec_dict: dict[str, Any]) -> optuna.Study:
                 params={"lr": 1e-4 * (number + 1), "dropout": 0.1, "l1": 1e-7, "l2": 1e-4},
                 distributions=DISTS,
                 value=mean,
-                user_attrs={"fold_scores": scores, "cv_mean": mean, "cv_std": std},
+                user_attrs={
+                    "fold_scores": scores,
+                    "cv_mean": mean,
+                    "cv_std": std,
+                    # what auto resolved to on the worker that ran it
+                    "run": {"device": "cuda:0", "precision": "bf16" if number == 1 else "fp32"},
+                },
             )
         )
     study.add_trial(
@@ -80,12 +86,14 @@ def test_export_holds_params_spec_stats_and_no_password(
     assert "topsecret-pw" not in text + result.stdout + result.stderr
     doc = yaml.safe_load(text)
     assert doc["trial"] == 1  # the best CV mean (0.82)
+    assert doc["precision"] == "bf16"  # what it trained in, not the spec's "auto"
+    assert doc["spec"]["train"]["precision"] == "auto"
     assert set(doc["params"]) == {"lr", "dropout", "l1", "l2"}
     assert doc["spec"]["name"] == spec_dict["name"]
     assert doc["cv"]["fold_scores"] == [0.95, 0.60, 0.91]
     assert doc["trials"] == {"complete": 3, "pruned": 1, "fail": 1}
     assert doc["provenance"]["versions"]["optuna"] == optuna.__version__
-    assert len(doc["top"]) == 2
+    assert [t["precision"] for t in doc["top"]] == ["bf16", "fp32"]
 
 
 def test_export_by_lcb_prefers_the_consistent_trial(
@@ -99,6 +107,7 @@ def test_export_by_lcb_prefers_the_consistent_trial(
     )
     assert by_mean.returncode == 0, by_mean.stderr
     assert json.loads(out.read_text())["trial"] == 1  # mean 0.82 with a 0.60 fold
+    assert json.loads(out.read_text())["precision"] == "bf16"  # the precision that trial ran in
     by_lcb = _hpo(
         "export",
         spec_dict["name"],
@@ -113,6 +122,7 @@ def test_export_by_lcb_prefers_the_consistent_trial(
     )
     assert by_lcb.returncode == 0, by_lcb.stderr
     assert json.loads(out.read_text())["trial"] == 0  # 0.81 ± 0.008 is the safer pick
+    assert json.loads(out.read_text())["precision"] == "fp32"
 
 
 def test_status_json_counts_equal_the_store(tmp_path: Path, spec_dict: dict[str, Any]) -> None:

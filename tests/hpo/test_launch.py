@@ -31,10 +31,24 @@ def test_gpu_lists_are_parsed_and_checked() -> None:
 
 def test_one_slot_per_gpu_pinned_and_the_url_never_in_argv() -> None:
     url = "postgresql://u:pw@h/db"
-    slots = build_slots("s", url, gpus=["0", "3"], cpus=None, per_gpu=2)
+    slots = build_slots("s", url, gpus=["0", "3"], cpus=None, per_gpu=2, environ={})
     assert [s.name for s in slots] == ["gpu0.0", "gpu0.1", "gpu3.0", "gpu3.1"]
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "0", "3", "3"]
     assert all(s.env[ENV_STORAGE] == url and url not in " ".join(s.args) for s in slots)
+    assert all(s.args[-2:] == ["--device", "cuda:0"] for s in slots)
+
+
+def test_gpu_ids_count_within_the_gpus_this_host_process_was_given() -> None:
+    # A Slurm job or container that sees physical GPUs 2 and 3 as its cuda:0 and cuda:1.
+    environ = {"CUDA_VISIBLE_DEVICES": "2,3"}
+    slots = build_slots("s", "j.log", gpus=parse_gpus("all", visible=2), cpus=None, environ=environ)
+    assert [s.name for s in slots] == ["gpu0", "gpu1"]
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["2", "3"]  # never another job's 0
+    uuids = {"CUDA_VISIBLE_DEVICES": "GPU-aaaa, GPU-bbbb"}
+    slots = build_slots("s", "j.log", gpus=["1"], cpus=None, environ=uuids)
+    assert slots[0].env["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb"
+    with pytest.raises(HpoError, match=r"GPU 2 is not visible here: CUDA_VISIBLE_DEVICES='2,3'"):
+        build_slots("s", "j.log", gpus=["2"], cpus=None, environ=environ)
 
 
 @pytest.mark.slow

@@ -72,6 +72,7 @@ INVALID = [
         "'fold_aware'",
     ),
     ("unknown metric", _set("objective.metric", "precision"), "objective.metric", "'accuracy'"),
+    ("unknown precision", _set("train.precision", "fp16"), "train.precision", "'bf16'"),
     ("missing required param", _delete("search.space.l1"), "search.space.l1", "missing"),
     (
         "unknown search param",
@@ -175,6 +176,7 @@ def test_defaults_are_filled_and_spec_is_frozen() -> None:
     assert spec.search.pruner.name == "fold_aware"
     assert spec.objective.direction == "maximize"
     assert spec.data.text == ("text",)
+    assert spec.train.precision == "auto"
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises its own frozen error
         spec.cv.n_folds = 7  # type: ignore[misc]
 

@@ -69,6 +69,27 @@ def test_conflicting_spec_is_refused(storage_url: str, spec_dict: dict[str, Any]
     assert load_stored_spec(storage, spec_dict["name"]).cv.n_folds == 3
 
 
+def test_a_study_created_before_train_precision_existed_is_the_same_study(
+    tmp_path: Path, spec_dict: dict[str, Any]
+) -> None:
+    from hpo.study import SPEC_HASH_ATTR
+
+    storage = open_storage(str(tmp_path / "j.log"))
+    spec = parse_spec(spec_dict)
+    study_id = create_study(spec, storage)
+    # What the previous version stored: the resolved spec without the field, and its hash.
+    old = spec.to_json_dict()
+    del old["train"]["precision"]
+    storage.set_study_user_attr(study_id, SPEC_ATTR, old)
+    storage.set_study_user_attr(study_id, SPEC_HASH_ATTR, "hash-of-an-older-version")
+    assert create_study(spec, storage) == study_id
+    assert load_stored_spec(storage, spec.name).train.precision == "auto"
+    changed = copy.deepcopy(spec_dict)
+    changed.setdefault("train", {})["precision"] = "fp32"
+    with pytest.raises(StudyConflictError, match="different spec"):
+        create_study(parse_spec(changed), storage)
+
+
 def test_loaded_study_has_spec_sampler_and_pruner(
     storage_url: str, spec_dict: dict[str, Any]
 ) -> None:

@@ -6,14 +6,20 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+import trainer.precision
+from hpo.cli import main
 from hpo.spec import parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study
+from hpo.train import requested_precision, train_from_export
+from tests.hpo.conftest import MINIMAL_SPEC
 from tests.hpo.test_worker import REPO, tiny_spec
 
 
@@ -63,7 +69,9 @@ def test_exported_config_trains_a_loadable_model_that_beats_the_majority(
     assert metrics["holdout_examples"] == 40
     assert metrics["accuracy"] > 0.5  # the majority class is exactly half
     config = yaml.safe_load((model_dir / "training_config.yaml").read_text())
-    assert config["hyperparams"]["lr"] == yaml.safe_load(export.read_text())["params"]["lr"]
+    exported = yaml.safe_load(export.read_text())
+    assert config["hyperparams"]["lr"] == exported["params"]["lr"]
+    assert exported["precision"] == config["precision"] == "fp32"
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -140,3 +148,83 @@ def test_class_weights_survive_export_and_reach_production_training(
     assert calls == [("balanced", 120)]  # the 160 rows less the 40 held out
     config = yaml.safe_load((model_dir / "training_config.yaml").read_text())
     assert config["hyperparams"]["class_weights"] == "balanced"
+
+
+def _write_export(
+    tmp_path: Path, model_dir: Path, csv: Path, precision: str | None, spec_precision: str
+) -> Path:
+    """An export as `hpo export` writes it: the trial trained in ``precision``."""
+    data = tiny_spec(model_dir, csv)
+    data["train"].update(precision=spec_precision, epochs=1)
+    document = {
+        "study": data["name"],
+        "trial": 3,
+        "params": {"lr": 5e-3, "dropout": 0.0, "l1": 0.0, "l2": 0.0},
+        "precision": precision,
+        "spec": parse_spec(data).to_json_dict(),
+    }
+    path = tmp_path / "best.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch: pytest.MonkeyPatch) -> Callable[[set[str]], None]:
+    """Simulate this CPU's flags; the bf16 probe must not run (a reproduction never probes)."""
+
+    def never_probed(device: object) -> float:
+        raise AssertionError("hpo train re-probed instead of using the exported precision")
+
+    monkeypatch.setattr(trainer.precision, "measure_bf16_speedup", never_probed)
+    monkeypatch.setattr(trainer.precision, "_speedups", {})
+
+    def set_flags(flags: set[str]) -> None:
+        monkeypatch.setattr(trainer.precision, "read_cpu_flags", lambda: frozenset(flags))
+
+    return set_flags
+
+
+def test_train_reproduces_the_precision_the_exported_trial_ran_in(
+    tmp_path: Path,
+    tiny_bert_dir: Path,
+    synthetic_csv: Path,
+    cpu_flags: Callable[[set[str]], None],
+) -> None:
+    cpu_flags({"avx512f", "avx512_bf16"})
+    export = _write_export(tmp_path, tiny_bert_dir, synthetic_csv, "bf16", spec_precision="auto")
+    metrics = train_from_export(export, tmp_path / "model", holdout=0.25, device="cpu")
+    config = yaml.safe_load((tmp_path / "model" / "training_config.yaml").read_text())
+    assert config["precision"] == "bf16"
+    assert 0.0 < metrics["loss"] < 10.0  # finite: trained and evaluated in bf16
+
+
+def test_a_bf16_export_on_a_cpu_without_bf16_is_one_line_unless_overridden(
+    tmp_path: Path,
+    tiny_bert_dir: Path,
+    synthetic_csv: Path,
+    cpu_flags: Callable[[set[str]], None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cpu_flags({"avx2"})
+    export = _write_export(tmp_path, tiny_bert_dir, synthetic_csv, "bf16", spec_precision="auto")
+    model_dir = tmp_path / "model"
+    assert main(["train", str(export), "-o", str(model_dir), "--device", "cpu"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error
+    assert error.startswith(f"error: {export}: train.precision='bf16': this CPU has no")
+    assert not model_dir.exists()
+
+    argv = ["train", str(export), "-o", str(model_dir), "--device", "cpu", "--precision", "fp32"]
+    assert main(argv) == 0
+    config = yaml.safe_load((model_dir / "training_config.yaml").read_text())
+    assert config["precision"] == "fp32"
+
+
+def test_an_export_from_before_trials_recorded_precision_takes_the_specs() -> None:
+    document: dict[str, Any] = {
+        "params": {},
+        "spec": {**MINIMAL_SPEC, "train": {"precision": "fp32"}},
+    }
+    assert requested_precision(document) == "fp32"
+    assert requested_precision({**document, "precision": "bf16"}) == "bf16"
+    assert requested_precision({**document, "precision": "bf16"}, "auto") == "auto"

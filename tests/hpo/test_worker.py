@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -29,7 +30,15 @@ def tiny_spec(model_dir: Path, data_csv: Path, **overrides: Any) -> dict[str, An
         "model": {"name_or_path": str(model_dir), "max_seq_len": 16},
         "data": {"source": str(data_csv), "text": "text", "label": "label"},
         "cv": {"n_folds": 2, "split_seed": 0},
-        "train": {"epochs": 6, "batch_size": 16, "warmup_ratio": 0.0, "seed": 0},
+        # fp32, not auto: the suite's scores must not hang on what the bf16 probe measures on
+        # the machine that runs it.
+        "train": {
+            "epochs": 6,
+            "batch_size": 16,
+            "warmup_ratio": 0.0,
+            "seed": 0,
+            "precision": "fp32",
+        },
         "search": {
             "space": {
                 "lr": {"low": 1e-4, "high": 1e-2, "log": True},
@@ -176,8 +185,53 @@ def test_same_trial_number_and_seed_give_the_same_fold_scores(
         trial = study.ask()
         context = TrialContext(host="h", device="cpu", worker_id="w", cache_dir=str(tmp_path))
         run_trial(trial, spec, context)
-        scores.append(trial.study._storage.get_trial(trial._trial_id).user_attrs["fold_scores"])
+        attrs = trial.study._storage.get_trial(trial._trial_id).user_attrs
+        assert attrs["run"]["precision"] == "fp32"
+        scores.append(attrs["fold_scores"])
     assert scores[0] == scores[1]
+
+
+def test_a_trial_records_the_precision_auto_resolved_to(
+    tmp_path: Path, tiny_bert_dir: Path, synthetic_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trainer.precision
+
+    # A CPU with native bf16 on which the probe measures bf16 faster (simulated).
+    monkeypatch.setattr(trainer.precision, "read_cpu_flags", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setattr(trainer.precision, "measure_bf16_speedup", lambda device: 2.0)
+    monkeypatch.setattr(trainer.precision, "_speedups", {})
+    data = tiny_spec(tiny_bert_dir, synthetic_csv)
+    data["train"].update(precision="auto", epochs=1)
+    spec = parse_spec(data)
+    storage = open_storage(str(tmp_path / "j.log"))
+    create_study(spec, storage)
+    study, _ = load_study(storage, spec.name)
+    study.enqueue_trial({"lr": 3e-3, "dropout": 0.1, "l1": 1e-8, "l2": 1e-5})
+    trial = study.ask()
+    context = TrialContext(host="h", device="cpu", worker_id="w", cache_dir=str(tmp_path))
+    run_trial(trial, spec, context)
+    attrs = study._storage.get_trial(trial._trial_id).user_attrs
+    assert attrs["run"]["precision"] == "bf16"
+    assert all(math.isfinite(score) for score in attrs["fold_scores"])
+
+
+def test_a_worker_whose_device_cannot_run_the_specs_precision_stops_at_start(
+    tmp_path: Path, tiny_bert_dir: Path, synthetic_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trainer.precision
+    from hpo.worker import Worker, WorkerError, WorkerOptions
+
+    monkeypatch.setattr(trainer.precision, "read_cpu_flags", lambda: frozenset({"avx2"}))
+    data = tiny_spec(tiny_bert_dir, synthetic_csv)
+    data["train"]["precision"] = "bf16"
+    spec = parse_spec(data)
+    url = str(tmp_path / "j.log")
+    create_study(spec, open_storage(url))
+    options = WorkerOptions(storage_url=url, study_name=spec.name, device="cpu", worker_id="w1")
+    with pytest.raises(WorkerError, match=r"^worker w1: train.precision='bf16': this CPU"):
+        Worker(options)
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(url))
+    assert study.trials == []  # no trial was taken, and none failed
 
 
 @pytest.mark.slow

@@ -398,6 +398,93 @@ def test_micro_batches_give_the_whole_batch_gradient(
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_the_failed_attempts_memory_is_released_before_the_fold_starts_over(
+    tiny_bert_dir: Path,
+    synthetic_csv: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+    import weakref
+
+    import trainer.cv
+
+    built: list[weakref.ref[torch.nn.Module]] = []
+    alive_at_free: list[bool] = []
+    real_build = trainer.cv.build_model
+
+    def build_once_too_big(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        model = real_build(*args, **kwargs)
+        built.append(weakref.ref(model))
+        if len(built) == 1:
+            forward = model.forward
+
+            def out_of_memory(**inputs: torch.Tensor) -> Any:
+                if model.training:
+                    raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+                return forward(**inputs)
+
+            model.forward = out_of_memory  # type: ignore[method-assign]
+        return model
+
+    def free_memory(device: torch.device) -> None:
+        gc.collect()
+        alive_at_free.append(built[0]() is not None)
+
+    monkeypatch.setattr(trainer.cv, "build_model", build_once_too_big)
+    monkeypatch.setattr(trainer.cv, "free_memory", free_memory)
+    config = config_for(tiny_bert_dir, synthetic_csv, tmp_path)
+    result = train_fold(dataclasses.replace(HP, epochs=1), config, prepare(config), 0)
+    assert len(result.curve) == 1
+    # The caching allocator can hand memory back only once nothing holds the first attempt.
+    assert alive_at_free == [False]
+
+
+def test_bf16_cross_validation_scores_are_finite_and_close_to_fp32(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
+) -> None:
+    results = {
+        precision: run_cv(
+            HP, config_for(tiny_bert_dir, synthetic_csv, tmp_path, precision=precision)
+        )
+        for precision in ("fp32", "bf16")
+    }
+    fp32, bf16 = results["fp32"], results["bf16"]
+    assert fp32.fold_scores != () and len(bf16.fold_scores) == len(fp32.fold_scores)
+    assert all(np.isfinite(bf16.fold_scores)) and bf16.mean >= 0.9
+    assert bf16.mean == pytest.approx(fp32.mean, abs=0.05)
+    for a, b in zip(fp32.curves, bf16.curves, strict=True):
+        assert np.isfinite(b[-1]["loss"]) and b[-1]["loss"] == pytest.approx(a[-1]["loss"], abs=0.1)
+
+
+def test_bf16_keeps_weights_gradients_loss_and_penalty_in_fp32(tiny_bert_dir: Path) -> None:
+    from trainer.cv import _step_loss
+
+    pretrained = load_pretrained(str(tiny_bert_dir))
+    model = build_model(pretrained, num_labels=2, label_names=("a", "b"), dropout=0.0, seed=0)
+    penalized = penalized_weights(model, "zero")
+    hp = dataclasses.replace(HP, l1=1e-3, l2=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        "input_ids": torch.randint(5, pretrained.config.vocab_size, (8, 12), generator=generator),
+        "attention_mask": torch.ones(8, 12, dtype=torch.long),
+    }
+    labels = torch.tensor([0, 1] * 4)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        model.zero_grad()
+        loss, total = _step_loss(model, inputs, labels, penalized, hp, 1, precision=precision)
+        runs[precision] = (loss, total, [p.grad.clone() for p in model.parameters()])
+    loss, total, grads = runs["bf16"]
+    assert loss.dtype == total.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(g.dtype == torch.float32 for g in grads)
+    assert float(loss) == pytest.approx(float(runs["fp32"][0]), rel=0.05)
+    # The penalty is computed on the fp32 weights: bf16 changes only the cross-entropy term.
+    fp32_penalty = float(runs["fp32"][1] - runs["fp32"][0])
+    assert float(total - loss) == pytest.approx(fp32_penalty, rel=1e-6)
+
+
 def test_a_warm_worker_reuses_prepared_inputs_until_they_change(
     tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path
 ) -> None:

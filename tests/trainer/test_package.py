@@ -55,6 +55,8 @@ CONFIG = TrainerConfig(
         (HP, dataclasses.replace(CONFIG, metric="auc"), "metric='auc'"),  # type: ignore[arg-type]
         (HP, dataclasses.replace(CONFIG, anchor="init"), "anchor='init'"),  # type: ignore[arg-type]
         (HP, dataclasses.replace(CONFIG, max_seq_len=0), "max_seq_len=0"),
+        # The trainer takes a resolved precision; "auto" is resolve_precision's to decide.
+        (HP, dataclasses.replace(CONFIG, precision="auto"), "precision='auto': expected one of"),  # type: ignore[arg-type]
     ],
 )
 def test_out_of_range_inputs_fail_before_any_work_naming_field_and_value(

@@ -1,0 +1,276 @@
+"""Exactly once: a trial is failed and re-queued once, with its reason; retries after a lost
+reply find their own work; the budget is never exceeded; a worker whose trial was taken from
+it drops it instead of crashing; workers in containers draw different points."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.heartbeat import requeue, sweep_stale
+from hpo.spec import parse_spec
+from hpo.store import FINISH_KEY, NoSlotLeft, RetryingStorage, open_storage
+from hpo.study import create_study, load_study
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _study(url: str, spec_dict: dict[str, Any], **store: Any) -> tuple[optuna.Study, Any]:
+    storage = open_storage(url, **store)
+    create_study(parse_spec(spec_dict), storage)
+    study, spec = load_study(storage, spec_dict["name"])
+    return study, spec
+
+
+def _silence(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_a_stale_trial_is_failed_with_its_reason_and_requeued_once(
+    storage_url: str, spec_dict: dict[str, Any]
+) -> None:
+    """Two sweepers see the same stale trial: one fails it (reason recorded), one copy."""
+    study, _ = _study(storage_url, spec_dict, heartbeat_interval_s=1, grace_period_s=1)
+    other, _ = load_study(
+        open_storage(storage_url, heartbeat_interval_s=1, grace_period_s=1), spec_dict["name"]
+    )
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+    study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    _silence(2.5)  # its worker "died"
+    failed = sweep_stale(study) + sweep_stale(other)
+    assert failed == [trial.number]
+    trials = study.get_trials(deepcopy=False)
+    dead = trials[trial.number]
+    assert dead.state == TrialState.FAIL
+    assert dead.user_attrs["fail_reason"] == "heartbeat stale"
+    copies = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(copies) == 1 and copies[0].params == dead.params
+
+
+def test_a_trial_whose_worker_died_before_its_first_beat_is_stale(
+    storage_url: str, spec_dict: dict[str, Any]
+) -> None:
+    """A trial taken by a plain Optuna client (no heartbeat row) is not hidden from sweeps."""
+    if storage_url.startswith("sqlite"):
+        pytest.skip("SQLite keeps Optuna's own stale-trial rule (one host, no lost replies)")
+    study, _ = _study(storage_url, spec_dict, heartbeat_interval_s=1, grace_period_s=1)
+    trial = study.ask()  # no beat ever
+    _silence(2.5)
+    assert sweep_stale(study) == [trial.number]
+
+
+def test_requeue_is_keyed_by_the_failed_trial(storage_url: str, spec_dict: dict[str, Any]) -> None:
+    study, _ = _study(storage_url, spec_dict)
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert requeue(study, frozen)
+    requeue(study, frozen)  # a second re-queue of the same failed trial (a second sweeper)
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert len(waiting) == 1
+
+
+def test_the_store_refuses_a_trial_beyond_the_budget(
+    storage_url: str, spec_dict: dict[str, Any]
+) -> None:
+    """Budget 1: a worker popping a re-queued trial and another creating a new one cannot both
+    run (before: both did, through a stale read of the popped trial's state)."""
+    spec_dict["budget"] = {"n_trials": 1}
+    study, _ = _study(storage_url, spec_dict)
+    first = study.ask()
+    first.suggest_float("lr", 1e-5, 1e-3, log=True)
+    study._storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
+    requeue(study, study._storage.get_trial(first._trial_id))
+    a, _ = load_study(open_storage(storage_url), spec_dict["name"])
+    b, _ = load_study(open_storage(storage_url), spec_dict["name"])
+    a.ask()  # pops the re-queued copy
+    with pytest.raises(NoSlotLeft):
+        b.ask()
+    running = a.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert len(running) == 1
+
+
+class _LostReply:
+    """Runs an operation on the real store, then raises as if the reply had been lost."""
+
+    def __init__(self, inner: Any, lose: str, before: Any = None) -> None:
+        self._inner = inner
+        self._lose = lose
+        self._before = before
+        self.lost = 0
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._inner, name)
+        if name != self._lose:
+            return method
+
+        def once(*args: Any, **kwargs: Any) -> Any:
+            if self.lost:
+                return method(*args, **kwargs)
+            self.lost += 1
+            if self._before is not None:
+                self._before()
+                raise ConnectionResetError("server closed the connection unexpectedly")
+            method(*args, **kwargs)
+            raise ConnectionResetError("server closed the connection unexpectedly")
+
+        return once
+
+
+@pytest.fixture
+def pg_study(postgres_url: str, spec_dict: dict[str, Any]) -> optuna.Study:
+    study, _ = _study(postgres_url, spec_dict)
+    return study
+
+
+def _retrying(study: optuna.Study, lose: str, before: Any = None) -> tuple[Any, _LostReply]:
+    storage = study._storage
+    assert isinstance(storage, RetryingStorage)
+    flaky = _LostReply(storage.inner, lose, before)
+    return RetryingStorage(flaky, sleep=lambda _: None), flaky  # type: ignore[abstract]
+
+
+def test_a_trial_created_before_a_lost_reply_is_found_not_made_twice(
+    pg_study: optuna.Study,
+) -> None:
+    storage, flaky = _retrying(pg_study, "create_new_trial")
+    trial_id = storage.create_new_trial(pg_study._study_id)
+    assert flaky.lost == 1
+    trials = pg_study._storage.get_all_trials(pg_study._study_id, deepcopy=False)
+    assert [t._trial_id for t in trials] == [trial_id]
+
+
+def test_a_pop_before_a_lost_reply_is_found_not_orphaned(pg_study: optuna.Study) -> None:
+    pg_study.enqueue_trial({"lr": 1e-4})
+    waiting = pg_study.get_trials(deepcopy=False)[0]
+    storage, flaky = _retrying(pg_study, "set_trial_state_values")
+    assert storage.set_trial_state_values(waiting._trial_id, TrialState.RUNNING) is True
+    assert flaky.lost == 1
+
+
+def test_a_retry_does_not_take_another_workers_failure_for_its_own(
+    pg_study: optuna.Study,
+) -> None:
+    """The connection drops; meanwhile a sweeper failed the trial: the retry must not report
+    that FAIL as its own (else both would re-queue)."""
+    trial = pg_study.ask()
+    sweeper = pg_study._storage
+
+    def swept() -> None:
+        sweeper.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+    storage, _ = _retrying(pg_study, "set_trial_state_values", before=swept)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    # …while a lost reply to our own FAIL is ours.
+    mine = pg_study.ask()
+    storage, _ = _retrying(pg_study, "set_trial_state_values")
+    assert storage.set_trial_state_values(mine._trial_id, TrialState.FAIL) is True
+    assert FINISH_KEY in pg_study._storage.get_trial(mine._trial_id).system_attrs
+
+
+def _worker_with(url: str, name: str, run_trial: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    import hpo.worker
+    from hpo.worker import Worker, WorkerOptions
+
+    monkeypatch.setattr(hpo.worker, "run_trial", run_trial)
+    return Worker(WorkerOptions(storage_url=url, study_name=name, max_trials=1, stream=0))
+
+
+def _fail_elsewhere(url: str, trial: optuna.Trial) -> None:
+    """What a sweeper on another host does to a trial whose lease lapsed."""
+    other = open_storage(url)
+    other.set_trial_user_attr(trial._trial_id, "fail_reason", "heartbeat stale")
+    other.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    study = optuna.load_study(study_name=trial.study.study_name, storage=other)
+    requeue(study, other.get_trial(trial._trial_id))
+
+
+def test_a_worker_whose_trial_was_failed_elsewhere_drops_it_and_goes_on(
+    storage_url: str, spec_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its tell would have raised "Cannot tell a FAIL trial" out of the worker."""
+    _study(storage_url, spec_dict)
+
+    def finishes_after_losing_it(trial: optuna.Trial, *_: Any) -> float:
+        trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+        _fail_elsewhere(storage_url, trial)
+        return 0.9
+
+    worker = _worker_with(storage_url, spec_dict["name"], finishes_after_losing_it, monkeypatch)
+    summary = worker.run()
+    assert summary.lost == 1 and summary.completed == 0
+    states = [t.state for t in worker.study.get_trials(deepcopy=False)]
+    assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.WAITING) == 1
+
+
+def test_an_interrupted_trial_already_requeued_by_a_sweeper_is_not_requeued_again(
+    storage_url: str, spec_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpo.worker import Interrupted
+
+    _study(storage_url, spec_dict)
+
+    def interrupted_after_losing_it(trial: optuna.Trial, *_: Any) -> float:
+        trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+        _fail_elsewhere(storage_url, trial)
+        raise Interrupted
+
+    worker = _worker_with(storage_url, spec_dict["name"], interrupted_after_losing_it, monkeypatch)
+    worker.run()
+    waiting = worker.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert len(waiting) == 1
+
+
+def _draw(tmp_path: Path, url: str, name: str, pid1: bool) -> list[float]:
+    """One worker process with default options (as a container would run it, PID 1 with
+    ``unshare``); returns the params of its first trial."""
+    code = (
+        "import os, sys, json, hpo.worker as w\n"
+        "def fake(trial, *a):\n"
+        "    trial.suggest_float('lr', 1e-5, 1e-3, log=True)\n"
+        "    print(json.dumps([os.getpid(), trial.params['lr']]))\n"
+        "    return 0.5\n"
+        "w.run_trial = fake\n"
+        "from hpo.cli import main\n"
+        f"sys.exit(main(['worker', '--study', {name!r}, '--storage', {url!r}, "
+        "'--max-trials', '1']))\n"
+    )
+    command = [sys.executable, "-c", code]
+    if pid1:
+        command = ["unshare", "--pid", "--fork", "--mount-proc", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    import json
+
+    pid, lr = json.loads(done.stdout.strip().splitlines()[-1])
+    return [pid, lr]
+
+
+def test_workers_in_containers_with_default_options_draw_different_points(
+    tmp_path: Path, spec_dict: dict[str, Any]
+) -> None:
+    """Every containerised worker is PID 1; a PID-derived stream made them all sample alike."""
+    import shutil
+
+    if (
+        shutil.which("unshare") is None
+        or subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", "true"], check=False
+        ).returncode
+    ):
+        pytest.skip("unshare --pid needs root")
+    url = str(tmp_path / "journal.log")
+    spec_dict["search"]["sampler"] = {"name": "random", "seed": 0}
+    _study(url, spec_dict)
+    first, second = (_draw(tmp_path, url, spec_dict["name"], pid1=True) for _ in range(2))
+    assert first[0] == second[0] == 1
+    assert first[1] != second[1]
