@@ -233,6 +233,7 @@ class Worker:
             options.storage_url,
             heartbeat_interval_s=options.heartbeat_interval_s,
             grace_period_s=options.grace_period_s,
+            wait_if_unreachable=True,
         )
         # SQLite is the one store that does not refuse a trial beyond the budget itself.
         self._store_enforces_budget = storage_kind(options.storage_url) != "sqlite"

@@ -27,6 +27,7 @@ from hpo.store._base import (
     StaleCallback,
     error_summary,
     is_connection_limit,
+    is_transient,
 )
 from hpo.store._connections import count_connections
 from hpo.store._masking import mask_url
@@ -78,6 +79,7 @@ def open_storage(
     stale_trial_callback: StaleCallback | None = None,
     outage_timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S,
     keep_connection: bool = False,
+    wait_if_unreachable: bool = False,
 ) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the store at ``url`` with heartbeats enabled.
 
@@ -91,6 +93,10 @@ def open_storage(
             full); any other failure to open is reported at once.
         keep_connection: PostgreSQL only: keep one connection open between operations (for
             a long-lived server such as ``hpo proxy``) instead of one per operation (workers).
+        wait_if_unreachable: retry a lost or refused connection at open too, for up to
+            ``outage_timeout_s`` (workers: one started or restarted during an outage rides it
+            out as a running one does, instead of exiting). One-shot commands leave it off
+            and report an unreachable store at once.
 
     Raises:
         StorageError: the store cannot be opened; the message names the masked URL, and the
@@ -131,8 +137,8 @@ def open_storage(
         except StorageError:
             raise
         except Exception as e:  # third-party errors are translated here, at the boundary
-            if is_connection_limit(e):
-                backoff.failed(e)  # raises StorageError naming max_connections once it lasts
+            if is_connection_limit(e) or (wait_if_unreachable and is_transient(e)):
+                backoff.failed(e)  # raises StorageError (naming max_connections) once it lasts
                 continue
             detail = error_summary(e, url)
             raise StorageError(f"cannot open storage {mask_url(url)!r}: {detail}") from None
