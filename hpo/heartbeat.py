@@ -71,15 +71,19 @@ def sweep_stale(study: optuna.Study) -> list[int]:
     wins and only the winner re-queues it. Liveness is judged with evidence: a sweeper whose
     own store connection came back less than a grace period ago does not judge anyone (during
     an outage nobody could beat, and every live worker beats again within one heartbeat of
-    its return), and PostgreSQL judges no lease within a grace period of its own restart.
+    its return), nor after an operation of its own was held up past a heartbeat interval (a
+    stalled network raises nothing, but held everyone's beats up as long), and PostgreSQL
+    judges no lease within a grace period of its own restart.
     """
     storage: Any = study._storage
     grace_s = storage.get_grace_period_s()
-    reachable_for_s = getattr(storage, "reachable_for_s", None)
-    if reachable_for_s is not None and reachable_for_s() < grace_s:
+    reachable_for_s = getattr(storage, "reachable_for_s", lambda: float("inf"))
+    if reachable_for_s() < grace_s:
         return []
     failed = []
     for trial_id in storage._get_stale_trial_ids(study._study_id):
+        if reachable_for_s() < grace_s:  # the listing itself was held up: no evidence now
+            break
         if storage.fail_if_stale(trial_id, {FAIL_REASON_ATTR: "heartbeat stale"}):
             trial = storage.get_trial(trial_id)
             logger.warning("trial %d was silent for %.0f s: failed", trial.number, grace_s)

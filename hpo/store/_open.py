@@ -237,6 +237,9 @@ def _open_rdb(
         # Back within a heartbeat of an outage's end: a live trial must beat again well before
         # a sweeper that came back first may judge it (see hpo.store._heartbeat).
         max_delay_s=float(interval),
+        # An operation slower than a heartbeat interval (a stalled network) held up everyone's
+        # beats as well: no evidence against them.
+        slow_s=float(interval),
     )
 
 
@@ -263,4 +266,5 @@ def _open_grpc(
         describe=f"store {url}",
         outage_timeout_s=outage_timeout_s,
         max_delay_s=float(interval),
+        slow_s=float(interval),
     )

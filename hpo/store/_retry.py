@@ -146,7 +146,9 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     idempotent (same key, same value).
 
     ``reachable_for_s()`` says how long the store has answered without a break: a sweeper judges
-    other workers' leases only after a full grace period of it (see ``_heartbeat``).
+    other workers' leases only after a full grace period of it (see ``_heartbeat``). A stalled
+    or crawling connection raises nothing, so an operation answered only after ``slow_s`` is a
+    break too: other workers' heartbeats were held up as long as it was.
     """
 
     def __init__(
@@ -156,9 +158,11 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         outage_timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S,
         describe: str = "store",
         max_delay_s: float = _MAX_DELAY_S,
+        slow_s: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._inner = inner
+        self._slow_s = slow_s
         self._max_delay_s = max_delay_s
         self._outage_timeout_s = outage_timeout_s
         self._describe = describe
@@ -167,7 +171,8 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         self._reachable_since = time.monotonic()
 
     def reachable_for_s(self) -> float:
-        """Seconds since this store last recovered from an outage (or was opened)."""
+        """Seconds since this store last recovered from an outage or answered an operation only
+        after ``slow_s`` (or was opened)."""
         return time.monotonic() - self._reachable_since
 
     @property
@@ -178,9 +183,12 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         # One operation at a time per process (main loop and heartbeat thread alike): with an
         # unpooled engine, that caps a worker at one database connection.
         with self._lock, request_scope():
+            started = time.monotonic()
             try:
                 return self._call_unlocked(name, *args, **kwargs)
             finally:
+                if self._slow_s is not None and time.monotonic() - started > self._slow_s:
+                    self._reachable_since = time.monotonic()
                 # Optuna's RDB store can leave its session (and so a connection) open between
                 # operations; closing it here means no connection is held while we train.
                 self._release_session()
