@@ -68,7 +68,8 @@ class Interrupted(BaseException):
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """How one worker runs. ``max_trials`` bounds this worker, the spec's budget the study."""
+    """How one worker runs. ``max_trials`` bounds this worker (every trial it took, lost ones
+    too), the spec's budget the study."""
 
     storage_url: str
     study_name: str
@@ -287,7 +288,9 @@ class Worker:
     def _stop_reason(self, deadline: float) -> str:
         import optuna
 
-        done = self.summary.completed + self.summary.pruned + self.summary.failed
+        done = (
+            self.summary.completed + self.summary.pruned + self.summary.failed + self.summary.lost
+        )
         if self.stop.requested:
             return "interrupted"
         if self.options.max_trials is not None and done >= self.options.max_trials:
