@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,12 @@ def test_a_retry_does_not_take_another_workers_failure_for_its_own(
     sweeper = pg_study._storage
 
     def swept() -> None:
-        sweeper.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        # Another process's request: a thread of its own (a request id is per thread).
+        other = threading.Thread(
+            target=sweeper.set_trial_state_values, args=(trial._trial_id, TrialState.FAIL)
+        )
+        other.start()
+        other.join()
 
     storage, _ = _retrying(pg_study, "set_trial_state_values", before=swept)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
