@@ -34,14 +34,16 @@ _UNDONE_AS = {FaultKind.PROXY_RESTART: FaultKind.REFUSE}
 @dataclass
 class InjectedFault:
     """A fault as injected: wall-clock ``started_at`` and ``ended_at`` (``time.time()``;
-    None while active), the worker's ``pid`` for worker faults, and a free-form ``note``
-    (connections reset, whether a lost ack fired, the replacement's pid)."""
+    None while active), the worker's ``pid`` and index (``slot``: the event's target, or the
+    worker it was passed on to) for worker faults, and a free-form ``note`` (connections
+    reset, whether a lost ack fired, the replacement's pid)."""
 
     event: FaultEvent
     started_at: float
     ended_at: float | None = None
     pid: int | None = None
     note: str = ""
+    slot: int | None = None
 
     @property
     def kind(self) -> FaultKind:
@@ -61,6 +63,7 @@ class InjectedFault:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "pid": self.pid,
+            "slot": self.slot,
             "note": self.note,
         }
 
@@ -84,6 +87,9 @@ class FaultRunner:
         group: signal each worker's process group rather than the process alone.
         restart_pg: performs a PG_RESTART of the given down time (tests pass a fake).
         respawn_poll_s: how often to look whether a SIGTERMed worker has exited.
+        retarget: a worker fault whose target has exited goes to the next live worker in
+            index order (skipped only when none is live), so a schedule's worker faults land
+            however the workers come and go.
     """
 
     def __init__(
@@ -97,6 +103,7 @@ class FaultRunner:
         group: bool = False,
         restart_pg: Callable[[float], None] = restart_postgres,
         respawn_poll_s: float = 0.5,
+        retarget: bool = False,
     ) -> None:
         kinds = schedule.kinds()
         if proxy is None and any(k.needs_proxy for k in kinds):
@@ -116,6 +123,7 @@ class FaultRunner:
         self._group = group
         self._restart_pg = restart_pg
         self._respawn_poll_s = respawn_poll_s
+        self._retarget = retarget
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._actions: list[tuple[float, int, bool, Callable[[], None]]] = []
@@ -217,11 +225,16 @@ class FaultRunner:
 
     def _start_worker_fault(self, event: FaultEvent) -> None:
         assert event.target is not None
-        proc = self._workers[event.target]
-        if proc.poll() is not None:
+        n = len(self._workers)
+        order = [(event.target + i) % n for i in range(n)] if self._retarget else [event.target]
+        live = [i for i in order if self._workers[i].poll() is None]
+        if not live:
+            proc = self._workers[event.target]
             self._skip(event, f"worker {event.target} (pid {proc.pid}) has exited")
             return
-        record = self._record(event, pid=proc.pid)
+        slot = live[0]
+        proc = self._workers[slot]
+        record = self._record(event, pid=proc.pid, slot=slot)
         if event.kind is FaultKind.SIGSTOP:
             handle = freeze(proc, event.duration_s, group=self._group)
 
@@ -239,7 +252,7 @@ class FaultRunner:
 
     def _replace(self, record: InjectedFault, proc: Proc) -> None:
         """Respawn the target once ``proc`` has exited; poll again while it runs."""
-        index = record.target
+        index = record.slot
         assert index is not None
         if proc.poll() is None:
             if self._stop.is_set():

@@ -421,3 +421,16 @@ def test_restart_postgres_returns_once_the_server_accepts_again(postgres_url: st
     conn = _connect(postgres_url)
     assert _select_one(conn) == 1
     conn.close()
+
+
+def test_runner_passes_a_fault_on_to_the_next_live_worker_when_told(workers: list[Proc]) -> None:
+    kill9(workers[0])
+    schedule = FaultSchedule((FaultEvent(0.0, FaultKind.KILL9, 0.1, target=0),), 1.0)
+    victim = workers[1]
+    runner = FaultRunner(
+        schedule, workers=workers, respawn=lambda index: _sleeper(), retarget=True
+    ).start()
+    assert runner.join(5.0)
+    (record,) = runner.injected
+    assert record.pid == victim.pid and record.slot == 1 and record.target == 0
+    assert victim.returncode == -9 and workers[1] is not victim and workers[1].poll() is None
