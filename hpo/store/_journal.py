@@ -11,6 +11,9 @@ this process), read the log to its end, check, append.
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,30 +29,67 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.store._base import BUDGET_KEY, HEARTBEAT_KEY, NO_SLOT, REQUEUE_OF_KEY, NoSlotLeft
 from hpo.store._heartbeat import AttrHeartbeat
 
+logger = logging.getLogger(__name__)
+
 LOCK_GRACE_S = 5
 _TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
 class _ReentrantLock(BaseJournalFileLock):
-    """The journal's file lock, re-entrant for the thread of this process that holds it."""
+    """The journal's file lock, re-entrant for the thread of this process that holds it.
 
-    def __init__(self, inner: BaseJournalFileLock) -> None:
+    Our processes first take an ``flock`` on ``<journal>.flock``, then Optuna's symlink lock
+    (so plain Optuna clients are excluded too). The kernel releases an ``flock`` the moment its
+    holder dies (kill -9), and a holder that is frozen or slow keeps it, so our processes never
+    break each other's lock: Optuna breaks a symlink lock that made no progress for a grace
+    period, which let a second writer in while a frozen holder still held it (its check and
+    append were no longer one step) and then failed that holder's release. The symlink lock is
+    broken only where its holder died or is a plain Optuna client; a holder whose lock was
+    broken that way carries on (its append is one ``write``) with a warning.
+    """
+
+    def __init__(self, inner: BaseJournalFileLock, flock_path: str) -> None:
         self._inner = inner
+        self._flock_path = flock_path
         self._threads = threading.RLock()
         self._depth = 0
+        self._fd = -1
 
     def acquire(self) -> bool:
         self._threads.acquire()
-        if self._depth == 0:
-            self._inner.acquire()
-        self._depth += 1
+        try:
+            if self._depth == 0:
+                # Opened per acquire: a forked child never shares the parent's lock.
+                fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    self._inner.acquire()
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._fd = fd
+            self._depth += 1
+        except BaseException:
+            self._threads.release()
+            raise
         return True
 
     def release(self) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            self._inner.release()
-        self._threads.release()
+        try:
+            self._depth -= 1
+            if self._depth == 0:
+                fd, self._fd = self._fd, -1
+                try:
+                    self._inner.release()
+                except RuntimeError:
+                    logger.warning(
+                        "the journal's lock file was removed while this process held it (a "
+                        "plain Optuna client past its grace period?)"
+                    )
+                finally:
+                    os.close(fd)  # releases the flock
+        finally:
+            self._threads.release()
 
 
 class HeartbeatJournalStorage(JournalStorage, AttrHeartbeat):
@@ -68,10 +108,11 @@ class HeartbeatJournalStorage(JournalStorage, AttrHeartbeat):
         stale_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     ) -> None:
         self._init_heartbeat(heartbeat_interval_s, grace_period_s, stale_callback)
-        # Optuna's symlink lock (so plain Optuna clients exclude us too), but a lock left by a
-        # writer killed mid-append is broken after 5 s instead of Optuna's default 30 s.
+        # Optuna's symlink lock (so plain Optuna clients exclude us too) inside an flock of our
+        # own (see _ReentrantLock); a symlink left by a writer killed mid-append is broken after
+        # 5 s instead of Optuna's default 30 s.
         self._file_lock = _ReentrantLock(
-            JournalFileSymlinkLock(file_path, grace_period=LOCK_GRACE_S)
+            JournalFileSymlinkLock(file_path, grace_period=LOCK_GRACE_S), file_path + ".flock"
         )
         super().__init__(JournalFileBackend(file_path, lock_obj=self._file_lock))
         self._thread_lock = threading.RLock()  # type: ignore[assignment]

@@ -3,19 +3,26 @@ named for what a user relies on."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from optuna.study import StudyDirection
 
 from hpo.spec import parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study
 from hpo.worker import Worker, WorkerOptions
 from tests.reliability.faultproxy import FaultProxy
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -56,7 +63,7 @@ def test_an_operation_answered_late_counts_as_a_break_in_reachability() -> None:
             time.sleep(0.3)
             return []
 
-    storage = RetryingStorage(Stalled(), slow_s=0.2)  # type: ignore[abstract]
+    storage = RetryingStorage(Stalled(), slow_s=0.2)  # type: ignore[operator]
     time.sleep(0.3)
     assert storage.reachable_for_s() >= 0.3
     storage.get_all_studies()
@@ -74,7 +81,7 @@ def test_a_sweeper_held_up_by_a_stalled_network_fails_no_live_trial_when_it_is_b
     from hpo.heartbeat import sweep_stale
     from hpo.study import load_study
 
-    leases = {"heartbeat_interval_s": 1, "grace_period_s": 2}
+    leases: dict[str, Any] = {"heartbeat_interval_s": 1, "grace_period_s": 2}
     direct = open_storage(postgres_url, **leases)
     create_study(parse_spec(spec_dict), direct)
     owner, _ = load_study(direct, spec_dict["name"])
@@ -92,3 +99,53 @@ def test_a_sweeper_held_up_by_a_stalled_network_fails_no_live_trial_when_it_is_b
     assert not sweep.is_alive()
     assert swept == []
     assert direct.get_trial(trial._trial_id).state == TrialState.RUNNING
+
+
+def test_a_journal_writer_frozen_while_holding_the_lock_keeps_it(tmp_path: Path) -> None:
+    """Optuna's symlink lock was broken by any waiter after 5 s without progress: a writer
+    frozen (SIGSTOP) or descheduled that long then appended alongside another (its check and
+    append no longer one step) and crashed on release (harness, journal seed 12)."""
+    url = str(tmp_path / "journal.log")
+    storage = open_storage(url)
+    holds = (
+        "import time\n"
+        "from hpo.store import open_storage\n"
+        f"lock = open_storage({url!r})._file_lock\n"
+        "lock.acquire()\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(7)\n"
+        "released_at = time.time()\n"
+        "lock.release()\n"
+        "print(released_at, flush=True)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", holds],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    storage.create_new_study([StudyDirection.MAXIMIZE], "waits")
+    wrote_at = time.time()
+    out, _ = holder.communicate(timeout=60)
+    assert holder.returncode == 0
+    assert wrote_at >= float(out.strip())
+
+
+def test_a_journal_lock_removed_under_its_holder_neither_crashes_nor_hangs_it(
+    tmp_path: Path,
+) -> None:
+    """The failed release left the process's thread lock held: its next write (the heartbeat
+    thread's or the main loop's) waited forever, a hung worker."""
+    url = str(tmp_path / "journal.log")
+    storage = open_storage(url)
+    lock = storage._file_lock  # type: ignore[attr-defined]
+    lock.acquire()
+    os.unlink(url + ".lock")  # as a plain Optuna client does past its grace period
+    lock.release()
+    writer = threading.Thread(
+        target=storage.create_new_study, args=([StudyDirection.MAXIMIZE], "next")
+    )
+    writer.start()
+    writer.join(10)
+    assert not writer.is_alive()
