@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import threading
 import time
@@ -46,19 +47,32 @@ class _ReentrantLock(BaseJournalFileLock):
     append were no longer one step) and then failed that holder's release. The symlink lock is
     broken only where its holder died or is a plain Optuna client; a holder whose lock was
     broken that way carries on (its append is one ``write``) with a warning.
+
+    ``held_up`` is called when taking the lock, or taking and holding it, lasted ``slow_s``.
     """
 
-    def __init__(self, inner: BaseJournalFileLock, flock_path: str) -> None:
+    def __init__(
+        self,
+        inner: BaseJournalFileLock,
+        flock_path: str,
+        *,
+        slow_s: float = math.inf,
+        held_up: Callable[[], None] = lambda: None,
+    ) -> None:
         self._inner = inner
         self._flock_path = flock_path
+        self._slow_s = slow_s
+        self._held_up = held_up
         self._threads = threading.RLock()
         self._depth = 0
         self._fd = -1
+        self._asked_at = 0.0
 
     def acquire(self) -> bool:
         self._threads.acquire()
         try:
             if self._depth == 0:
+                self._asked_at = time.monotonic()
                 # Opened per acquire: a forked child never shares the parent's lock.
                 fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT, 0o644)
                 try:
@@ -68,6 +82,8 @@ class _ReentrantLock(BaseJournalFileLock):
                     os.close(fd)
                     raise
                 self._fd = fd
+                if time.monotonic() - self._asked_at > self._slow_s:
+                    self._held_up()
             self._depth += 1
         except BaseException:
             self._threads.release()
@@ -88,6 +104,8 @@ class _ReentrantLock(BaseJournalFileLock):
                     )
                 finally:
                     os.close(fd)  # releases the flock
+                if time.monotonic() - self._asked_at > self._slow_s:
+                    self._held_up()
         finally:
             self._threads.release()
 
@@ -111,8 +129,12 @@ class HeartbeatJournalStorage(JournalStorage, AttrHeartbeat):
         # Optuna's symlink lock (so plain Optuna clients exclude us too) inside an flock of our
         # own (see _ReentrantLock); a symlink left by a writer killed mid-append is broken after
         # 5 s instead of Optuna's default 30 s.
+        self._reachable_since = time.monotonic()
         self._file_lock = _ReentrantLock(
-            JournalFileSymlinkLock(file_path, grace_period=LOCK_GRACE_S), file_path + ".flock"
+            JournalFileSymlinkLock(file_path, grace_period=LOCK_GRACE_S),
+            file_path + ".flock",
+            slow_s=heartbeat_interval_s,
+            held_up=self._held_up,
         )
         super().__init__(JournalFileBackend(file_path, lock_obj=self._file_lock))
         self._thread_lock = threading.RLock()  # type: ignore[assignment]
@@ -161,10 +183,22 @@ class HeartbeatJournalStorage(JournalStorage, AttrHeartbeat):
                 self._check_budget(self._replay_result._trial_id_to_study_id[trial_id])
             return super().set_trial_state_values(trial_id, state, values)
 
+    def _held_up(self) -> None:
+        self._reachable_since = time.monotonic()
+
+    def reachable_for_s(self) -> float:
+        """Seconds since a write of this process last waited for (or held) the file lock past a
+        heartbeat interval: every other process's beats waited as long, so a sweeper judges no
+        lease until a grace period has passed without such a wait (see ``hpo.heartbeat``)."""
+        return time.monotonic() - self._reachable_since
+
     def fail_if_stale(self, trial_id: int, user_attrs: dict[str, Any]) -> bool:
         """Fail ``trial_id`` if it is still running and silent past the grace period, with
-        ``user_attrs`` written first. True only for the call that failed it."""
+        ``user_attrs`` written first. True only for the call that failed it; never when taking
+        the lock held this call up (the owner's beats were held up too)."""
         with self._transaction():
+            if self.reachable_for_s() < self._grace_period_s:
+                return False
             trial = self._replay_result._trials.get(trial_id)
             if trial is None or trial.state != TrialState.RUNNING or not self._silent(trial):
                 return False

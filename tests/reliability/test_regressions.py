@@ -149,3 +149,44 @@ def test_a_journal_lock_removed_under_its_holder_neither_crashes_nor_hangs_it(
     writer.start()
     writer.join(10)
     assert not writer.is_alive()
+
+
+def test_a_sweeper_that_waited_for_the_journal_lock_fails_no_live_trial(
+    tmp_path: Path, spec_dict: dict[str, Any]
+) -> None:
+    """A writer held the journal's lock past the grace period (frozen, or a slow disk): every
+    process's beats waited behind it, and the first sweeper through failed the trials whose
+    beats were still queued (harness, journal seed 12)."""
+    from optuna.trial import TrialState
+
+    from hpo.heartbeat import sweep_stale
+    from hpo.study import load_study
+
+    url = str(tmp_path / "journal.log")
+    leases: dict[str, Any] = {"heartbeat_interval_s": 1, "grace_period_s": 2}
+    owner_store = open_storage(url, **leases)
+    create_study(parse_spec(spec_dict), owner_store)
+    owner, _ = load_study(owner_store, spec_dict["name"])
+    sweeper, _ = load_study(open_storage(url, **leases), spec_dict["name"])
+    trial = owner.ask()
+    holds = (
+        "import time\n"
+        "from hpo.store import open_storage\n"
+        f"lock = open_storage({url!r})._file_lock\n"
+        "lock.acquire()\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(5)\n"
+        "lock.release()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", holds],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    owner_store.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    time.sleep(3)  # past the grace period: the owner's next beats wait behind the holder
+    assert sweep_stale(sweeper) == []
+    assert holder.wait(30) == 0
+    assert owner_store.get_trial(trial._trial_id).state == TrialState.RUNNING
