@@ -189,8 +189,14 @@ def test_a_retry_does_not_take_another_workers_failure_for_its_own(
     trial = pg_study.ask()
     sweeper = pg_study._storage
 
-    def swept() -> None:
-        sweeper.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    def swept() -> None:  # another process's sweeper: its own thread, its own request
+        import threading
+
+        other = threading.Thread(
+            target=sweeper.set_trial_state_values, args=(trial._trial_id, TrialState.FAIL)
+        )
+        other.start()
+        other.join()
 
     storage, _ = _retrying(pg_study, "set_trial_state_values", before=swept)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
