@@ -36,12 +36,16 @@ StorageOpt = Annotated[
 SpecArg = Annotated[Path, typer.Argument(help="Study spec (YAML).", show_default=False)]
 
 
-def _checked_spec(path: Path) -> StudySpec:
-    """The spec at ``path`` once it passed its checks (notes are logged), its warnings printed
-    to stderr one per line as ``warning: <field>: ...``; errors raise (one line each, exit 2)."""
+def _checked_spec(path: Path, *, show_notes: bool = False) -> StudySpec:
+    """The spec at ``path`` once it passed its checks, its warnings printed to stderr one per
+    line as ``warning: <field>: ...`` (and its notes as ``note: …`` when asked: ``validate``);
+    errors raise (one line each, exit 2)."""
     from hpo.preflight import inspect_spec_file
 
     preflight = inspect_spec_file(path)
+    if show_notes:
+        for note in preflight.notes:
+            typer.echo(f"note: {note}", err=True)
     for warning in preflight.warnings:
         typer.echo(f"warning: {warning}", err=True)
     return preflight.spec
@@ -64,7 +68,7 @@ def _root(
 def validate(spec: SpecArg) -> None:
     """Check a study spec and its model and data: prints `ok` (after any warnings), or one
     line per problem and exits 2."""
-    _checked_spec(spec)  # a SpecError becomes one line per problem and exit code 2
+    _checked_spec(spec, show_notes=True)  # a SpecError: one line per problem, exit code 2
     typer.echo("ok")
 
 
