@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from hpo.baselines import baselines_summary
 from hpo.objective import RUN_ATTR
 from hpo.spec import StudySpec
 
@@ -83,7 +84,8 @@ def build_export(
     study: optuna.Study, spec: StudySpec, *, top: int = 1, by: RankBy = "mean"
 ) -> dict[str, Any]:
     """The export document: best params, the precision the best trial trained in (what
-    ``hpo train`` reproduces), the resolved spec, CV stats and provenance."""
+    ``hpo train`` reproduces), the resolved spec, CV stats, the study's baselines on the same
+    folds with the best trial's margins over them, and provenance."""
     from optuna.trial import TrialState
 
     ranked = rank_trials(study, spec, by)
@@ -102,6 +104,7 @@ def build_export(
         **best,
         "spec": spec.to_json_dict(),
         "trials": counts,
+        "baselines": baselines_summary(study, spec, best["cv"]["mean"], best["cv"]["fold_scores"]),
         "provenance": {
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "data": data_fingerprint(spec),
