@@ -21,11 +21,19 @@ if TYPE_CHECKING:
 RankBy = Literal["mean", "lcb"]
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
+# The libraries whose versions an export (and a model card) records.
+VERSIONED_PACKAGES = ("hpo-finetune", "torch", "transformers", "optuna")
+
+
+def package_versions(packages: tuple[str, ...] = VERSIONED_PACKAGES) -> dict[str, str | None]:
+    """Installed versions of ``packages`` (None for one that is not installed)."""
+    versions: dict[str, str | None] = {}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
 
 
 def rank_trials(study: optuna.Study, spec: StudySpec, by: RankBy = "mean") -> list[FrozenTrial]:
@@ -108,9 +116,7 @@ def build_export(
         "provenance": {
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "data": data_fingerprint(spec),
-            "versions": {
-                p: _version(p) for p in ("hpo-finetune", "torch", "transformers", "optuna")
-            },
+            "versions": package_versions(),
         },
     }
     if top > 1:
