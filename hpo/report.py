@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     import optuna
     import plotly.graph_objects as go
 
+# Params per slice-plot figure: three fit the page's width.
+SLICES_PER_ROW = 3
+
 # Section id -> title, in page order. Tests check that every one is present.
 SECTIONS = {
     "history": "Optimization history (best so far)",
@@ -180,8 +183,23 @@ def _baselines_html(
     return _table(rows, header) + note
 
 
+def _slice_figures(study: optuna.Study) -> list[go.Figure]:
+    """Slice plots, ``SLICES_PER_ROW`` params to a figure: Optuna's one figure is 300 px wide
+    per param, wider than the page from four params on."""
+    from optuna import visualization as vis
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    names = sorted({name for trial in complete for name in trial.params})
+    if len(names) <= 1:
+        return [vis.plot_slice(study)]
+    rows = [names[i : i + SLICES_PER_ROW] for i in range(0, len(names), SLICES_PER_ROW)]
+    return [vis.plot_slice(study, params=row) for row in rows]
+
+
 def _figures(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
-    """Section id -> plotly figure (or an HTML note when the study has too little data)."""
+    """Section id -> plotly figure, a list of them, or an HTML note when the study has too
+    little data."""
     from optuna import visualization as vis
     from optuna.trial import TrialState
 
@@ -191,7 +209,7 @@ def _figures(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
         "history": _with_baselines(vis.plot_optimization_history(study), baselines),
         "curves": _curves_figure(study, spec),
         "parallel": vis.plot_parallel_coordinate(study),
-        "slices": vis.plot_slice(study),
+        "slices": _slice_figures(study),
         "cv": _with_baselines(_cv_figure(study, spec), baselines),
     }
     if n_complete >= 2:
@@ -251,12 +269,24 @@ def build_report(study: optuna.Study, spec: StudySpec, *, top: int = 10) -> str:
         ),
     }
     include_js: bool | str = True
-    for key, fig in figures.items():
-        if isinstance(fig, str):
-            parts[key] = fig
-        else:
-            parts[key] = pio.to_html(fig, full_html=False, include_plotlyjs=include_js)
+    for key, content in figures.items():
+        if isinstance(content, str):
+            parts[key] = content
+            continue
+        html_parts = []
+        for fig in content if isinstance(content, list) else [content]:
+            # As wide as the page, whatever width the figure was made with; follows resizes.
+            fig.update_layout(width=None, autosize=True)
+            html_parts.append(
+                pio.to_html(
+                    fig,
+                    full_html=False,
+                    include_plotlyjs=include_js,
+                    config={"responsive": True},
+                )
+            )
             include_js = False  # inline the library once, on the first figure
+        parts[key] = "\n".join(html_parts)
     body = "\n".join(
         f'<section id="{key}"><h2>{html.escape(title)}</h2>{parts[key]}</section>'
         for key, title in SECTIONS.items()

@@ -61,7 +61,7 @@ def _trial(
         for i, curve in enumerate(curves)
     }
     attrs["run"] = {"host": "h1", "device": "cpu", "worker": f"w{number % 2}", "precision": "fp32"}
-    value = None
+    value = values[max(values)] if pruned else None  # Optuna tells a pruned trial its last value
     if not pruned:
         scores = [curve[-1] for curve in curves]
         value = sum(scores) / len(scores)
