@@ -305,3 +305,16 @@ def test_importing_hpo_does_not_import_torch() -> None:
     code = "import hpo, hpo.cli, sys; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_spec_with_a_choice_of_epochs_serializes_without_warnings() -> None:
+    import warnings
+
+    data = copy.deepcopy(MINIMAL_SPEC)
+    data["search"]["space"]["epochs"] = {"choices": [1, 2]}
+    spec = parse_spec(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dumped = spec.to_json_dict()
+    assert dumped["search"]["space"]["epochs"] == {"choices": [1, 2]}
+    assert parse_spec(dumped) == spec
