@@ -63,7 +63,11 @@ class Choices(_Strict):
 
 
 def _range_or_choices(value: Any) -> str:
-    return "choices" if isinstance(value, dict) and "choices" in value else "range"
+    """The tag of a param: from YAML (a mapping) when validating, from the model when
+    serializing."""
+    if isinstance(value, Choices) or (isinstance(value, dict) and "choices" in value):
+        return "choices"
+    return "range"
 
 
 IntParam = Annotated[

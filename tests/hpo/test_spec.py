@@ -340,3 +340,16 @@ def test_enqueued_configurations_are_the_first_trials(tmp_path: Path) -> None:
     assert trial.suggest_float("lr", 1e-5, 1e-3, log=True) == 1e-4
     assert trial.suggest_float("dropout", 0.0, 0.3) == 0.1
     assert 1e-8 <= trial.suggest_float("l1", 1e-8, 1e-4, log=True) <= 1e-4
+
+
+def test_a_spec_with_a_choice_of_epochs_serializes_without_warnings() -> None:
+    import warnings
+
+    data = copy.deepcopy(MINIMAL_SPEC)
+    data["search"]["space"]["epochs"] = {"choices": [1, 2]}
+    spec = parse_spec(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dumped = spec.to_json_dict()
+    assert dumped["search"]["space"]["epochs"] == {"choices": [1, 2]}
+    assert parse_spec(dumped) == spec
