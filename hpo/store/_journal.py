@@ -5,8 +5,11 @@ Every process replays the same append-only log in the same order, so a state cha
 that is already finished is rejected for everyone, and raises ``UpdateFinishedTrialError`` in the
 process that wrote it: of two sweepers failing one trial, one wins. What needs a check *and* a
 write as one step (taking a budget slot, failing a stale trial with its reason, one re-queued
-copy per failed trial) runs as a transaction: under the journal's file lock (made re-entrant in
-this process), read the log to its end, check, append.
+copy per failed trial) runs as a transaction: under an exclusive ``flock`` on a side file
+(``<journal>.hpo-tx``; the kernel releases it when its holder dies, and nobody breaks it on a
+timer, unlike the journal's own symlink lock), read the log to its end, check, append. Every
+operation that starts or re-queues a trial is such a transaction, so they exclude each other
+across processes; a plain Optuna client writing the same file is not excluded.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from typing import Any
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
-from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.store._base import BUDGET_KEY, HEARTBEAT_KEY, NO_SLOT, REQUEUE_OF_KEY, NoSlotLeft
@@ -28,28 +30,6 @@ from hpo.store._heartbeat import AttrHeartbeat
 
 LOCK_GRACE_S = 5
 _TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-
-
-class _ReentrantLock(BaseJournalFileLock):
-    """The journal's file lock, re-entrant for the thread of this process that holds it."""
-
-    def __init__(self, inner: BaseJournalFileLock) -> None:
-        self._inner = inner
-        self._threads = threading.RLock()
-        self._depth = 0
-
-    def acquire(self) -> bool:
-        self._threads.acquire()
-        if self._depth == 0:
-            self._inner.acquire()
-        self._depth += 1
-        return True
-
-    def release(self) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            self._inner.release()
-        self._threads.release()
 
 
 class HeartbeatJournalStorage(JournalStorage, AttrHeartbeat):
@@ -68,12 +48,10 @@ class HeartbeatJournalStorage(JournalStorage, AttrHeartbeat):
         stale_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     ) -> None:
         self._init_heartbeat(heartbeat_interval_s, grace_period_s, stale_callback)
-        # Optuna's symlink lock (so plain Optuna clients exclude us too), but a lock left by a
-        # writer killed mid-append is broken after 5 s instead of Optuna's default 30 s.
-        self._file_lock = _ReentrantLock(
-            JournalFileSymlinkLock(file_path, grace_period=LOCK_GRACE_S)
-        )
-        super().__init__(JournalFileBackend(file_path, lock_obj=self._file_lock))
+        # Optuna's symlink lock around each append (so plain Optuna clients exclude us too), but
+        # a lock left by a writer killed mid-append is broken after 5 s instead of 30 s.
+        lock = JournalFileSymlinkLock(file_path, grace_period=LOCK_GRACE_S)
+        super().__init__(JournalFileBackend(file_path, lock_obj=lock))
         self._thread_lock = threading.RLock()  # type: ignore[assignment]
         self.file_path = file_path
 
@@ -83,14 +61,16 @@ class HeartbeatJournalStorage(JournalStorage, AttrHeartbeat):
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        """Check and append as one step: no other process appends in between."""
-        with self._thread_lock:
-            self._file_lock.acquire()
+        """Check and append as one step: no other transaction, in any process, in between."""
+        import fcntl
+
+        with self._thread_lock, open(self.file_path + ".hpo-tx", "a") as side:
+            fcntl.flock(side, fcntl.LOCK_EX)
             try:
                 self._sync_with_backend()
                 yield
             finally:
-                self._file_lock.release()
+                fcntl.flock(side, fcntl.LOCK_UN)
 
     def _check_budget(self, study_id: int) -> None:
         budget = self._replay_result.get_study(study_id).system_attrs.get(BUDGET_KEY)

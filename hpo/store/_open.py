@@ -187,7 +187,14 @@ def _open_rdb(
             "connect_args": {
                 "connect_timeout": 10,
                 "application_name": f"hpo-{os.getpid()}",
+                # A connection whose peer vanished fails instead of hanging past the retry window.
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
             },
+            # The budget check relies on each statement seeing what committed before it.
+            "isolation_level": "READ COMMITTED",
         }
         if keep_connection:
             from sqlalchemy.pool import QueuePool

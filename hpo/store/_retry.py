@@ -117,10 +117,10 @@ class Backoff:
                     self.timeout_s,
                 )
         # Jitter: workers refused together must not come back together.
-        delay_s = self._delay_s * random.uniform(0.5, 1.5)
+        ceiling = _MAX_REFUSED_DELAY_S if refused else self.max_delay_s
+        delay_s = min(self._delay_s * random.uniform(0.5, 1.5), ceiling)
         RETRIES.waited_s += delay_s
         self._sleep(delay_s)
-        ceiling = _MAX_REFUSED_DELAY_S if refused else self.max_delay_s
         self._delay_s = min(self._delay_s * 2, ceiling)
 
     def succeeded(self) -> None:

@@ -304,3 +304,32 @@ def test_workers_in_containers_with_default_options_draw_different_points(
     first, second = (_draw(tmp_path, url, spec_dict["name"], pid1=True) for _ in range(2))
     assert first[0] == second[0] == 1
     assert first[1] != second[1]
+
+
+def _beat_from_zone(zone: str, url: str, trial_id: int) -> None:
+    """A heartbeat from another process whose PostgreSQL sessions run in ``zone``."""
+    import os
+
+    code = (
+        "from hpo.store import open_storage\n"
+        f"open_storage({url!r}, heartbeat_interval_s=1, grace_period_s=2)"
+        f".record_heartbeat({trial_id})\n"
+    )
+    env = {**os.environ, "PGTZ": zone}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+
+
+def test_leases_are_judged_on_one_clock_whatever_the_session_time_zone(
+    postgres_url: str, spec_dict: dict[str, Any]
+) -> None:
+    """A worker whose sessions run in New York and a sweeper in Tokyo must agree on how long a
+    trial has been silent (before: a live trial looked 14 h silent and was failed at once)."""
+    sweeper, _ = _study(postgres_url, spec_dict, heartbeat_interval_s=1, grace_period_s=2)
+    trial = sweeper.ask()
+    _silence(2.5)  # the sweeper has been up a grace period
+    _beat_from_zone("America/New_York", postgres_url, trial._trial_id)
+    assert sweep_stale(sweeper) == []
+    _beat_from_zone("Asia/Tokyo", postgres_url, trial._trial_id)
+    assert sweep_stale(sweeper) == []
+    _silence(2.5)
+    assert sweep_stale(sweeper) == [trial.number]
