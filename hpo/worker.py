@@ -286,7 +286,9 @@ class Worker:
     def _stop_reason(self, deadline: float) -> str:
         import optuna
 
-        done = self.summary.completed + self.summary.pruned + self.summary.failed
+        done = (
+            self.summary.completed + self.summary.pruned + self.summary.failed + self.summary.lost
+        )
         if self.stop.requested:
             return "interrupted"
         if self.options.max_trials is not None and done >= self.options.max_trials:

@@ -126,6 +126,7 @@ def test_export_by_lcb_prefers_the_consistent_trial(
 
 
 def test_status_json_counts_equal_the_store(tmp_path: Path, spec_dict: dict[str, Any]) -> None:
+    spec_dict["budget"] = {"n_trials": 10}  # room for one more running trial
     url = str(tmp_path / "j.log")
     study = _fill(url, spec_dict)
     study.ask()  # one running
