@@ -48,7 +48,6 @@ import json
 import logging
 import math
 import multiprocessing as mp
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -68,7 +67,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("bench.replay")
 
 TABLE = ROOT / "bench" / "data" / "rt_curves.json"
-LIVE_TABLE = Path("/work/main/bench/data/rt_curves.json")
 Protocol = Literal["cv", "one-split"]
 
 
@@ -345,8 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BENCHMARKS_MD, help="markdown file to update")
     parser.add_argument("--table", type=Path, default=TABLE, help="the learning-curve table")
     parser.add_argument("--max-rows", type=int, help="use only the table's first N rows")
-    parser.add_argument("--surrogate", choices=SURROGATES, default="nn")
-    parser.add_argument("--cost", choices=COSTS, default="table")
+    parser.add_argument("--surrogate", choices=SURROGATES, default="gp")
+    parser.add_argument("--cost", choices=COSTS, default="typical")
     parser.add_argument("--budget-trials", type=float, default=60.0)
     parser.add_argument("--min-trials", type=int, default=100)
     parser.add_argument("--no-noise", action="store_true", help="replay curves without seed noise")
@@ -358,7 +356,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--offline", type=Path, help="search_quality studies (ours vs ours-gp), JSON lines"
     )
-    parser.add_argument("--sync", action="store_true", help=f"copy {LIVE_TABLE} to --table first")
+    parser.add_argument(
+        "--check",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("SURROGATE", "COST", "RUNS"),
+        help="also summarize studies saved (--keep) from a run with another surrogate / cost",
+    )
     parser.add_argument("--no-write", action="store_true", help="print, do not touch --out")
     parser.add_argument("--smoke", action="store_true", help="2 seeds, tiny budget (for CI)")
     args = parser.parse_args(argv)
@@ -366,8 +371,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     single_threaded()
     if args.smoke:
         args.seeds, args.budget_trials, args.min_trials = 2, 4.0, 0
-    if args.sync:
-        shutil.copyfile(LIVE_TABLE, args.table)
     settings = Settings(
         str(args.table),
         args.max_rows,
@@ -391,7 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "argv": list(argv) if argv is not None else None,
     }
     offline = report.read_offline(args.offline) if args.offline else None
-    text = report.section(surrogate_for(settings), settings, runs, args, meta, offline)
+    checks = []
+    for kind, cost, path in args.check:
+        other = Settings(**{**asdict(settings), "surrogate": kind, "cost": cost})
+        checks.append((surrogate_for(other), read_runs(Path(path))))
+    text = report.section(surrogate_for(settings), settings, runs, args, meta, offline, checks)
     if args.no_write:
         print(text)
     else:
