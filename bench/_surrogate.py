@@ -251,14 +251,14 @@ def _typical_seconds(table: CurveTable) -> np.ndarray:
 
 
 def _maximize_gp(surrogate: Surrogate, best_row: int) -> tuple[float, dict[str, Any]]:
-    """Maximize the GP mean: 20,000 quasi-random points plus the rows, then L-BFGS-B from the
+    """Maximize the GP mean: 4,096 quasi-random points plus the rows, then L-BFGS-B from the
     best 8 (integer and choice axes held at their values); clipped into the space."""
     from scipy.optimize import minimize
     from scipy.stats import qmc
 
     space = surrogate.table.space
     dims = len(list(space.items()))
-    candidates = np.vstack([qmc.Sobol(dims, scramble=True, seed=0).random(2**14), surrogate._x])
+    candidates = np.vstack([qmc.Sobol(dims, scramble=True, seed=0).random(2**12), surrogate._x])
     candidates = np.array([encode(decode(c, space), space) for c in candidates])
     values = surrogate.predict_mean(candidates)
     continuous = np.array([_is_continuous(p) for _, p in space.items()])

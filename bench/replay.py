@@ -3,10 +3,32 @@ learning-curve table, charged the table's real seconds.
 
     python -m bench.replay --seeds 20 --out BENCHMARKS.md
 
+A full run with its checks, as BENCHMARKS.md records it (``--keep`` files are JSON lines, one
+study each; ``--resume`` skips studies already in them; ``--results`` summarizes without
+running)::
+
+    python -m bench.replay --seeds 40 --workers 2 --keep gp.jsonl --no-write
+    python -m bench.replay --seeds 20 --workers 2 --surrogate nn --keep nn.jsonl --no-write
+    python -m bench.replay --seeds 20 --cost table --keep table.jsonl --no-write \
+        --contenders ours random-nopruning hf-default ours-nopruning hyperband
+    python -m bench.replay --seeds 40 --results gp.jsonl --check nn typical nn.jsonl \
+        --check gp table table.jsonl --offline offline.jsonl --out BENCHMARKS.md
+
+``--offline`` reads ``bench.search_quality`` studies of ``ours`` and ``ours-gp`` (one task's
+list of runs a line; ``--offline-seeds N`` first runs the ones it lacks, which needs the
+``bench`` extra).
+
 The table (``bench/data/rt_curves.json``, built by ``bench.curves``) holds real MiniLM
 fine-tunes on Rotten Tomatoes: 3 folds × 3 epochs per configuration, quasi-random points, no
 pruning. ``bench/_surrogate.py`` turns it into a task any point of the spec's space can be
 proposed to (how, and how faithfully, is in its docstring and in the section this writes).
+
+Defaults: ``--surrogate gp`` (the better leave-one-out fidelity of the two, and a landscape
+that is smooth between the table's rows rather than one flat cell per row) and ``--cost
+typical`` (the recorded seconds carry the load of whatever else ran on the machine while the
+table was built, up to 20x a quiet trial's, which would charge a proposal for another job).
+``--check SURROGATE COST RUNS`` adds the same summary for studies saved from a run with the
+other choices, so a conclusion that hinges on either shows.
 
 Each replayed trial is what a worker does, without the training: the sampler proposes through
 ``hpo.space.suggest`` on the spec's own space; the trial reports every fold × epoch score of
@@ -328,6 +350,33 @@ def run_all(
     return runs
 
 
+def offline_studies(path: Path, seeds: int) -> None:
+    """Run ``bench.search_quality``'s studies of ``ours`` and ``ours-gp`` (100 trials, every
+    table, seeds below ``seeds``) that ``path`` lacks, appending one task's runs a line."""
+    from bench.search_quality import DEFAULT_DATASETS, ensure_tables_package, make_tasks
+    from bench.search_quality import run_task as run_offline_task
+
+    ensure_tables_package()
+    single_threaded()
+    import torch
+
+    torch.set_num_threads(1)
+    done = set()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                first = json.loads(line)[0]
+                done.add((first["dataset"], first["seed"]))
+    tasks = make_tasks(DEFAULT_DATASETS, seeds, 100, seeds, ["ours", "ours-gp"])
+    for task in sorted(tasks, key=lambda t: (t.seed, t.family != "hpobench")):
+        if (task.dataset, task.seed) in done:
+            continue
+        runs = run_offline_task(task)
+        with path.open("a") as out:
+            out.write(json.dumps([asdict(r) for r in runs]) + "\n")
+        logger.info("offline %s seed %d done", task.dataset, task.seed)
+
+
 def read_runs(path: Path) -> list[Run]:
     """Runs saved by ``--keep`` (one JSON object a line)."""
     if not path.exists():
@@ -357,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--offline", type=Path, help="search_quality studies (ours vs ours-gp), JSON lines"
     )
     parser.add_argument(
+        "--offline-seeds", type=int, help="first run the --offline studies it lacks, N seeds"
+    )
+    parser.add_argument(
         "--check",
         nargs=3,
         action="append",
@@ -382,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     contenders = args.contenders or list(DEFAULT_CONTENDERS)
     started = time.perf_counter()
+    if args.offline and args.offline_seeds:
+        offline_studies(args.offline, args.offline_seeds)
     if args.results:
         runs = [r for r in read_runs(args.results) if r.contender in contenders]
     else:

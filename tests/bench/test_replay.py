@@ -83,6 +83,11 @@ def test_smoke_run_writes_the_section_and_the_figure(tmp_path: Path) -> None:
     assert sorted({(r.contender, r.seed) for r in runs}) == sorted(
         (name, seed) for name in contenders for seed in range(2)
     )
+    # Summarizing saved studies runs none, and a check on another surrogate gets its part.
+    summarize = ["--smoke", "--table", str(table), "--out", str(out), "--results", str(keep)]
+    main([*summarize, "--check", "nn", "typical", str(keep), "--contenders", *contenders])
+    assert len(read_runs(keep)) == len(runs)
+    assert "### Check: surrogate `nn`, cost `typical`" in out.read_text()
 
 
 def test_a_replayed_trial_reports_every_step_and_is_charged_what_it_ran(tmp_path: Path) -> None:
