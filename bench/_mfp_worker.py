@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import multiprocessing as mp
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -112,7 +113,9 @@ def _fold_aware(n_steps: int) -> Any:
 
     # One fold whose epochs are the fidelity steps: the product's default pruner, as built for
     # a study with n_folds=1 and steps_per_fold=n_steps.
-    return make_pruner("fold_aware", {}, StepGrid(n_folds=1, steps_per_fold=n_steps))
+    # Options to compare settings of the default (e.g. '{"keep_percentile": 25}'); none: as shipped.
+    options = json.loads(os.environ.get("HPO_BENCH_FOLD_AWARE_OPTIONS", "{}"))
+    return make_pruner("fold_aware", options, StepGrid(n_folds=1, steps_per_fold=n_steps))
 
 
 def _none(n_steps: int) -> Any:

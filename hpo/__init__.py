@@ -3,6 +3,8 @@
 Importing ``hpo`` never imports torch: the CLI must start fast.
 """
 
+from hpo.analysis import curves_frame, trials_frame
+from hpo.baselines import record_baselines
 from hpo.errors import HpoError, SpecError, StorageError, StudyConflictError, StudyNotFoundError
 from hpo.spec import StudySpec, load_spec, parse_spec
 from hpo.store import mask_secrets, mask_url, open_storage, resolve_storage_url
@@ -16,6 +18,7 @@ __all__ = [
     "StudyNotFoundError",
     "StudySpec",
     "create_study",
+    "curves_frame",
     "load_spec",
     "load_stored_spec",
     "load_study",
@@ -23,5 +26,7 @@ __all__ = [
     "mask_url",
     "open_storage",
     "parse_spec",
+    "record_baselines",
     "resolve_storage_url",
+    "trials_frame",
 ]

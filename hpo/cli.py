@@ -36,12 +36,16 @@ StorageOpt = Annotated[
 SpecArg = Annotated[Path, typer.Argument(help="Study spec (YAML).", show_default=False)]
 
 
-def _checked_spec(path: Path) -> StudySpec:
-    """The spec at ``path`` once it passed its checks (notes are logged), its warnings printed
-    to stderr one per line as ``warning: <field>: ...``; errors raise (one line each, exit 2)."""
+def _checked_spec(path: Path, *, show_notes: bool = False) -> StudySpec:
+    """The spec at ``path`` once it passed its checks, its warnings printed to stderr one per
+    line as ``warning: <field>: ...`` (and its notes as ``note: …`` when asked: ``validate``);
+    errors raise (one line each, exit 2)."""
     from hpo.preflight import inspect_spec_file
 
     preflight = inspect_spec_file(path)
+    if show_notes:
+        for note in preflight.notes:
+            typer.echo(f"note: {note}", err=True)
     for warning in preflight.warnings:
         typer.echo(f"warning: {warning}", err=True)
     return preflight.spec
@@ -64,7 +68,7 @@ def _root(
 def validate(spec: SpecArg) -> None:
     """Check a study spec and its model and data: prints `ok` (after any warnings), or one
     line per problem and exits 2."""
-    _checked_spec(spec)  # a SpecError becomes one line per problem and exit code 2
+    _checked_spec(spec, show_notes=True)  # a SpecError: one line per problem, exit code 2
     typer.echo("ok")
 
 
@@ -79,12 +83,15 @@ def schema() -> None:
 @app.command()
 def create(spec: SpecArg, storage: StorageOpt = None) -> None:
     """Create the study in the store (idempotent for the same spec)."""
+    from hpo.baselines import record_baselines
     from hpo.store import mask_url, open_storage, resolve_storage_url
     from hpo.study import create_study
 
     study_spec = _checked_spec(spec)
     url = resolve_storage_url(storage)
-    create_study(study_spec, open_storage(url))
+    store = open_storage(url)
+    create_study(study_spec, store)
+    record_baselines(store, study_spec)
     typer.echo(f"study {study_spec.name!r} ready in {mask_url(url)}")
 
 
@@ -189,11 +196,26 @@ def status(
     if info["best"]:
         best = info["best"]
         typer.echo(f"best: trial {best['trial']} value {best['value']:.4f} params {best['params']}")
+    if info["baselines"]:
+        typer.echo(_baselines_line(info["baselines"]))
     for run in info["running"]:
         typer.echo(
             f"running: trial {run['trial']} on {run['host']} ({run['worker']}, {run['device']}), "
             f"{run['age_s']} s, last step {run['last_step']}"
         )
+
+
+def _baselines_line(summary: dict[str, Any]) -> str:
+    """``hpo status``'s baselines line: their scores, the best trial's margins (+ is better),
+    and the plain sentence when it does not beat the linear one."""
+    best_vs = summary["best_vs"] or {}
+    parts = []
+    for score in summary["scores"]:
+        vs = best_vs.get(score["name"])
+        margin = f" (best {vs['margin']:+.4f})" if vs else ""
+        parts.append(f"{score['title']} {score['mean']:.4f}{margin}")
+    line = "baselines on the same folds: " + "; ".join(parts)
+    return line + (f"\n{summary['shortfall']}" if summary["shortfall"] else "")
 
 
 @app.command()

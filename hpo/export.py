@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from hpo.baselines import baselines_summary
 from hpo.objective import RUN_ATTR
 from hpo.spec import StudySpec
 
@@ -20,11 +21,19 @@ if TYPE_CHECKING:
 RankBy = Literal["mean", "lcb"]
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
+# The libraries whose versions an export (and a model card) records.
+VERSIONED_PACKAGES = ("hpo-finetune", "torch", "transformers", "optuna")
+
+
+def package_versions(packages: tuple[str, ...] = VERSIONED_PACKAGES) -> dict[str, str | None]:
+    """Installed versions of ``packages`` (None for one that is not installed)."""
+    versions: dict[str, str | None] = {}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
 
 
 def rank_trials(study: optuna.Study, spec: StudySpec, by: RankBy = "mean") -> list[FrozenTrial]:
@@ -83,7 +92,8 @@ def build_export(
     study: optuna.Study, spec: StudySpec, *, top: int = 1, by: RankBy = "mean"
 ) -> dict[str, Any]:
     """The export document: best params, the precision the best trial trained in (what
-    ``hpo train`` reproduces), the resolved spec, CV stats and provenance."""
+    ``hpo train`` reproduces), the resolved spec, CV stats, the study's baselines on the same
+    folds with the best trial's margins over them, and provenance."""
     from optuna.trial import TrialState
 
     ranked = rank_trials(study, spec, by)
@@ -102,12 +112,11 @@ def build_export(
         **best,
         "spec": spec.to_json_dict(),
         "trials": counts,
+        "baselines": baselines_summary(study, spec, best["cv"]["mean"], best["cv"]["fold_scores"]),
         "provenance": {
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "data": data_fingerprint(spec),
-            "versions": {
-                p: _version(p) for p in ("hpo-finetune", "torch", "transformers", "optuna")
-            },
+            "versions": package_versions(),
         },
     }
     if top > 1:

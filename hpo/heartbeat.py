@@ -41,6 +41,9 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retry: int = DEFAULT
             "trial %d was lost %d times; not re-queued again", trial.number, len(history)
         )
         return False
+    copies = study.get_trials(deepcopy=False)
+    if any(t.system_attrs.get(REQUEUE_OF_KEY) == trial._trial_id for t in copies):
+        return False  # re-queued already (the store also refuses a second copy atomically)
     carried = {k: v for k, v in trial.user_attrs.items() if k.startswith(FOLD_ATTR_PREFIX)}
     study.add_trial(
         optuna.trial.create_trial(

@@ -274,7 +274,7 @@ def inspect_spec_file(path: Path, *, check_data: bool = True) -> Preflight:
     if found.errors:
         raise SpecError(str(path), found.errors)
     for note in found.notes:
-        logger.info("%s", note)
+        logger.debug("%s", note)
     return Preflight(spec, tuple(found.notes), tuple(found.warnings))
 
 

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpo.baselines import Baseline, compare, shortfall, stored_baselines
 from hpo.export import rank_trials
 from hpo.spec import StudySpec
 from hpo.study import step_grid
@@ -16,9 +17,13 @@ if TYPE_CHECKING:
     import optuna
     import plotly.graph_objects as go
 
+# Params per slice-plot figure: three fit the page's width.
+SLICES_PER_ROW = 3
+
 # Section id -> title, in page order. Tests check that every one is present.
 SECTIONS = {
     "history": "Optimization history (best so far)",
+    "baselines": "Baselines on the same folds",
     "curves": "Fold × epoch curves (✕ marks where a trial was pruned)",
     "importances": "Hyperparameter importances",
     "parallel": "Parallel coordinates",
@@ -128,18 +133,84 @@ def _cv_figure(study: optuna.Study, spec: StudySpec) -> go.Figure:
     return fig
 
 
+def _with_baselines(fig: go.Figure, baselines: tuple[Baseline, ...]) -> go.Figure:
+    """Each baseline's CV mean as a dotted horizontal line, labelled."""
+    for baseline in baselines:
+        fig.add_hline(
+            y=baseline.mean,
+            line={"dash": "dot", "color": "#888", "width": 1},
+            annotation_text=f"{baseline.title} {baseline.mean:.4f}",
+            annotation_position="bottom right",
+        )
+    return fig
+
+
+def _baselines_html(
+    baselines: tuple[Baseline, ...], best: optuna.trial.FrozenTrial | None, spec: StudySpec
+) -> str:
+    if not baselines:
+        return (
+            "<p>No baselines are stored with this study (it was created before hpo scored "
+            "them); <code>hpo create SPEC</code> adds them.</p>"
+        )
+    comparisons = (
+        compare(
+            best.user_attrs.get("cv_mean", best.value),
+            best.user_attrs.get("fold_scores", []),
+            baselines,
+            spec.direction,
+        )
+        if best is not None and best.value is not None
+        else ()
+    )
+    by_name = {c.baseline.name: c for c in comparisons}
+    rows = []
+    for b in baselines:
+        c = by_name.get(b.name)
+        rows.append(
+            [
+                b.title,
+                f"{b.mean:.4f}",
+                f"{b.std:.4f}",
+                ", ".join(f"{s:.3f}" for s in b.fold_scores),
+                f"{b.seconds:.1f} s",
+                "-" if c is None else f"{c.margin:+.4f} ({c.folds_won}/{c.n_folds} folds)",
+            ]
+        )
+    header = ["baseline", "CV mean", "CV std", "fold scores", "time", "best trial (+ is better)"]
+    verdict = shortfall(comparisons)
+    note = f"<p><strong>{html.escape(verdict)}</strong></p>" if verdict else ""
+    return _table(rows, header) + note
+
+
+def _slice_figures(study: optuna.Study) -> list[go.Figure]:
+    """Slice plots, ``SLICES_PER_ROW`` params to a figure: Optuna's one figure is 300 px wide
+    per param, wider than the page from four params on."""
+    from optuna import visualization as vis
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    names = sorted({name for trial in complete for name in trial.params})
+    if len(names) <= 1:
+        return [vis.plot_slice(study)]
+    rows = [names[i : i + SLICES_PER_ROW] for i in range(0, len(names), SLICES_PER_ROW)]
+    return [vis.plot_slice(study, params=row) for row in rows]
+
+
 def _figures(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
-    """Section id -> plotly figure (or an HTML note when the study has too little data)."""
+    """Section id -> plotly figure, a list of them, or an HTML note when the study has too
+    little data."""
     from optuna import visualization as vis
     from optuna.trial import TrialState
 
     n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    baselines = stored_baselines(study)
     figures: dict[str, Any] = {
-        "history": vis.plot_optimization_history(study),
+        "history": _with_baselines(vis.plot_optimization_history(study), baselines),
         "curves": _curves_figure(study, spec),
         "parallel": vis.plot_parallel_coordinate(study),
-        "slices": vis.plot_slice(study),
-        "cv": _cv_figure(study, spec),
+        "slices": _slice_figures(study),
+        "cv": _with_baselines(_cv_figure(study, spec), baselines),
     }
     if n_complete >= 2:
         figures["importances"] = vis.plot_param_importances(study)
@@ -177,6 +248,7 @@ def build_report(study: optuna.Study, spec: StudySpec, *, top: int = 10) -> str:
     best = ranked[0] if ranked else None
     compute = compute_summary(study)
     parts = {
+        "baselines": _baselines_html(stored_baselines(study), best, spec),
         "top": _table(top_rows, ["trial", "CV mean", "CV std", "fold scores", "params"]),
         "best": "<pre>"
         + html.escape(
@@ -197,12 +269,24 @@ def build_report(study: optuna.Study, spec: StudySpec, *, top: int = 10) -> str:
         ),
     }
     include_js: bool | str = True
-    for key, fig in figures.items():
-        if isinstance(fig, str):
-            parts[key] = fig
-        else:
-            parts[key] = pio.to_html(fig, full_html=False, include_plotlyjs=include_js)
+    for key, content in figures.items():
+        if isinstance(content, str):
+            parts[key] = content
+            continue
+        html_parts = []
+        for fig in content if isinstance(content, list) else [content]:
+            # As wide as the page, whatever width the figure was made with; follows resizes.
+            fig.update_layout(width=None, autosize=True)
+            html_parts.append(
+                pio.to_html(
+                    fig,
+                    full_html=False,
+                    include_plotlyjs=include_js,
+                    config={"responsive": True},
+                )
+            )
             include_js = False  # inline the library once, on the first figure
+        parts[key] = "\n".join(html_parts)
     body = "\n".join(
         f'<section id="{key}"><h2>{html.escape(title)}</h2>{parts[key]}</section>'
         for key, title in SECTIONS.items()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpo.baselines import compare, describe, record_baselines, shortfall, stored_baselines
 from hpo.launch import cuda_device_count
 from hpo.spec import StudySpec
 from hpo.store import ENV_STORAGE, mask_url, open_storage
@@ -128,6 +129,7 @@ def run_study(
     console = console or Console(stderr=True)
     storage = open_storage(storage_url)
     create_study(spec, storage)
+    record_baselines(storage, spec)
     study, _ = load_study(storage, spec.name)
     n = n_workers or default_workers(device)
     log_dir = Path(".hpo") / "logs" / spec.name
@@ -135,6 +137,13 @@ def run_study(
         f"study [bold]{spec.name}[/] in {mask_url(storage_url)}: {n} worker(s), "
         f"budget {spec.budget.n_trials} trials; worker logs in {log_dir}/"
     )
+    bars = stored_baselines(study)
+    if bars:
+        console.print(
+            f"to beat, on the same folds ({spec.objective.metric}): "
+            + "; ".join(f"{b.title} {b.mean:.4f}" for b in bars),
+            highlight=False,
+        )
     procs = start_workers(spec, storage_url, n, device, log_dir)
     started = time.monotonic()
     interrupted = False
@@ -175,12 +184,20 @@ def summarize(
     best = study.best_trial
     folds = best.user_attrs.get("fold_scores", [])
     mean = best.user_attrs.get("cv_mean", best.value)
+    assert mean is not None  # a complete trial has a value
     std = best.user_attrs.get("cv_std", 0.0)
     console.print(
         f"best trial {best.number}: {spec.objective.metric} {mean:.4f} ± {std:.4f}"
         f"  folds {[round(f, 4) for f in folds]}"
     )
     console.print("params: " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
+    baselines = stored_baselines(study)
+    if baselines:
+        comparisons = compare(mean, folds, baselines, spec.direction)
+        console.print(describe(comparisons), highlight=False)
+        verdict = shortfall(comparisons)
+        if verdict:
+            console.print(f"[bold yellow]{verdict}[/]", highlight=False)
     write_export(study, spec, best_path)
     console.print(f"best config written to {best_path}")
     return best_path

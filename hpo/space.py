@@ -63,7 +63,11 @@ class Choices(_Strict):
 
 
 def _range_or_choices(value: Any) -> str:
-    return "choices" if isinstance(value, dict) and "choices" in value else "range"
+    """The tag of a param: from YAML (a mapping) when validating, from the model when
+    serializing."""
+    if isinstance(value, Choices) or (isinstance(value, dict) and "choices" in value):
+        return "choices"
+    return "range"
 
 
 IntParam = Annotated[
@@ -150,6 +154,27 @@ class SearchSpace(_Strict):
             param = getattr(self, name)
             if param is not None:
                 yield name, param
+
+
+def check_point(space: SearchSpace, point: dict[str, Any]) -> list[str]:
+    """Problems of a known configuration given for the space (``search.enqueue``), one line
+    each naming the parameter; none if every value is one the space can produce."""
+    params = dict(space.items())
+    problems = []
+    for name, value in point.items():
+        param = params.get(name)
+        if param is None:
+            problems.append(f"{name}: not in search.space (expected one of {sorted(params)})")
+        elif isinstance(param, Choices):
+            if value not in param.choices:
+                problems.append(f"{name}: {value!r} is not one of {list(param.choices)}")
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{name}: {value!r} is not a number")
+        elif isinstance(param, IntRange) and value != int(value):
+            problems.append(f"{name}: {value!r} is not an integer")
+        elif not param.low <= value <= param.high:
+            problems.append(f"{name}: {value!r} is outside [{param.low}, {param.high}]")
+    return problems
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:

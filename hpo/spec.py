@@ -26,6 +26,7 @@ STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 HASH_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("train", "class_weights"): "none",
     ("train", "precision"): "auto",
+    ("search", "enqueue"): [],
     ("search", "space", "class_weights"): None,
 }
 
@@ -131,6 +132,22 @@ class SearchSpec(_Strict):
     space: SearchSpace
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    # Known-good configurations tried first, in order (a sensible baseline as trial 0 instead of
+    # a random draw); a parameter left out is sampled.
+    enqueue: tuple[dict[str, Any], ...] = ()
+
+    @model_validator(mode="after")
+    def _check_enqueue(self) -> SearchSpec:
+        from hpo.space import check_point
+
+        problems = [
+            f"enqueue.{i}.{problem}"
+            for i, point in enumerate(self.enqueue)
+            for problem in check_point(self.space, point)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class ObjectiveSpec(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from hpo.baselines import baselines_summary
 from hpo.objective import RUN_ATTR
 from hpo.spec import StudySpec
 
@@ -60,6 +61,12 @@ def study_status(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
             "cv_std": b.user_attrs.get("cv_std"),
             "fold_scores": b.user_attrs.get("fold_scores"),
         }
+    baselines = baselines_summary(
+        study,
+        spec,
+        best["value"] if best else None,
+        (best["fold_scores"] or []) if best else [],
+    )
     remaining = max(0, spec.budget.n_trials - finished)
     eta_s = None
     if durations and remaining:
@@ -71,6 +78,7 @@ def study_status(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
         "finished": finished,
         "counts": counts,
         "best": best,
+        "baselines": baselines,
         "running": running,
         "compute_s": round(compute_s, 1),
         "eta_s": eta_s,

@@ -68,12 +68,26 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> int:
     try:
         storage.set_study_user_attr(study_id, SPEC_ATTR, spec.to_json_dict())
         _set_budget(storage, study_id, spec)
+        _enqueue_known_points(storage, study_id, spec)
         storage.set_study_user_attr(study_id, SPEC_HASH_ATTR, spec.spec_hash())
     except Exception:
         storage.delete_study(study_id)  # never leave a study without its spec
         raise
     logger.info("created study %r (spec %s)", spec.name, spec.spec_hash())
     return study_id
+
+
+def _enqueue_known_points(
+    storage: optuna.storages.BaseStorage, study_id: int, spec: StudySpec
+) -> None:
+    """``search.enqueue``: the spec's known-good configurations wait first, in order."""
+    import optuna
+
+    if not spec.search.enqueue:
+        return
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    for point in spec.search.enqueue:
+        study.enqueue_trial(dict(point), skip_if_exists=True)
 
 
 def _set_budget(storage: optuna.storages.BaseStorage, study_id: int, spec: StudySpec) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from hpo.errors import HpoError
+from hpo.model_card import write_model_card
 from hpo.objective import hyperparams_for, trainer_config
 from hpo.spec import spec_from_json
 from trainer.config import PrecisionRequest
@@ -55,7 +56,8 @@ def train_from_export(
     device: str = "auto",
     precision: PrecisionRequest | None = None,
 ) -> dict[str, float]:
-    """Train the production model described by an export; writes the model dir and returns
+    """Train the production model described by an export; writes the model dir (with
+    ``training_config.yaml``, ``metrics.json`` and a model card, ``README.md``) and returns
     the metrics (holdout metrics when ``holdout`` is given).
 
     Args:
@@ -101,4 +103,5 @@ def train_from_export(
     (output_dir / "training_config.yaml").write_text(
         yaml.safe_dump(training_config, sort_keys=False)
     )
+    write_model_card(document, training_config, metrics, output_dir)
     return metrics

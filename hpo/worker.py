@@ -135,6 +135,18 @@ class StopSignal:
             self._in_trial = False
 
 
+def _resumed_stream(storage: optuna.storages.BaseStorage, options: WorkerOptions) -> int:
+    """The worker's stream, moved on by the trials the study has already: a worker restarted
+    with the same index (a recreated pod, a requeued Slurm task, ``hpo run`` resuming) must not
+    draw its earlier points again; a fresh study (no trials yet) keeps the stream as given, so
+    seeded runs repeat."""
+    try:
+        study_id = storage.get_study_id_from_name(options.study_name)
+    except KeyError:
+        return options.stream
+    return options.stream + 1_000_003 * storage.get_n_trials(study_id)
+
+
 def random_stream() -> int:
     """A sampler stream for a worker given none: random, so workers on different hosts or in
     containers (where every worker is PID 1) never draw the same points."""
@@ -238,7 +250,9 @@ class Worker:
         )
         # SQLite is the one store that does not refuse a trial beyond the budget itself.
         self._store_enforces_budget = storage_kind(options.storage_url) != "sqlite"
-        self.study, self.spec = load_study(storage, options.study_name, stream=options.stream)
+        self.study, self.spec = load_study(
+            storage, options.study_name, stream=_resumed_stream(storage, options)
+        )
         self.precision = _check_precision(self.spec, options.device, self.worker_id)
         self.context = TrialContext(
             host=socket.gethostname(),

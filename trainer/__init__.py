@@ -28,19 +28,31 @@ from trainer.errors import (
 from trainer.precision import resolve_precision
 
 if TYPE_CHECKING:
+    from trainer.baselines import BaselineScore, score_baseline, score_baselines
     from trainer.checkpoint import CheckpointInfo, PositionLimit, inspect_checkpoint
     from trainer.cv import run_cv
-    from trainer.data import Examples, LoadReport, load_examples, load_with_report, make_folds
+    from trainer.data import (
+        Examples,
+        LoadReport,
+        load_examples,
+        load_folds,
+        load_with_report,
+        make_folds,
+    )
     from trainer.final import train_final
     from trainer.loss import class_weights
     from trainer.profile import DataProfile, LengthStats, length_stats, profile_examples
     from trainer.tokens import token_lengths
 
 _LAZY = {
+    "BaselineScore": "trainer.baselines",
+    "score_baseline": "trainer.baselines",
+    "score_baselines": "trainer.baselines",
     "run_cv": "trainer.cv",
     "load_examples": "trainer.data",
     "load_with_report": "trainer.data",
     "make_folds": "trainer.data",
+    "load_folds": "trainer.data",
     "Examples": "trainer.data",
     "LoadReport": "trainer.data",
     "train_final": "trainer.final",
@@ -56,6 +68,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BaselineScore",
     "CVResult",
     "CheckpointInfo",
     "ConfigError",
@@ -79,11 +92,14 @@ __all__ = [
     "inspect_checkpoint",
     "length_stats",
     "load_examples",
+    "load_folds",
     "load_with_report",
     "make_folds",
     "profile_examples",
     "resolve_precision",
     "run_cv",
+    "score_baseline",
+    "score_baselines",
     "token_lengths",
     "train_final",
 ]

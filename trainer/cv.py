@@ -28,7 +28,7 @@ from trainer.config import (
     Reporter,
     TrainerConfig,
 )
-from trainer.data import Examples, load_examples, make_folds
+from trainer.data import Examples, load_folds
 from trainer.device import (
     autocast,
     compiled,
@@ -84,8 +84,7 @@ def prepare(config: TrainerConfig, *, compact_vocab: bool = False) -> Prepared:
     (same training, less work per step; see ``compact_vocabulary``). For cross-validation,
     whose models are thrown away; never for a model that is saved for other data.
     """
-    examples = load_examples(config.data)
-    folds = make_folds(examples.labels, config.n_folds, config.split_seed, source=examples.source)
+    examples, folds = load_folds(config)
     pretrained = load_pretrained(config.model_name_or_path)
     tokens = tokenize_cached(pretrained.tokenizer, examples, config.max_seq_len, config.cache_dir)
     if compact_vocab:

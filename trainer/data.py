@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainer.config import DataConfig
+from trainer.config import DataConfig, TrainerConfig
 from trainer.errors import DataError
 from trainer.resources import ResourceError, resolve_local
 
@@ -277,6 +277,15 @@ def make_folds(
         )
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return [(train, held) for train, held in splitter.split(np.zeros(len(labels)), labels)]
+
+
+def load_folds(config: TrainerConfig) -> tuple[Examples, list[tuple[np.ndarray, np.ndarray]]]:
+    """The rows a study cross-validates on and its folds, as every trial (and every baseline)
+    sees them: ``load_examples(config.data)`` split by ``make_folds`` with ``config.n_folds``
+    and ``config.split_seed``."""
+    examples = load_examples(config.data)
+    folds = make_folds(examples.labels, config.n_folds, config.split_seed, source=examples.source)
+    return examples, folds
 
 
 def class_counts(examples: Examples) -> dict[str, int]:

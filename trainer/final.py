@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +20,48 @@ MEANPOOL_MODULE = "modeling_hpo_meanpool"
 MEANPOOL_CLASS = "MeanPoolForSequenceClassification"
 
 logger = logging.getLogger(__name__)
+
+# Appended to the shipped copy of the module: see ship_meanpool_code.
+_PIPELINE_NAME_CLASS = '''
+
+class {name}(MeanPoolForSequenceClassification):
+    """The mean-pooled classifier under the name transformers' text-classification pipeline
+    expects for a `{model_type}` encoder: the pipeline checks a model's class name against its
+    table of sequence classifiers, and logs an error for any other name. It is still the
+    mean-pooled model above, not transformers' `{name}` (which pools the first token)."""
+'''
+
+
+def pipeline_class_name(model_type: str) -> str | None:
+    """The class name transformers' ``text-classification`` pipeline accepts for encoders of
+    ``model_type`` (``bert`` -> ``BertForSequenceClassification``); None when it has none."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as NAMES,
+    )
+
+    name = NAMES.get(model_type)
+    return name if isinstance(name, str) else None
+
+
+def ship_meanpool_code(config: Any, out: Path) -> str:
+    """Copy the mean-pooling model's code into the model dir ``out`` and point ``config``'s
+    ``auto_map`` at it, so ``AutoModelForSequenceClassification`` and
+    ``pipeline("text-classification")`` rebuild it with ``trust_remote_code=True`` (Hugging
+    Face's own classifiers pool the first token).
+
+    The class the dir names is the one the pipeline expects for the encoder's architecture: the
+    pipeline checks the loaded class's name against a fixed table (registering the class with
+    ``AutoModelForSequenceClassification`` does not reach that table) and logs "model ... is not
+    supported for text-classification" at error level otherwise. Returns the class name.
+    """
+    module = Path(__file__).with_name(f"{MEANPOOL_MODULE}.py")
+    code = module.read_text(encoding="utf-8")
+    name = pipeline_class_name(config.model_type) or MEANPOOL_CLASS
+    if name != MEANPOOL_CLASS:
+        code += _PIPELINE_NAME_CLASS.format(name=name, model_type=config.model_type)
+    (out / module.name).write_text(code, encoding="utf-8")
+    config.auto_map = {"AutoModelForSequenceClassification": f"{MEANPOOL_MODULE}.{name}"}
+    return name
 
 
 def holdout_split(
@@ -89,12 +131,7 @@ def train_final(
     for param in model.parameters():  # frozen layers are saved like the rest
         param.requires_grad_(True)
     if hparams.pooling == "mean":
-        # Hugging Face's classifiers pool the first token: ship our pooling as remote code.
-        module = Path(__file__).with_name(f"{MEANPOOL_MODULE}.py")
-        shutil.copyfile(module, out / module.name)
-        model.config.auto_map = {
-            "AutoModelForSequenceClassification": f"{MEANPOOL_MODULE}.{MEANPOOL_CLASS}"
-        }
+        ship_meanpool_code(model.config, out)
     model.save_pretrained(out)
     prepared.pretrained.tokenizer.save_pretrained(out)
     metrics = {k: float(v) for k, v in result.metrics.items() if k != EPOCH_SECONDS}

@@ -6,7 +6,10 @@ that is already finished is rejected for everyone, and raises ``UpdateFinishedTr
 process that wrote it: of two sweepers failing one trial, one wins. What needs a check *and* a
 write as one step (taking a budget slot, failing a stale trial with its reason, one re-queued
 copy per failed trial) runs as a transaction: under the journal's file lock (made re-entrant in
-this process), read the log to its end, check, append.
+this process), read the log to its end, check, append. That lock is an ``flock`` of our own
+(``<journal>.flock``: the kernel releases it when its holder dies, and nobody breaks it on a
+timer) around Optuna's symlink lock, taken by every write of our processes, so transactions
+exclude each other across processes; a plain Optuna client takes only the symlink lock.
 """
 
 from __future__ import annotations

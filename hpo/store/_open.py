@@ -193,7 +193,14 @@ def _open_rdb(
             "connect_args": {
                 "connect_timeout": 10,
                 "application_name": f"hpo-{os.getpid()}",
+                # A connection whose peer vanished fails instead of hanging past the retry window.
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
             },
+            # The budget check relies on each statement seeing what committed before it.
+            "isolation_level": "READ COMMITTED",
         }
         if keep_connection:
             from sqlalchemy.pool import QueuePool
@@ -237,9 +244,6 @@ def _open_rdb(
         # Back within a heartbeat of an outage's end: a live trial must beat again well before
         # a sweeper that came back first may judge it (see hpo.store._heartbeat).
         max_delay_s=float(interval),
-        # An operation slower than a heartbeat interval (a stalled network) held up everyone's
-        # beats as well: no evidence against them.
-        slow_s=float(interval),
     )
 
 
@@ -266,5 +270,4 @@ def _open_grpc(
         describe=f"store {url}",
         outage_timeout_s=outage_timeout_s,
         max_delay_s=float(interval),
-        slow_s=float(interval),
     )

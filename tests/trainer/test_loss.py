@@ -62,9 +62,9 @@ def test_a_folds_weights_come_from_its_training_rows_not_the_held_out_ones(
     seen: list[Any] = []
     real_step_loss = trainer.cv._step_loss
 
-    def spy(*args: Any, class_weight: torch.Tensor | None = None) -> Any:
+    def spy(*args: Any, class_weight: torch.Tensor | None = None, **kwargs: Any) -> Any:
         seen.append(class_weight)
-        return real_step_loss(*args, class_weight=class_weight)
+        return real_step_loss(*args, class_weight=class_weight, **kwargs)
 
     monkeypatch.setattr(trainer.cv, "_step_loss", spy)
     train_fold(dataclasses.replace(HP, class_weights="balanced"), config, prepared, 0)
