@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,3 +127,30 @@ def tiny_distilbert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_csv(tmp_path_factory.mktemp("data") / "synthetic.csv")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail a test that leaves a process running in its temporary directories (a worker that
+    ``hpo run`` did not stop, say), after killing it: a leaked trainer would slow every later
+    test and hide the failure that leaked it."""
+    yield
+    import psutil
+
+    base = str(tmp_path_factory.getbasetemp())
+    me = os.getpid()
+    leaked = []
+    for proc in psutil.process_iter(["pid", "cwd", "cmdline"]):
+        info = proc.info
+        if info["pid"] == me:
+            continue
+        cwd = info.get("cwd") or ""
+        cmdline = " ".join(info.get("cmdline") or [])
+        if cwd.startswith(base) or base in cmdline:
+            leaked.append(proc)
+    for proc in leaked:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(leaked, timeout=10)
+    if leaked:
+        pytest.fail(f"processes left running: {[' '.join(p.info['cmdline']) for p in leaked]}")

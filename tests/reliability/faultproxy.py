@@ -475,10 +475,10 @@ class FaultProxy:
                     continue
                 if not replied:
                     break  # the server closed instead of replying
-        link.close(reset=True)
-        if replied:
+        if replied:  # counted before the reset: the client may look the moment it sees it
             with self._cond:
                 self._counts[FaultKind.LOST_ACK] += 1
             log.info("fault proxy dropped the reply to %r", data[5:80])
         else:
             log.warning("fault proxy saw no reply to drop for %r", data[5:80])
+        link.close(reset=True)

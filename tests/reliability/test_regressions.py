@@ -63,7 +63,7 @@ def test_an_operation_answered_late_counts_as_a_break_in_reachability() -> None:
             time.sleep(0.3)
             return []
 
-    storage = RetryingStorage(Stalled(), slow_s=0.2)  # type: ignore[operator]
+    storage = RetryingStorage(Stalled(), max_delay_s=0.2)  # type: ignore[operator]
     time.sleep(0.3)
     assert storage.reachable_for_s() >= 0.3
     storage.get_all_studies()

@@ -71,7 +71,12 @@ def _worker_main(url: str, study_name: str, index: int, out_dir: str) -> None:
     optuna.logging.enable_propagation()
     result: dict[str, Any] = {"index": index}
     try:
-        with mock.patch.object(hpo.worker, "run_trial", _no_training):
+        # No trainer at all: neither the training nor the start-up precision probe (which
+        # imports torch: 200 copies of it do not fit in this machine's memory).
+        with (
+            mock.patch.object(hpo.worker, "run_trial", _no_training),
+            mock.patch.object(hpo.worker, "_check_precision", lambda *_: "fp32"),
+        ):
             options = hpo.worker.WorkerOptions(
                 storage_url=url, study_name=study_name, stream=index, worker_id=f"w{index}"
             )
