@@ -29,6 +29,7 @@ from hpo.store import (
     CONNECTIONS,
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,
+    SHIELD,
     NoSlotLeft,
     mask_secrets,
     open_storage,
@@ -121,7 +122,9 @@ class StopSignal:
         logger.info("received %s: stopping", signal.Signals(signum).name)
         if self._in_trial:
             self._in_trial = False
-            raise Interrupted
+            # Never half-way through a store call (a lock, a write): raised when it returns.
+            if not SHIELD.deferring(Interrupted()):
+                raise Interrupted
 
     @contextmanager
     def trial_scope(self) -> Iterator[None]:

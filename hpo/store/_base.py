@@ -174,3 +174,52 @@ def current_request() -> str:
     """The id of the operation under way (a fresh one outside ``request_scope``)."""
     request = getattr(_REQUEST, "id", None)
     return request if request is not None else uuid.uuid4().hex
+
+
+class StoreCallShield:
+    """Holds off a signal handler's exception while the main thread is inside a store call.
+
+    A worker stops a running trial by raising from its SIGTERM/SIGINT handler, which Python runs
+    between any two bytecodes of the main thread. Landing inside a store call, such an exception
+    can cut a lock's release in half (Optuna's journal lock then raises ``FileNotFoundError``
+    instead, and the trial fails for that) or leave a write neither done nor known to be
+    undone. So a handler asks ``deferring(exc)`` first: inside a call it keeps the exception,
+    which is raised the moment the outermost call returns; outside one it returns False and the
+    handler raises at once. Only the main thread counts (signal handlers run there).
+    """
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._pending: BaseException | None = None
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
+
+    def enter(self) -> None:
+        """A store call (or a lock it takes) begins; pair with ``leave``."""
+        if threading.current_thread() is threading.main_thread():
+            self._depth += 1
+
+    def leave(self) -> None:
+        """The call ends: a kept exception is raised if it was the outermost one."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._depth -= 1
+        if self._depth == 0 and self._pending is not None:
+            pending, self._pending = self._pending, None
+            raise pending
+
+    def deferring(self, exc: BaseException) -> bool:
+        """True (and ``exc`` kept for the end of the call) if a store call is under way."""
+        if self._depth == 0:
+            return False
+        self._pending = exc
+        return True
+
+
+SHIELD = StoreCallShield()

@@ -30,7 +30,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.store._base import BUDGET_KEY, HEARTBEAT_KEY, NO_SLOT, REQUEUE_OF_KEY, NoSlotLeft
+from hpo.store._base import BUDGET_KEY, HEARTBEAT_KEY, NO_SLOT, REQUEUE_OF_KEY, SHIELD, NoSlotLeft
 from hpo.store._heartbeat import AttrHeartbeat
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,12 @@ class _ReentrantLock(BaseJournalFileLock):
         self._asked_at = 0.0
 
     def acquire(self) -> bool:
-        self._threads.acquire()
+        SHIELD.enter()  # a stop signal waits for the release (see StoreCallShield)
+        try:
+            self._threads.acquire()
+        except BaseException:
+            SHIELD.leave()
+            raise
         try:
             if self._depth == 0:
                 self._asked_at = time.monotonic()
@@ -90,6 +95,7 @@ class _ReentrantLock(BaseJournalFileLock):
             self._depth += 1
         except BaseException:
             self._threads.release()
+            SHIELD.leave()
             raise
         return True
 
@@ -111,6 +117,7 @@ class _ReentrantLock(BaseJournalFileLock):
                     self._held_up()
         finally:
             self._threads.release()
+            SHIELD.leave()
 
 
 class HeartbeatJournalStorage(JournalStorage, AttrHeartbeat):

@@ -29,6 +29,7 @@ from hpo.errors import StorageError
 from hpo.store._base import (
     DEFAULT_OUTAGE_TIMEOUT_S,
     FINISH_KEY,
+    SHIELD,
     connection_limit_message,
     current_request,
     error_summary,
@@ -178,7 +179,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         # One operation at a time per process (main loop and heartbeat thread alike): with an
         # unpooled engine, that caps a worker at one database connection.
-        with self._lock, request_scope():
+        with SHIELD.call(), self._lock, request_scope():
             try:
                 return self._call_unlocked(name, *args, **kwargs)
             finally:

@@ -288,3 +288,41 @@ def test_ctrl_c_stops_hpo_run_and_its_workers_cleanly(
         [(t.number, t.state, t.user_attrs.get("fail_reason")) for t in trials],
         out.decode(errors="replace")[-3000:],
     )
+
+
+def test_a_stop_signal_during_a_store_write_stops_the_trial_after_the_write(
+    tmp_path: Path,
+) -> None:
+    """A SIGTERM that lands inside a journal write (here: as its lock is released) is raised
+    when the write returns: the write is kept, the lock is free, the trial stops with
+    ``Interrupted``. It used to cut Optuna's lock release in half, which then raised
+    ``FileNotFoundError`` and failed the trial for that (seen under load: Ctrl-C on hpo run)."""
+    from unittest import mock
+
+    from hpo.worker import Interrupted, StopSignal
+
+    study = optuna.create_study(storage=open_storage(str(tmp_path / "journal.log")))
+    trial = study.ask()
+    real_rename = os.rename
+    signalled = []
+
+    def rename_after_a_signal(src: Any, dst: Any) -> None:
+        if not signalled:  # the first rename is the lock's release inside the report
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_rename(src, dst)
+
+    stop = StopSignal()
+    stop.install()
+    try:
+        with (
+            mock.patch("optuna.storages.journal._file.os.rename", rename_after_a_signal),
+            pytest.raises(Interrupted),
+            stop.trial_scope(),
+        ):
+            trial.report(0.5, 0)
+    finally:
+        stop.restore()
+    assert signalled and stop.requested
+    assert study._storage.get_trial(trial._trial_id).intermediate_values == {0: 0.5}
+    trial.report(0.6, 1)  # the lock was released: the next write goes through
