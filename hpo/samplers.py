@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +60,11 @@ def _qmc(seed: int, space: SearchSpace, options: Mapping[str, Any]) -> optuna.sa
 
     kwargs: dict[str, Any] = {"scramble": True, "warn_asynchronous_seeding": False}
     kwargs.update(options)
-    return optuna.samplers.QMCSampler(seed=seed, **kwargs)
+    # Optuna marks QMCSampler experimental since 3.0; the warning repeated in every worker log
+    # line after line (the curve-table build) and says nothing a user can act on.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.QMCSampler(seed=seed, **kwargs)
 
 
 def _grid(seed: int, space: SearchSpace, options: Mapping[str, Any]) -> optuna.samplers.BaseSampler:

@@ -68,3 +68,17 @@ def test_grid_enumerates_log_ranges_and_choices() -> None:
         study.tell(trial, 0.0)
     assert len(seen) == 2**5
     assert sorted({dict(p)["lr"] for p in seen}) == [1e-5, 1e-3]  # exact endpoints
+
+
+def test_the_qmc_sampler_is_made_without_an_experimental_warning() -> None:
+    """Optuna's ExperimentalWarning for QMCSampler filled every worker log of the curve-table
+    build, once per trial."""
+    import warnings
+
+    data = copy.deepcopy(MINIMAL_SPEC)
+    data["search"]["sampler"] = {"name": "qmc", "seed": 0}
+    spec = parse_spec(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_sampler(spec.search.sampler, spec.search.space)
+    assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)]
