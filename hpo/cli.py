@@ -83,15 +83,12 @@ def schema() -> None:
 @app.command()
 def create(spec: SpecArg, storage: StorageOpt = None) -> None:
     """Create the study in the store (idempotent for the same spec)."""
-    from hpo.baselines import record_baselines
     from hpo.store import mask_url, open_storage, resolve_storage_url
-    from hpo.study import create_study
+    from hpo.study import set_up_study
 
     study_spec = _checked_spec(spec)
     url = resolve_storage_url(storage)
-    store = open_storage(url)
-    create_study(study_spec, store)
-    record_baselines(store, study_spec)
+    set_up_study(study_spec, open_storage(url))
     typer.echo(f"study {study_spec.name!r} ready in {mask_url(url)}")
 
 

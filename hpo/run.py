@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpo.baselines import compare, describe, record_baselines, shortfall, stored_baselines
+from hpo.baselines import compare, describe, shortfall, stored_baselines
 from hpo.launch import cuda_device_count
 from hpo.spec import StudySpec
 from hpo.store import ENV_STORAGE, mask_url, open_storage
-from hpo.study import create_study, load_study
+from hpo.study import set_up_study
 
 if TYPE_CHECKING:
     import optuna
@@ -128,9 +128,7 @@ def run_study(
 
     console = console or Console(stderr=True)
     storage = open_storage(storage_url)
-    create_study(spec, storage)
-    record_baselines(storage, spec)
-    study, _ = load_study(storage, spec.name)
+    study = set_up_study(spec, storage)
     n = n_workers or default_workers(device)
     log_dir = Path(".hpo") / "logs" / spec.name
     console.print(

@@ -172,3 +172,17 @@ def load_study(
     pruner = make_pruner(spec.search.pruner.name, spec.search.pruner.options, step_grid(spec))
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     return study, spec
+
+
+def set_up_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """What ``hpo create`` and ``hpo run`` do before any worker starts: create the study
+    (idempotent), score its baselines on its folds, and write what optuna-dashboard shows of it
+    (the metric's name, the study's note)."""
+    from hpo.baselines import record_baselines
+    from hpo.notes import write_study_notes
+
+    create_study(spec, storage)
+    record_baselines(storage, spec)
+    study, _ = load_study(storage, spec.name)
+    write_study_notes(study, spec)
+    return study
