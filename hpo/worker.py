@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING
 
 from hpo.errors import HpoError
 from hpo.heartbeat import Heartbeat, requeue
+from hpo.notes import write_trial_note
 from hpo.objective import FAIL_REASON_ATTR, RETRY_HISTORY_KEY, TrialContext, run_trial
 from hpo.spec import StudySpec
 from hpo.store import (
     CONNECTIONS,
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,
+    REQUEUE_OF_KEY,
     SHIELD,
     NoSlotLeft,
     mask_secrets,
@@ -171,6 +173,31 @@ def _counts(study: optuna.Study) -> tuple[int, int]:
     )
     running = sum(t.state == TrialState.RUNNING for t in trials)
     return len(trials) - running, running
+
+
+SURPLUS_REASON = "surplus: the budget was met by other trials"
+
+
+def _cancel_surplus_copies(study: optuna.Study) -> None:
+    """Fail the re-queued copies still waiting once the budget is met, with their reason.
+
+    A lost trial's copy is made just after its FAIL (two guarded writes); a worker that asked in
+    between took the freed slot with a new trial, so the copy can outlive the budget. It would
+    wait forever, and plain Optuna clients would show it as WAITING.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if REQUEUE_OF_KEY not in trial.system_attrs:
+            continue  # a point the user enqueued is theirs to run or delete
+        try:
+            storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, SURPLUS_REASON)
+            if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                logger.info("trial %d: %s", trial.number, SURPLUS_REASON)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            pass  # another worker cancelled it (or it started after all)
 
 
 def _target_reached(study: optuna.Study, spec: StudySpec) -> bool:
@@ -321,6 +348,7 @@ class Worker:
             return f"target={self.spec.budget.target} reached"
         finished, running = _counts(self.study)
         if finished >= self.spec.budget.n_trials:
+            _cancel_surplus_copies(self.study)
             return f"budget of {self.spec.budget.n_trials} finished trials met"
         if finished + running >= self.spec.budget.n_trials:
             return "wait"  # the last slots are taken; wait in case one of them fails
@@ -360,6 +388,7 @@ class Worker:
             except optuna.TrialPruned as e:
                 if not _finish(self.study, trial, "PRUNED", None):
                     return self._lost(trial)
+                write_trial_note(self.study, trial, self.spec)
                 self.summary.pruned += 1
                 logger.info("trial %d pruned (%s)", trial.number, e)
                 return Outcome.PRUNED
@@ -371,6 +400,7 @@ class Worker:
                 return Outcome.FAIL
             if not _finish(self.study, trial, "COMPLETE", value):
                 return self._lost(trial)
+            write_trial_note(self.study, trial, self.spec)  # the winner's only: after the tell
             self.summary.completed += 1
             logger.info(
                 "trial %d: %s=%.4f in %.1f s",
@@ -426,8 +456,7 @@ def run_worker(options: WorkerOptions) -> WorkerSummary:
 
         torch.set_num_threads(options.threads)
     stop = StopSignal()
+    # Installed until the process exits: a SIGTERM that lands while the worker is on its way
+    # out (its budget met) is a request to stop, not a kill (exit code 0, not -15).
     stop.install()
-    try:
-        return Worker(options, stop).run()
-    finally:
-        stop.restore()
+    return Worker(options, stop).run()

@@ -333,3 +333,33 @@ def test_leases_are_judged_on_one_clock_whatever_the_session_time_zone(
     assert sweep_stale(sweeper) == []
     _silence(2.5)
     assert sweep_stale(sweeper) == [trial.number]
+
+
+def test_a_requeued_copy_that_outlived_the_budget_is_cancelled_not_left_waiting(
+    storage_url: str, spec_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the fault soak: a new trial took the slot a lost trial freed before its copy
+    was queued; the budget was met without the copy, which stayed WAITING forever."""
+    import hpo.worker
+    from hpo.worker import SURPLUS_REASON, Worker, WorkerOptions
+
+    spec_dict["budget"] = {"n_trials": 1}
+    _study(storage_url, spec_dict)
+
+    def loses_it_to_a_faster_trial(trial: optuna.Trial, *_: Any) -> float:
+        trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+        other = open_storage(storage_url)
+        other.set_trial_user_attr(trial._trial_id, "fail_reason", "heartbeat stale")
+        other.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study = optuna.load_study(study_name=trial.study.study_name, storage=other)
+        study.add_trial(optuna.trial.create_trial(value=0.8, params={}, distributions={}))
+        requeue(study, other.get_trial(trial._trial_id))  # the copy comes after the new trial
+        return 0.9
+
+    monkeypatch.setattr(hpo.worker, "run_trial", loses_it_to_a_faster_trial)
+    worker = Worker(WorkerOptions(storage_url=storage_url, study_name=spec_dict["name"], stream=0))
+    summary = worker.run()
+    assert summary.lost == 1 and summary.stop_reason.startswith("budget of 1")
+    trials = worker.study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[2].user_attrs["fail_reason"] == SURPLUS_REASON

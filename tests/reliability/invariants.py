@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.objective import FAIL_REASON_ATTR, FOLD_ATTR_PREFIX, RETRY_HISTORY_KEY
 from hpo.store import REQUEST_KEY, REQUEUE_OF_KEY
+from hpo.worker import SURPLUS_REASON
 from tests.reliability.faultrunner import InjectedFault
 from tests.reliability.faults import FaultKind
 
@@ -286,6 +287,12 @@ def check_study(
         reason = t.user_attrs.get(FAIL_REASON_ATTR)
         if reason is None:
             check.fail(f"trial {t.number} FAIL without {FAIL_REASON_ATTR!r}")
+        elif reason == SURPLUS_REASON:
+            # A lost trial's copy that outlived the budget (a new trial took the slot between
+            # the FAIL and the copy): cancelled unstarted once the budget was met.
+            started = any(a.trial_id == t._trial_id for a in mine)
+            if REQUEUE_OF_KEY not in t.system_attrs or started or len(finished) != n_trials:
+                check.fail(f"trial {t.number} cancelled as surplus, but it was not")
         elif reason not in LEASE_LOST_REASONS:
             check.fail(f"trial {t.number} FAIL for {reason!r} (the stand-in never fails)")
         check.counts[f"fail:{reason}"] += 1
