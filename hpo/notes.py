@@ -11,6 +11,7 @@ trial never fails because its note could not be written.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -102,13 +103,16 @@ def trial_note(
 
 def write_study_notes(study: optuna.Study, spec: StudySpec) -> None:
     """Set the metric name and (re)write the study's note; best effort."""
+    import optuna
     from optuna_dashboard import save_note
 
     from hpo.baselines import BASELINES_ATTR
 
     try:
         if study.metric_names != [metric_name(spec)]:
-            study.set_metric_names([metric_name(spec)])
+            with warnings.catch_warnings():  # experimental since Optuna 3.2; stable in use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([metric_name(spec)])
         baselines = baselines_from_json(study.user_attrs.get(BASELINES_ATTR))
         save_note(study, study_note(spec, baselines))
     except Exception as e:

@@ -9,9 +9,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
+from optuna.trial import TrialState
+from selenium.webdriver.common.by import By
 
 from hpo.baselines import record_baselines
+from hpo.notes import write_study_notes, write_trial_note
 from hpo.report import SECTIONS
 from hpo.spec import parse_spec
 from hpo.store import open_storage
@@ -49,7 +53,14 @@ def study_url(tmp_path: Path, spec_dict: dict[str, Any]) -> tuple[str, str]:
     browser_or_skip()
     url = str(tmp_path / "journal.log")
     name = tiny_study(url, spec_dict)
-    record_baselines(open_storage(url), parse_spec(spec_dict))
+    spec = parse_spec(spec_dict)
+    storage = open_storage(url)
+    record_baselines(storage, spec)
+    # What hpo create and the workers write for the dashboard.
+    study = optuna.load_study(study_name=name, storage=storage)
+    write_study_notes(study, spec)
+    for trial in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        write_trial_note(study, optuna.Trial(study, trial._trial_id), spec)
     return url, name
 
 
@@ -116,6 +127,17 @@ def test_dashboard_shows_history_and_intermediate_values_of_a_study(
             assert traces("graph-intermediate-values") == 3
             assert console_errors(driver) == []
             assert driver.execute_script("return window.innerWidth") == WIDTH_PX
+            # Our words: the metric's name on the history plot, and the study's note page
+            # (the objective, the baselines to beat, the resolved spec).
+            body = lambda: driver.find_element(By.TAG_NAME, "body").text  # noqa: E731
+            assert "cv_accuracy" in body()
+            driver.get(f"http://127.0.0.1:{port}/dashboard/studies/0/note")
+            wait_for(lambda: "Resolved spec" in body(), what="the study's note")
+            assert "TF-IDF + logistic regression" in body()
+            # A trial's note: its folds, epoch by epoch.
+            driver.get(f"http://127.0.0.1:{port}/dashboard/studies/0/trials")
+            wait_for(lambda: "accuracy per fold and epoch" in body(), what="a trial's note")
+            assert console_errors(driver) == []
     finally:
         proc.terminate()
         proc.wait(timeout=10)

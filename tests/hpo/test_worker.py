@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import TrialState
+from optuna_dashboard import get_note
 
 from hpo.objective import TrialContext, run_trial
 from hpo.spec import parse_spec
@@ -125,6 +126,9 @@ def test_two_workers_finish_exactly_the_budget(
             assert trial.user_attrs["run"]["device"] == "cpu"
             assert trial.user_attrs["stats"]["train_examples_per_s"] > 0
         assert len(trial.intermediate_values) >= 1
+        # What optuna-dashboard shows of it: its folds, epoch by epoch.
+        note = get_note(optuna.Trial(study, trial._trial_id))
+        assert "loss per fold and epoch" in note and "| 0 |" in note, note
 
 
 @pytest.mark.slow
