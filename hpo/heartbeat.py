@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from hpo.objective import FAIL_REASON_ATTR, FOLD_ATTR_PREFIX, RETRY_HISTORY_KEY
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_RETRY = 3
+STALE_REASON = "heartbeat stale"
+INTERRUPTED_REASON = "interrupted"
+# Failures that lose a lease: the trial itself was fine, so it is re-queued.
+LEASE_LOST_REASONS = (STALE_REASON, INTERRUPTED_REASON)
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retry: int = DEFAULT_MAX_RETRY) -> bool:
@@ -66,7 +71,9 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retry: int = DEFAULT
     return True
 
 
-def sweep_stale(study: optuna.Study) -> list[int]:
+def sweep_stale(
+    study: optuna.Study, *, suspects: dict[int, float] | None = None, confirm_s: float = 0.0
+) -> list[int]:
     """Fail and re-queue the study's stale trials; returns the numbers this call failed.
 
     A trial is stale when its lease lapsed: silent for the grace period (see the store). Its
@@ -77,22 +84,57 @@ def sweep_stale(study: optuna.Study) -> list[int]:
     its return), nor after an operation of its own was held up past a heartbeat interval (a
     stalled network raises nothing, but held everyone's beats up as long), and PostgreSQL
     judges no lease within a grace period of its own restart.
+
+    With ``suspects`` (kept by the caller between sweeps), a trial found stale is failed only
+    when it is still stale ``confirm_s`` after a sweep first found it: a beat that queued behind
+    a stall the sweeper did not itself wait for (a frozen journal writer, a slow store) lands
+    within one heartbeat of the stall's end, and clears it.
     """
+    repair_requeues(study)  # no liveness judged: those trials are failed already
     storage: Any = study._storage
     grace_s = storage.get_grace_period_s()
     reachable_for_s = getattr(storage, "reachable_for_s", lambda: float("inf"))
     if reachable_for_s() < grace_s:
         return []
     failed = []
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
+    stale = list(storage._get_stale_trial_ids(study._study_id))
+    if suspects is not None:
+        now = time.monotonic()
+        for trial_id in set(suspects) - set(stale):
+            del suspects[trial_id]  # it beat again: alive
+        stale = [t for t in stale if now - suspects.setdefault(t, now) >= confirm_s]
+    for trial_id in stale:
         if reachable_for_s() < grace_s:  # the listing itself was held up: no evidence now
             break
-        if storage.fail_if_stale(trial_id, {FAIL_REASON_ATTR: "heartbeat stale"}):
+        if storage.fail_if_stale(trial_id, {FAIL_REASON_ATTR: STALE_REASON}):
             trial = storage.get_trial(trial_id)
             logger.warning("trial %d was silent for %.0f s: failed", trial.number, grace_s)
             requeue(study, trial)
             failed.append(trial.number)
     return failed
+
+
+def repair_requeues(study: optuna.Study, *, max_retry: int = DEFAULT_MAX_RETRY) -> int:
+    """Re-queue the lost trials that were failed but never copied; returns how many.
+
+    A lease's FAIL and its copy are two writes: a sweeper killed between them, or a worker's
+    second SIGTERM, leaves a FAIL that no later sweep would copy (its FAIL is not stale any
+    more). The store keeps one copy per failed trial, so two repairs make one copy.
+    """
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    copied = {t.system_attrs.get(REQUEUE_OF_KEY) for t in trials}
+    repaired = 0
+    for t in trials:
+        if (
+            t.state == TrialState.FAIL
+            and t.user_attrs.get(FAIL_REASON_ATTR) in LEASE_LOST_REASONS
+            and t._trial_id not in copied
+            and len(t.system_attrs.get(RETRY_HISTORY_KEY, [])) < max_retry
+        ):
+            repaired += requeue(study, t, max_retry=max_retry)
+    return repaired
 
 
 class Heartbeat:
@@ -108,6 +150,8 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hpo-heartbeat", daemon=True)
+        self._sweeping = threading.Lock()  # one sweep at a time (main loop and this thread)
+        self._suspects: dict[int, float] = {}
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -130,11 +174,16 @@ class Heartbeat:
             logger.warning("heartbeat for trial id %d failed: %s", trial_id, error_summary(e))
 
     def sweep(self) -> None:
-        """Fail and re-queue stale trials now (see ``sweep_stale``)."""
+        """Fail and re-queue trials found stale on two sweeps a heartbeat apart (see
+        ``sweep_stale``); skipped while another thread of this worker sweeps."""
+        if not self._sweeping.acquire(blocking=False):
+            return
         try:
-            sweep_stale(self._study)
+            sweep_stale(self._study, suspects=self._suspects, confirm_s=self._interval_s)
         except Exception as e:
             logger.warning("stale-trial sweep failed: %s", error_summary(e))
+        finally:
+            self._sweeping.release()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):

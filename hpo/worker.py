@@ -22,7 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from hpo.errors import HpoError
-from hpo.heartbeat import Heartbeat, requeue
+from hpo.heartbeat import INTERRUPTED_REASON, Heartbeat, requeue
 from hpo.notes import write_trial_note
 from hpo.objective import FAIL_REASON_ATTR, RETRY_HISTORY_KEY, TrialContext, run_trial
 from hpo.spec import StudySpec
@@ -30,6 +30,7 @@ from hpo.store import (
     CONNECTIONS,
     DEFAULT_GRACE_PERIOD_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,
+    LEASE_KEY,
     REQUEUE_OF_KEY,
     SHIELD,
     NoSlotLeft,
@@ -283,6 +284,7 @@ class Worker:
         self.study, self.spec = load_study(
             storage, options.study_name, stream=_resumed_stream(storage, options)
         )
+        _agree_lease_terms(self.study, options)
         self.precision = _check_precision(self.spec, options.device, self.worker_id)
         self.context = TrialContext(
             host=socket.gethostname(),
@@ -315,6 +317,8 @@ class Worker:
                     continue
                 if state == Outcome.FAIL:
                     _free_memory()  # outside the except block: the traceback is gone by now
+                    if self.stop.requested:
+                        continue  # interrupted, not failing: the stop reason ends the loop
                     consecutive_failures += 1
                     if consecutive_failures >= self.options.max_consecutive_failures:
                         raise WorkerError(
@@ -324,6 +328,9 @@ class Worker:
                         )
                 elif state != Outcome.LOST:
                     consecutive_failures = 0
+        if self.summary.stop_reason.startswith("budget of"):
+            # After the heartbeat thread stopped: its sweeps may have queued a copy until now.
+            _cancel_surplus_copies(self.study)
         logger.info("worker %s stops: %s", self.worker_id, self.summary.stop_reason)
         if CONNECTIONS.peak:
             logger.info("peak open database connections: %d", CONNECTIONS.peak)
@@ -348,7 +355,6 @@ class Worker:
             return f"target={self.spec.budget.target} reached"
         finished, running = _counts(self.study)
         if finished >= self.spec.budget.n_trials:
-            _cancel_surplus_copies(self.study)
             return f"budget of {self.spec.budget.n_trials} finished trials met"
         if finished + running >= self.spec.budget.n_trials:
             return "wait"  # the last slots are taken; wait in case one of them fails
@@ -379,7 +385,7 @@ class Worker:
                     value = run_trial(trial, self.spec, self.context)
             except Interrupted:
                 # Re-queued only by whoever failed it: a sweeper may have been first.
-                if _fail(self.study, trial, "interrupted"):
+                if _fail(self.study, trial, INTERRUPTED_REASON):
                     requeue(self.study, self.study._storage.get_trial(trial._trial_id))
                 self.summary.failed += 1
                 return Outcome.FAIL
@@ -396,6 +402,10 @@ class Worker:
                 reason = mask_secrets(f"{type(e).__name__}: {e}".splitlines()[0])
                 logger.error("trial %d failed: %s", trial.number, reason)
                 _fail(self.study, trial, reason)
+                self.summary.failed += 1
+                return Outcome.FAIL
+            if not math.isfinite(value):  # Optuna would store it as a FAIL with no reason
+                _fail(self.study, trial, f"non-finite CV score: {value}")
                 self.summary.failed += 1
                 return Outcome.FAIL
             if not _finish(self.study, trial, "COMPLETE", value):
@@ -423,6 +433,25 @@ class Worker:
         )
         self.summary.lost += 1
         return Outcome.LOST
+
+
+def _agree_lease_terms(study: optuna.Study, options: WorkerOptions) -> None:
+    """Every worker of a study beats and judges leases on the same terms: the first worker
+    records its ``--heartbeat-s``/``--grace-s`` with the study, and a worker asking for others
+    refuses to start (a sweeper with a shorter grace period would fail the live trials of a
+    worker that beats less often)."""
+    mine = [int(options.heartbeat_interval_s), int(options.grace_period_s)]
+    storage = study._storage
+    if storage.get_study_system_attrs(study._study_id).get(LEASE_KEY) is None:
+        storage.set_study_system_attr(study._study_id, LEASE_KEY, mine)
+    agreed = storage.get_study_system_attrs(study._study_id).get(LEASE_KEY)
+    if agreed is not None and list(agreed) != mine:
+        raise WorkerError(
+            f"study {study.study_name!r}: its workers beat every {agreed[0]} s with a "
+            f"{agreed[1]} s grace period; this worker asked for --heartbeat-s {mine[0]} "
+            f"--grace-s {mine[1]}. Use the study's terms (every worker judges the others' "
+            "leases by its own)."
+        )
 
 
 def _check_precision(spec: StudySpec, device: str, worker_id: str) -> Precision:

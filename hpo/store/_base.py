@@ -34,6 +34,9 @@ REQUEUE_OF_KEY = "hpo:requeue_of"
 # Study system attribute: the most finished (complete + pruned) trials the study may have; the
 # store refuses to start a trial beyond it (running + finished), so the budget is exact.
 BUDGET_KEY = "hpo:budget"
+# Study system attr: [heartbeat interval s, grace period s] every worker of the study uses (a
+# sweeper judges other workers' leases by its own terms, so they must be the same).
+LEASE_KEY = "hpo:lease"
 DEFAULT_HEARTBEAT_INTERVAL_S = 10
 DEFAULT_GRACE_PERIOD_S = 30
 DEFAULT_OUTAGE_TIMEOUT_S = 300.0

@@ -165,6 +165,17 @@ class HeartbeatJournalStorage(JournalStorage, AttrHeartbeat):
             finally:
                 self._file_lock.release()
 
+    def record_heartbeat(self, trial_id: int) -> None:
+        """The beat's time is read once the file lock is held: a beat that queued behind a
+        frozen or slow writer is as fresh as the moment it is written, not as old as the stall
+        (a sweeper that got the lock first would have taken it for a silent owner)."""
+        with self._thread_lock:
+            self._file_lock.acquire()
+            try:
+                self.set_trial_system_attr(trial_id, HEARTBEAT_KEY, time.time())
+            finally:
+                self._file_lock.release()
+
     def _check_budget(self, study_id: int) -> None:
         budget = self._replay_result.get_study(study_id).system_attrs.get(BUDGET_KEY)
         if budget is None:

@@ -198,6 +198,15 @@ def _open_rdb(
                 "keepalives_idle": 10,
                 "keepalives_interval": 5,
                 "keepalives_count": 3,
+                # Server side: a session left idle inside a transaction (its client died, froze
+                # or was cut off between a statement and its COMMIT) is ended after a heartbeat
+                # interval, releasing the row and study locks every other worker would wait on;
+                # and the server probes idle clients as the client probes the server.
+                "options": (
+                    f"-c idle_in_transaction_session_timeout={max(2, interval)}s "
+                    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
+                    "-c tcp_keepalives_count=3"
+                ),
             },
             # The budget check relies on each statement seeing what committed before it.
             "isolation_level": "READ COMMITTED",

@@ -277,12 +277,16 @@ _SILENCE = """
 
 # Failing a stale trial is one guarded transition: still running, still silent past the grace
 # period; its reason and the request that failed it are written with it. Of two sweepers, one
-# wins; only the winner re-queues.
+# wins; only the winner re-queues. A trial row locked by another transaction is skipped, not
+# waited for: its owner is writing to it (alive), or a session died holding it, which the
+# server ends after its idle-in-transaction timeout (see hpo.store._open).
 _FAIL_IF_STALE = sqlalchemy.text(
     f"""
     WITH u AS (
         UPDATE trials t SET state = 'FAIL', datetime_complete = :now
-         WHERE t.trial_id = :trial_id AND t.state = 'RUNNING'
+         WHERE t.trial_id = (SELECT trial_id FROM trials WHERE trial_id = :trial_id
+                              FOR UPDATE SKIP LOCKED)
+           AND t.state = 'RUNNING'
            AND {_SILENCE} > make_interval(secs => :grace_s)
            AND now() - pg_postmaster_start_time() > make_interval(secs => :grace_s)
         RETURNING trial_id

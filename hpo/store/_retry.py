@@ -211,7 +211,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
                 result = method(*args, **kwargs)
             except optuna.exceptions.UpdateFinishedTrialError:
                 if backoff.started is not None and name == "set_trial_state_values":
-                    trial = self._inner.get_trial(args[0])
+                    trial = self._call_unlocked("get_trial", args[0])  # retried too
                     if trial.system_attrs.get(FINISH_KEY) == current_request():
                         self._recovered(backoff, began)
                         return True  # our own write committed before its reply was lost

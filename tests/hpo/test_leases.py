@@ -363,3 +363,106 @@ def test_a_requeued_copy_that_outlived_the_budget_is_cancelled_not_left_waiting(
     trials = worker.study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL]
     assert trials[2].user_attrs["fail_reason"] == SURPLUS_REASON
+
+
+def test_a_sweep_fails_a_trial_only_if_it_is_still_stale_a_heartbeat_later(
+    storage_url: str, spec_dict: dict[str, Any]
+) -> None:
+    """A beat that queued behind a stall the sweeper did not itself wait for (a frozen writer
+    holding the journal's lock) lands within a heartbeat of the stall's end: the first sweep
+    to find the trial silent only suspects it (review of the exactly-once change)."""
+    from hpo.heartbeat import Heartbeat
+
+    if storage_url.startswith("sqlite"):
+        pytest.skip("SQLite keeps Optuna's own stale-trial rule (one host, no lost replies)")
+    study, _ = _study(storage_url, spec_dict, heartbeat_interval_s=1, grace_period_s=2)
+    storage: Any = study._storage
+    alive, dead = study.ask(), study.ask()
+    _silence(3.0)  # both silent past the grace period: a stall, or a death
+    sweeper = Heartbeat(study, 1.0)
+    sweeper.sweep()
+    assert storage.get_trial(alive._trial_id).state == TrialState.RUNNING  # suspected only
+    storage.record_heartbeat(alive._trial_id)  # its queued beat lands
+    _silence(1.2)  # a heartbeat later, within the grace period of that beat
+    sweeper.sweep()
+    assert storage.get_trial(alive._trial_id).state == TrialState.RUNNING
+    assert storage.get_trial(dead._trial_id).state == TrialState.FAIL
+
+
+def test_a_journal_beat_that_waited_for_the_lock_is_as_fresh_as_its_write(
+    tmp_path: Path, spec_dict: dict[str, Any]
+) -> None:
+    import fcntl
+    import os
+    import threading
+
+    from hpo.store import HEARTBEAT_KEY
+
+    url = str(tmp_path / "journal.log")
+    study, _ = _study(url, spec_dict)
+    trial = study.ask()
+    holder = os.open(url + ".flock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process, frozen while writing
+    beat = threading.Thread(target=study._storage.record_heartbeat, args=(trial._trial_id,))  # type: ignore[attr-defined]
+    beat.start()
+    time.sleep(1.5)
+    released_at = time.time()
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    os.close(holder)
+    beat.join(10)
+    stamp = study._storage.get_trial(trial._trial_id).system_attrs[HEARTBEAT_KEY]
+    assert stamp >= released_at
+
+
+def test_a_lost_trial_failed_but_never_copied_is_requeued_by_the_next_sweep(
+    storage_url: str, spec_dict: dict[str, Any]
+) -> None:
+    """A sweeper killed between its FAIL and the copy left a FAIL no later sweep would copy."""
+    from hpo.heartbeat import repair_requeues
+
+    study, _ = _study(storage_url, spec_dict)
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+    study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "heartbeat stale")
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # then killed
+    assert sweep_stale(study) == []
+    assert repair_requeues(study) == 0  # the sweep above repaired it; once is enough
+    copies = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert len(copies) == 1 and copies[0].params == trial.params
+
+
+def test_a_worker_asking_for_other_lease_terms_than_the_studys_refuses_to_start(
+    tmp_path: Path, spec_dict: dict[str, Any]
+) -> None:
+    """A sweeper with a shorter grace period failed the live trials of a worker that beat
+    less often (review of the exactly-once change)."""
+    from hpo.worker import Worker, WorkerError, WorkerOptions
+
+    url = str(tmp_path / "journal.log")
+    _study(url, spec_dict)
+    name = spec_dict["name"]
+    Worker(
+        WorkerOptions(storage_url=url, study_name=name, heartbeat_interval_s=3, grace_period_s=9)
+    )
+    Worker(
+        WorkerOptions(storage_url=url, study_name=name, heartbeat_interval_s=3, grace_period_s=9)
+    )
+    with pytest.raises(WorkerError, match="--heartbeat-s 1 --grace-s 2"):
+        Worker(
+            WorkerOptions(
+                storage_url=url, study_name=name, heartbeat_interval_s=1, grace_period_s=2
+            )
+        )
+
+
+def test_a_non_finite_cv_score_fails_the_trial_with_its_reason(
+    tmp_path: Path, spec_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = str(tmp_path / "journal.log")
+    _study(url, spec_dict)
+    worker = _worker_with(url, spec_dict["name"], lambda *_: float("nan"), monkeypatch)
+    summary = worker.run()
+    (trial,) = worker.study.get_trials(deepcopy=False)
+    assert summary.failed == 1 and summary.completed == 0
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "non-finite CV score: nan"
