@@ -466,3 +466,38 @@ def test_a_non_finite_cv_score_fails_the_trial_with_its_reason(
     assert summary.failed == 1 and summary.completed == 0
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == "non-finite CV score: nan"
+
+
+@pytest.mark.postgres
+def test_a_session_that_died_holding_a_trial_locked_neither_blocks_sweeps_nor_lingers(
+    postgres_url: str, spec_dict: dict[str, Any]
+) -> None:
+    """A worker host that vanished between a trial's UPDATE and its COMMIT leaves its session
+    idle in transaction, holding the trial's row lock (the server notices a dead peer only
+    after its TCP keepalive, two hours by default): sweeps skip the locked row instead of
+    queueing behind it, and the server ends such a session of ours after a heartbeat interval
+    (review of the exactly-once change)."""
+    import sqlalchemy
+
+    leases: dict[str, Any] = {"heartbeat_interval_s": 1, "grace_period_s": 2}
+    study, _ = _study(postgres_url, spec_dict, **leases)
+    storage: Any = study._storage
+    trial = study.ask()
+    _silence(1.5)
+    engine = storage._store().engine  # a worker's own connection settings
+    dead = engine.connect()
+    assert dead.execute(sqlalchemy.text("SHOW idle_in_transaction_session_timeout")).scalar() == (
+        "2s"
+    )
+    dead.execute(
+        sqlalchemy.text("SELECT 1 FROM trials WHERE trial_id = :t FOR UPDATE"),
+        {"t": trial._trial_id},
+    )  # ... and then the host vanished, mid-transaction
+    _silence(1.0)  # the trial is silent past its grace period; the session idle for 1 s
+    started = time.monotonic()
+    assert storage.fail_if_stale(trial._trial_id, {"fail_reason": "heartbeat stale"}) is False
+    assert time.monotonic() - started < 1.0  # skipped, not waited for
+    _silence(1.5)  # past the idle-in-transaction timeout: the server ended the session
+    assert storage.fail_if_stale(trial._trial_id, {"fail_reason": "heartbeat stale"}) is True
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        dead.execute(sqlalchemy.text("SELECT 1"))

@@ -173,9 +173,9 @@ def install(log: EventLog, step_s: float) -> None:
         log("requeue", trial=trial._trial_id, ok=ok)
         return ok
 
-    def sweep_stale(study: Any) -> list[int]:
+    def sweep_stale(study: Any, **kwargs: Any) -> list[int]:
         t0 = time.time()
-        numbers = real_sweep(study)
+        numbers = real_sweep(study, **kwargs)
         if numbers:
             log("swept", numbers=numbers, t0=t0, t1=time.time())
         return numbers
