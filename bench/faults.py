@@ -131,11 +131,21 @@ def run_segment(backend: str, seed: int, minutes: float, postgres_url: str) -> d
                 study_prefix=f"soak-{backend[:2]}",
             )
         summary = _summarize(result)
+        summary["commit"] = _commit()
         if result.violations:
             report = RESULTS.with_name(f"faults_soak_{backend}_{seed}.txt")
             report.write_text(result.describe())
             summary["report"] = str(report.relative_to(ROOT))
     return summary
+
+
+def _commit() -> str:
+    import subprocess
+
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    return done.stdout.strip() or "unknown"
 
 
 def render(results: dict[str, Any], command: str) -> str:
@@ -179,14 +189,15 @@ def render(results: dict[str, Any], command: str) -> str:
         "folds, nothing left RUNNING, every worker exits 0 (but those the schedule killed), "
         "no live trial failed by an outage shorter than the grace period.",
         "",
-        "| segment | store | minutes | faults | studies | trials finished | re-queued | "
+        "| segment | store | commit | minutes | faults | studies | trials finished | re-queued | "
         "violations |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key, s in results["segments"].items():
         lines.append(
-            f"| {key} | {s['backend']} | {s['seconds'] / 60:.1f} | {sum(s['faults'].values())} | "
-            f"{s['studies']} | {s['finished']} | {s['requeued']} | {s['n_violations']} |"
+            f"| {key} | {s['backend']} | {s.get('commit', '?')} | {s['seconds'] / 60:.1f} | "
+            f"{sum(s['faults'].values())} | {s['studies']} | {s['finished']} | {s['requeued']} "
+            f"| {s['n_violations']} |"
         )
     lines += [
         "",
