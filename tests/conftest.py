@@ -137,7 +137,7 @@ def _no_leaked_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     yield
     import psutil
 
-    base = str(tmp_path_factory.getbasetemp())
+    base = str(tmp_path_factory.getbasetemp()) + os.sep  # not pytest-3 for pytest-36
     me = os.getpid()
     leaked = []
     for proc in psutil.process_iter(["pid", "cwd", "cmdline"]):
