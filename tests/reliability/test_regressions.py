@@ -236,3 +236,40 @@ def test_a_worker_cut_off_from_hpo_proxy_tries_to_reconnect_every_heartbeat() ->
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     # gRPC's default: 1, 1.6, 2.6, 4.1 s apart (±20 %); ours: at most a heartbeat (+20 %).
     assert len(gaps) >= 4 and max(gaps) < 1.2 * heartbeat_s + 0.5, gaps
+
+
+def test_a_worker_whose_tell_was_stored_but_its_reply_lost_keeps_its_trial() -> None:
+    """Behind `hpo proxy` a call retried after its reply was lost is not idempotent: the
+    retried tell found the trial finished (by the worker itself) and the worker crashed with
+    exit 1, its trial complete (harness, grpc backend: a RESET while replies sat in a
+    LATENCY)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from hpo.store import RetryingStorage
+    from hpo.worker import _finish
+
+    class LosesFirstTellReply(optuna.storages.InMemoryStorage):
+        lost = False
+
+        def set_trial_state_values(
+            self, trial_id: int, state: TrialState, values: Any = None
+        ) -> bool:
+            stored = super().set_trial_state_values(trial_id, state, values)
+            if state.is_finished() and not self.lost:
+                self.lost = True
+                raise ConnectionError("connection reset after the write")
+            return stored
+
+    inner = LosesFirstTellReply()
+    storage = RetryingStorage(inner, sleep=lambda s: None)  # type: ignore[operator]
+    study = optuna.create_study(storage=storage, direction="maximize")
+    completed, pruned = study.ask(), study.ask()
+    assert _finish(study, completed, "COMPLETE", 0.75)
+    inner.lost = False
+    assert _finish(study, pruned, "PRUNED", None)
+    stored = study.get_trials(deepcopy=False)
+    assert [(t.state, t.value) for t in stored] == [
+        (TrialState.COMPLETE, 0.75),
+        (TrialState.PRUNED, None),
+    ]
