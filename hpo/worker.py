@@ -262,6 +262,13 @@ def _finish(study: optuna.Study, trial: optuna.Trial, state: str, value: float |
         frozen = storage.get_trial(trial._trial_id)
         if frozen.state == optuna.trial.TrialState.FAIL:
             return False
+        if frozen.state.name == state:
+            # Only a trial's lease holder ends it COMPLETE or PRUNED (everyone else can only
+            # fail it), so this was our own tell: its reply was lost and the retry found it
+            # done. Behind ``hpo proxy`` a retried call is not idempotent (Optuna's gRPC API
+            # carries no request id), so the store cannot tell us so itself.
+            logger.info("trial %d: our tell was stored, its reply lost", trial.number)
+            return True
         raise
 
 

@@ -44,6 +44,26 @@ class HeartbeatGrpcStorageProxy(GrpcStorageProxy, AttrHeartbeat):
         self._seen: dict[int, tuple[object, float]] = {}
         self._seen_lock = threading.Lock()
 
+    def _setup(self) -> None:
+        """Optuna's channel, stub and trial cache, but the channel reconnects at least once per
+        heartbeat interval. gRPC's default backs reconnects off exponentially up to two minutes
+        apart: a worker would stay cut off that long after ``hpo proxy`` came back, its live
+        trial failed as stale by a sweeper that was back first (and a long outage would outlast
+        the worker's outage timeout although the proxy was up again)."""
+        import grpc
+        from optuna.storages._grpc.auto_generated import api_pb2_grpc
+        from optuna.storages._grpc.client import GrpcClientCache
+
+        self._channel = grpc.insecure_channel(
+            f"{self._host}:{self._port}",
+            options=[
+                ("grpc.max_receive_message_length", -1),  # as Optuna's
+                ("grpc.max_reconnect_backoff_ms", 1000 * self._heartbeat_interval_s),
+            ],
+        )
+        self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
+        self._cache = GrpcClientCache(self._stub)
+
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.monotonic()
         running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))

@@ -393,7 +393,10 @@ def check_study(
 
     # 9. No live trial failed as stale: its owner must have been frozen, killed or gone at
     #    some moment of the silence the sweeper judged (grace period, plus slack for the
-    #    sweep interval and scheduling).
+    #    sweep interval and scheduling). Behind ``hpo proxy`` a sweeper judges silence on its
+    #    own clock (``hpo.store._grpc``): a beat unchanged for the grace period while it
+    #    watched, and it cannot watch a beat before it is written, so it fails a trial no
+    #    earlier after its last beat than the other stores do, and the same window holds.
     impaired = impairments(procs, injected)
     owners = {a.trial_id: a for a in attempts}
     slack_s = 2 * heartbeat_s + 2.0

@@ -1,8 +1,10 @@
 """Exactly once under real faults: real ``hpo worker`` processes, a seeded fault schedule, and
 the invariants of ``tests.reliability.invariants`` read back through stock Optuna.
 
-The seeds are fixed: they inject every fault kind on PostgreSQL (through the ``FaultProxy``)
-and every process fault on a shared journal file, overlapping, while studies run back to back.
+The seeds are fixed: they inject every fault kind on PostgreSQL (through the ``FaultProxy``),
+every process fault on a shared journal file, and every fault that fits gRPC on workers behind
+``hpo proxy`` (through the ``FaultProxy``; the proxy process itself crashed and restarted),
+overlapping, while studies run back to back.
 A failure prints the schedule, what was injected, every violation and the workers' log tails.
 The long soak is ``python -m bench.faults``.
 """
@@ -17,6 +19,7 @@ import pytest
 
 from tests.reliability.faults import FaultKind, restarts_postgres
 from tests.reliability.harness import (
+    GRPC_KINDS,
     JOURNAL_KINDS,
     POSTGRES_KINDS,
     HarnessConfig,
@@ -31,6 +34,12 @@ from tests.reliability.invariants import load_events
 # loaded 2-core machine.
 POSTGRES_RUN = (216, 50.0, 3.0)
 JOURNAL_RUN = (82, 30.0, 4.0)
+# Behind hpo proxy, also: a RESET clear of the restarts and refusals (it finds connections
+# open), and no RESET or PROXY_RESTART while a LATENCY holds replies in the FaultProxy. A cut
+# there loses a reply in flight often, and a lost reply to an ask or a FAIL is README's one gap
+# on grpc:// (not idempotent), which this test is not about; a cut without LATENCY lands on
+# one rarely (none in 73 RESETs of 3 busy workers, measured).
+GRPC_RUN = (1703, 32.0, 2.5)
 
 
 def _assert_exactly_once(result: HarnessResult, kinds: frozenset[FaultKind]) -> None:
@@ -78,6 +87,25 @@ def test_every_trial_finishes_exactly_once_under_process_faults_on_a_journal_fil
     with quiet_optuna():
         result = run_harness(config, tmp_path, study_prefix="ci-journal")
     _assert_exactly_once(result, JOURNAL_KINDS)
+
+
+@pytest.mark.slow
+def test_every_trial_finishes_exactly_once_under_faults_behind_hpo_proxy(tmp_path: Path) -> None:
+    """Workers on grpc:// reach a real ``hpo proxy`` (serving a journal file) through the
+    ``FaultProxy``: network faults, worker faults, and the proxy process killed and restarted
+    on its port (PG_RESTART on this backend)."""
+    seed, duration_s, mean_gap_s = GRPC_RUN
+    config = HarnessConfig(
+        backend="grpc",
+        kinds=GRPC_KINDS,
+        seed=seed,
+        duration_s=duration_s,
+        mean_gap_s=mean_gap_s,
+        n_trials=20,
+    )
+    with quiet_optuna():
+        result = run_harness(config, tmp_path, study_prefix="ci-grpc")
+    _assert_exactly_once(result, GRPC_KINDS)
 
 
 def _pid_namespaces() -> bool:

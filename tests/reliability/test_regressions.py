@@ -190,3 +190,86 @@ def test_a_sweeper_that_waited_for_the_journal_lock_fails_no_live_trial(
     assert sweep_stale(sweeper) == []
     assert holder.wait(30) == 0
     assert owner_store.get_trial(trial._trial_id).state == TrialState.RUNNING
+
+
+def test_a_worker_cut_off_from_hpo_proxy_tries_to_reconnect_every_heartbeat() -> None:
+    """gRPC backs a channel's reconnects off exponentially, up to two minutes apart: after
+    `hpo proxy` came back a worker stayed cut off for seconds more (minutes after a long
+    outage, past the outage timeout), and a sweeper that was back first failed its live trial
+    as stale. Now the channel tries again at least once per heartbeat interval."""
+    import itertools
+    import socket
+
+    from hpo.errors import StorageError
+
+    heartbeat_s = 2
+    attempts: list[float] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def refuse_grpc() -> None:  # the port answers, but no gRPC server: every connect fails
+        while not done.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            attempts.append(time.monotonic())
+            connection.close()
+
+    server = threading.Thread(target=refuse_grpc)
+    server.start()
+    try:
+        port = listener.getsockname()[1]
+        storage = open_storage(
+            f"grpc://127.0.0.1:{port}",
+            heartbeat_interval_s=heartbeat_s,
+            grace_period_s=2 * heartbeat_s,
+            outage_timeout_s=10.0,
+        )
+        with pytest.raises(StorageError, match="unreachable"):
+            storage.get_all_studies()
+    finally:
+        done.set()
+        server.join(5)
+        listener.close()
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    # gRPC's default: 1, 1.6, 2.6, 4.1 s apart (±20 %); ours: at most a heartbeat (+20 %).
+    assert len(gaps) >= 4 and max(gaps) < 1.2 * heartbeat_s + 0.5, gaps
+
+
+def test_a_worker_whose_tell_was_stored_but_its_reply_lost_keeps_its_trial() -> None:
+    """Behind `hpo proxy` a call retried after its reply was lost is not idempotent: the
+    retried tell found the trial finished (by the worker itself) and the worker crashed with
+    exit 1, its trial complete (harness, grpc backend: a RESET while replies sat in a
+    LATENCY)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from hpo.store import RetryingStorage
+    from hpo.worker import _finish
+
+    class LosesFirstTellReply(optuna.storages.InMemoryStorage):
+        lost = False
+
+        def set_trial_state_values(
+            self, trial_id: int, state: TrialState, values: Any = None
+        ) -> bool:
+            stored = super().set_trial_state_values(trial_id, state, values)
+            if state.is_finished() and not self.lost:
+                self.lost = True
+                raise ConnectionError("connection reset after the write")
+            return stored
+
+    inner = LosesFirstTellReply()
+    storage = RetryingStorage(inner, sleep=lambda s: None)  # type: ignore[operator]
+    study = optuna.create_study(storage=storage, direction="maximize")
+    completed, pruned = study.ask(), study.ask()
+    assert _finish(study, completed, "COMPLETE", 0.75)
+    inner.lost = False
+    assert _finish(study, pruned, "PRUNED", None)
+    stored = study.get_trials(deepcopy=False)
+    assert [(t.state, t.value) for t in stored] == [
+        (TrialState.COMPLETE, 0.75),
+        (TrialState.PRUNED, None),
+    ]
