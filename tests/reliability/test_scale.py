@@ -108,7 +108,7 @@ def test_200_workers_share_100_connections_and_meet_the_budget_exactly(
     # A fork server that has already imported Optuna and hpo: 200 children cost little memory
     # and start in milliseconds, and none inherits this test process's heap.
     context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["optuna", "sqlalchemy", "psycopg2", "hpo.worker", __name__])
+    context.set_forkserver_preload([__name__, "tests.reliability._preforked"])
     procs = [
         context.Process(target=_worker_main, args=(postgres_url, spec.name, i, str(tmp_path)))
         for i in range(N_WORKERS)
