@@ -123,6 +123,32 @@ def test_the_store_refuses_a_trial_beyond_the_budget(
     assert len(running) == 1
 
 
+def test_a_worker_whose_view_still_holds_the_copy_as_waiting_takes_no_second_slot(
+    postgres_url: str, spec_dict: dict[str, Any]
+) -> None:
+    """Budget 1, PostgreSQL's trial cache: b read the study while the re-queued copy was
+    WAITING, then a popped it. b's own pop lost, so it made a new trial, and its view (a
+    running trial below the last finished one is re-read at most once a second) still held
+    the copy as WAITING: the worker's check after ask() saw one running trial, its own, and
+    both trials ran (issue 14, defect 3)."""
+    spec_dict["budget"] = {"n_trials": 1}
+    study, _ = _study(postgres_url, spec_dict)
+    first = study.ask()
+    first.suggest_float("lr", 1e-5, 1e-3, log=True)
+    study._storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
+    requeue(study, study._storage.get_trial(first._trial_id))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))  # a later trial finished
+    a, _ = load_study(open_storage(postgres_url), spec_dict["name"])
+    b, _ = load_study(open_storage(postgres_url), spec_dict["name"])
+    states = [t.state for t in b.get_trials(deepcopy=False)]
+    assert states == [TrialState.FAIL, TrialState.WAITING, TrialState.FAIL]  # b's view
+    a.ask()  # pops the re-queued copy
+    with pytest.raises(NoSlotLeft):
+        b.ask()
+    plain = optuna.load_study(study_name=spec_dict["name"], storage=open_storage(postgres_url))
+    assert len(plain.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) == 1
+
+
 class _LostReply:
     """Runs an operation on the real store, then raises as if the reply had been lost."""
 
