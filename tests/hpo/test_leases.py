@@ -207,6 +207,22 @@ def test_a_pop_before_a_lost_reply_is_found_not_orphaned(pg_study: optuna.Study)
     assert flaky.lost == 1
 
 
+def test_a_requeued_copy_added_before_a_lost_reply_is_found_not_added_twice(
+    pg_study: optuna.Study,
+) -> None:
+    """add_trial of a re-queued copy, retried after its reply was lost, made a second copy
+    (issue 14, defect 4)."""
+    trial = pg_study.ask()
+    trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+    pg_study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    storage, flaky = _retrying(pg_study, "create_new_trial")
+    flaky_study = optuna.load_study(study_name=pg_study.study_name, storage=storage)
+    assert requeue(flaky_study, pg_study._storage.get_trial(trial._trial_id))
+    assert flaky.lost == 1
+    waiting = pg_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert len(waiting) == 1, [t.number for t in waiting]
+
+
 def test_a_retry_does_not_take_another_workers_failure_for_its_own(
     pg_study: optuna.Study,
 ) -> None:
