@@ -199,11 +199,12 @@ def _open_rdb(
                 "keepalives_interval": 5,
                 "keepalives_count": 3,
                 # Server side: a session left idle inside a transaction (its client died, froze
-                # or was cut off between a statement and its COMMIT) is ended after a heartbeat
-                # interval, releasing the row and study locks every other worker would wait on;
+                # or was cut off between a statement and its COMMIT) is ended after a grace
+                # period, releasing the row and study locks every other worker would wait on
+                # (a live client starved of CPU by 200 neighbours sat idle in one past 10 s);
                 # and the server probes idle clients as the client probes the server.
                 "options": (
-                    f"-c idle_in_transaction_session_timeout={max(2, interval)}s "
+                    f"-c idle_in_transaction_session_timeout={max(2, grace)}s "
                     "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
                     "-c tcp_keepalives_count=3"
                 ),

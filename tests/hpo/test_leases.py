@@ -517,7 +517,7 @@ def test_a_session_that_died_holding_a_trial_locked_neither_blocks_sweeps_nor_li
     """A worker host that vanished between a trial's UPDATE and its COMMIT leaves its session
     idle in transaction, holding the trial's row lock (the server notices a dead peer only
     after its TCP keepalive, two hours by default): sweeps skip the locked row instead of
-    queueing behind it, and the server ends such a session of ours after a heartbeat interval
+    queueing behind it, and the server ends such a session of ours after a grace period
     (review of the exactly-once change)."""
     import sqlalchemy
 
