@@ -468,10 +468,14 @@ def check_exits(
     for p in procs:
         handled = [e["t"] for e in events.get(p.key, ()) if e["ev"] == "signals"]
         early_term = any(not handled or t < handled[0] for t in terms[p.pid])
+        # A SIGTERM after the worker's last word (its exit code logged): Python's finalization
+        # has put the default handler back, so the kernel ends it with -15; nothing was lost.
+        exited = [e["t"] for e in events.get(p.key, ()) if e["ev"] == "exit" and "code" in e]
+        late_term = any(exited and t >= exited[0] for t in terms[p.pid])
         allowed = {0}
         if p.pid in killed:
             allowed.add(-9)
-        if early_term:
+        if early_term or late_term:
             allowed.add(-15)
         if len(terms[p.pid]) > 1:
             allowed.add(128 + 15)
