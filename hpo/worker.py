@@ -21,7 +21,7 @@ from enum import Enum
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from hpo.errors import HpoError
+from hpo.errors import HpoError, StorageError
 from hpo.heartbeat import INTERRUPTED_REASON, Heartbeat, requeue
 from hpo.notes import write_trial_note
 from hpo.objective import FAIL_REASON_ATTR, RETRY_HISTORY_KEY, TrialContext, run_trial
@@ -111,17 +111,20 @@ class StopSignal:
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
+        SHIELD.stopping.clear()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
+        SHIELD.stopping.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
             os._exit(128 + signum)
         self.requested = True
+        SHIELD.stopping.set()  # an outage's retries give up rather than hold the stop
         logger.info("received %s: stopping", signal.Signals(signum).name)
         if self._in_trial:
             self._in_trial = False
@@ -307,34 +310,16 @@ class Worker:
             if self.spec.budget.timeout_s
             else math.inf
         )
-        consecutive_failures = 0
         with Heartbeat(self.study, self.options.heartbeat_interval_s) as heartbeat:
-            while True:
-                heartbeat.sweep()
-                reason = self._stop_reason(deadline)
-                if reason == "wait":
-                    time.sleep(WAIT_POLL_S)
-                    continue
-                if reason:
-                    self.summary.stop_reason = reason
-                    break
-                state = self._run_one(heartbeat)
-                if state == Outcome.NO_SLOT:
-                    time.sleep(WAIT_POLL_S)
-                    continue
-                if state == Outcome.FAIL:
-                    _free_memory()  # outside the except block: the traceback is gone by now
-                    if self.stop.requested:
-                        continue  # interrupted, not failing: the stop reason ends the loop
-                    consecutive_failures += 1
-                    if consecutive_failures >= self.options.max_consecutive_failures:
-                        raise WorkerError(
-                            f"worker {self.worker_id}: the last {consecutive_failures} trials "
-                            "all failed; stopping instead of burning the budget (see the "
-                            f"trials' {FAIL_REASON_ATTR!r} attribute)"
-                        )
-                elif state != Outcome.LOST:
-                    consecutive_failures = 0
+            try:
+                self._loop(heartbeat, deadline)
+            except StorageError as e:
+                if not self.stop.requested:
+                    raise
+                # Told to stop during an outage: stop now, not after it. A trial left RUNNING
+                # is the sweepers' to re-queue once its lease expires (nothing lost).
+                logger.warning("stopping with the store unreachable: %s", e)
+                self.summary.stop_reason = "interrupted (store unreachable)"
         if self.summary.stop_reason.startswith("budget of"):
             # After the heartbeat thread stopped: its sweeps may have queued a copy until now.
             _cancel_surplus_copies(self.study)
@@ -342,6 +327,35 @@ class Worker:
         if CONNECTIONS.peak:
             logger.info("peak open database connections: %d", CONNECTIONS.peak)
         return self.summary
+
+    def _loop(self, heartbeat: Heartbeat, deadline: float) -> None:
+        consecutive_failures = 0
+        while True:
+            heartbeat.sweep()
+            reason = self._stop_reason(deadline)
+            if reason == "wait":
+                time.sleep(WAIT_POLL_S)
+                continue
+            if reason:
+                self.summary.stop_reason = reason
+                break
+            state = self._run_one(heartbeat)
+            if state == Outcome.NO_SLOT:
+                time.sleep(WAIT_POLL_S)
+                continue
+            if state == Outcome.FAIL:
+                _free_memory()  # outside the except block: the traceback is gone by now
+                if self.stop.requested:
+                    continue  # interrupted, not failing: the stop reason ends the loop
+                consecutive_failures += 1
+                if consecutive_failures >= self.options.max_consecutive_failures:
+                    raise WorkerError(
+                        f"worker {self.worker_id}: the last {consecutive_failures} trials "
+                        "all failed; stopping instead of burning the budget (see the "
+                        f"trials' {FAIL_REASON_ATTR!r} attribute)"
+                    )
+            elif state != Outcome.LOST:
+                consecutive_failures = 0
 
     def _stop_reason(self, deadline: float) -> str:
         import optuna

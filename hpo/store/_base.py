@@ -189,11 +189,18 @@ class StoreCallShield:
     undone. So a handler asks ``deferring(exc)`` first: inside a call it keeps the exception,
     which is raised the moment the outermost call returns; outside one it returns False and the
     handler raises at once. Only the main thread counts (signal handlers run there).
+
+    A process asked to stop also sets ``stopping``: a store call that is retrying through an
+    outage then gives up (``StorageError``) rather than holding the stop for up to the outage
+    timeout; what it leaves RUNNING is the sweepers' to re-queue when its lease expires.
     """
 
     def __init__(self) -> None:
         self._depth = 0
         self._pending: BaseException | None = None
+        # Set by the stop handler: retries of an unreachable store give up at once instead of
+        # riding out the outage (``Backoff``), so a stopped worker does not wait minutes.
+        self.stopping = threading.Event()
 
     @contextmanager
     def call(self) -> Iterator[None]:

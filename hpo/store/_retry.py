@@ -49,6 +49,11 @@ _MAX_REFUSED_DELAY_S = 2.0
 _QUIET_REFUSED_S = 30.0
 
 
+def _sleep_unless_stopping(delay_s: float) -> None:
+    """Sleep between retries; a stop request (``SHIELD.stopping``) ends the wait early."""
+    SHIELD.stopping.wait(delay_s)
+
+
 class RetryStats:
     """What this process's retries hid: refused connections and outages, and their wait."""
 
@@ -74,13 +79,13 @@ class Backoff:
         *,
         timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S,
         max_delay_s: float = _MAX_DELAY_S,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.describe = describe
         self.max_delay_s = max_delay_s
         self.timeout_s = timeout_s
         self.started: float | None = None
-        self._sleep = sleep
+        self._sleep = sleep or _sleep_unless_stopping
         self._delay_s = 0.0
         self._warned = False
 
@@ -95,6 +100,11 @@ class Backoff:
             RETRIES.refused += 1
         else:
             RETRIES.outage_errors += 1
+        if SHIELD.stopping.is_set():
+            raise StorageError(
+                f"{self.describe} unreachable ({error_summary(error)}); not retrying: "
+                "this process is stopping"
+            ) from None
         if down_s > self.timeout_s:
             if refused:
                 raise StorageError(connection_limit_message(self.describe, down_s)) from None
@@ -158,7 +168,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         outage_timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S,
         describe: str = "store",
         max_delay_s: float = _MAX_DELAY_S,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self._inner = inner
         self._max_delay_s = max_delay_s

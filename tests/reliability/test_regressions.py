@@ -273,3 +273,94 @@ def test_a_worker_whose_tell_was_stored_but_its_reply_lost_keeps_its_trial() -> 
         (TrialState.COMPLETE, 0.75),
         (TrialState.PRUNED, None),
     ]
+
+
+@pytest.mark.postgres
+def test_a_worker_told_to_stop_during_an_outage_stops_now_and_its_trial_is_requeued(
+    proxy: FaultProxy, postgres_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM while the database is unreachable: the worker used to hold the stop until the
+    outage ended (its store call retried for up to 300 s, the signal deferred behind it); now
+    it gives up the retry, exits 0 within seconds, and its RUNNING trial is failed and
+    re-queued by a sweeper once the database is back and its lease has expired."""
+    import json
+    import signal
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from tests.hpo.conftest import unique_name
+    from tests.reliability.harness import HarnessConfig, harness_spec
+
+    config = HarnessConfig(n_trials=1, n_folds=3, epochs=20, step_s=0.2)
+    spec = harness_spec(unique_name(), config)
+    create_study(parse_spec(spec), open_storage(postgres_url))
+    events = tmp_path / "events"
+    events.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HPO_STUB_EVENTS": str(events),
+        "HPO_STUB_PROC": "w",
+        "HPO_STUB_STEP_S": "0.2",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "tests.reliability._stub_worker",
+        "worker",
+        "--study",
+        spec["name"],
+        "--storage",
+        proxy.url_for(postgres_url),
+        "--device",
+        "cpu",
+        "--heartbeat-s",
+        "1",
+        "--grace-s",
+        "3",
+    ]
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while '"ev": "write"' not in _read(events / "w.jsonl"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        proxy.refuse()
+        time.sleep(1.5)  # the worker's next report and beat are in their retries now
+        proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        code = proc.wait(timeout=60)
+        took_s = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proxy.admit()
+    assert code == 0, log.read_text()
+    assert took_s < 10, f"the stop took {took_s:.1f} s\n{log.read_text()}"
+    assert "not retrying: this process is stopping" in log.read_text()
+    # Any worker's sweep fails and re-queues it once the database is back.
+    from hpo.heartbeat import sweep_stale
+    from hpo.study import load_study
+
+    storage = open_storage(postgres_url, heartbeat_interval_s=1, grace_period_s=3)
+    study, _ = load_study(storage, spec["name"])
+    time.sleep(3 + 2)  # its lease lapsed, and this sweeper has been connected a grace period
+    assert len(sweep_stale(study)) == 1
+    plain = optuna.storages.RDBStorage(
+        postgres_url.replace("postgresql://", "postgresql+psycopg2://")
+    )
+    trials = optuna.load_study(study_name=spec["name"], storage=plain).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING], [
+        (t.number, t.state, t.user_attrs) for t in trials
+    ]
+    assert json.dumps(trials[1].params, sort_keys=True) == json.dumps(
+        trials[0].params, sort_keys=True
+    )
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
