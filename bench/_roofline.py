@@ -293,7 +293,7 @@ def cpu_peak(
         bf16 = f", bf16 {2 * fp32_per_cycle} (VDPBF16PS)"
     name = core.name if core else f"family {info.family} model {info.model}, default"
     basis = (
-        f"{name} ({fma}× {lanes * 32}-bit FMA per cycle), {cores} cores at {mhz:.0f} MHz "
+        f"{name} ({fma}× {lanes * 32}-bit FMA per cycle), cores used: {cores}, at {mhz:.0f} MHz "
         f"({clock_source}); FLOPs per cycle per core: fp32 {fp32_per_cycle}{bf16}"
     )
     return Peak(device=info.model_name or "CPU", flops_per_s=peaks, basis=basis)
@@ -309,6 +309,7 @@ CUDA_PEAKS: tuple[tuple[str, float, float], ...] = (
     (r"H100", 989.0, 495.0),
     (r"A100", 312.0, 156.0),
     (r"L40S", 362.0, 183.0),
+    (r"\bL40\b", 181.0, 90.5),
     (r"\bL4\b", 121.0, 60.0),
     (r"\bA10\b", 125.0, 62.5),
 )

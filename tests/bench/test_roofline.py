@@ -147,6 +147,7 @@ def test_fp32_flops_per_cycle_follow_the_microarchitecture(
         ("NVIDIA A10", 125.0),
         ("NVIDIA L4", 121.0),
         ("NVIDIA L40S", 362.0),
+        ("NVIDIA L40", 181.0),
     ],
 )
 def test_cuda_peaks_come_from_the_datasheet_table_by_name(name: str, bf16_tflops: float) -> None:
