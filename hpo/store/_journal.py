@@ -154,6 +154,13 @@ class HeartbeatJournalStorage(JournalStorage, AttrHeartbeat):
         super().__setstate__(state)
         self._thread_lock = threading.RLock()  # type: ignore[assignment]
 
+    def _sync_with_backend(self) -> None:
+        """Optuna's replay of the file's new lines, with a stop signal held off until it ends:
+        raised halfway, a line would count as read but never be applied, and this process's
+        view (its trial ids among them) would differ from everyone's from then on."""
+        with SHIELD.call():
+            super()._sync_with_backend()
+
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         """Check and append as one step: no other process appends in between."""

@@ -330,3 +330,50 @@ def test_a_stop_signal_during_a_store_write_stops_the_trial_after_the_write(
     assert signalled and stop.requested
     assert study._storage.get_trial(trial._trial_id).intermediate_values == {0: 0.5}
     trial.report(0.6, 1)  # the lock was released: the next write goes through
+
+
+def test_a_stop_signal_during_a_journal_replay_leaves_this_process_the_same_trials(
+    tmp_path: Path,
+) -> None:
+    """A SIGTERM that lands while a worker replays the journal's new lines (any read: a
+    report's, ``should_prune``'s) is raised when the replay ends. Raised halfway, it left a
+    line counted as read but never applied: the worker saw one trial fewer than the file held,
+    so its next trial had a different id there than for every other process."""
+    from unittest import mock
+
+    from optuna.storages.journal._storage import JournalStorageReplayResult
+
+    from hpo.worker import Interrupted, StopSignal
+
+    path = str(tmp_path / "journal.log")
+    writer = optuna.create_study(storage=open_storage(path), study_name="s")
+    reader = optuna.load_study(storage=open_storage(path), study_name="s")
+    reader.trials  # noqa: B018  (the reader is up to date: the next read replays new lines)
+    for _ in range(3):
+        writer.ask()
+    real_apply = JournalStorageReplayResult._apply_create_trial
+    signalled = []
+
+    def apply_after_a_signal(self: Any, log: dict[str, Any]) -> None:
+        if not signalled:  # the first new line: the handler runs before it is applied
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        real_apply(self, log)
+
+    stop = StopSignal()
+    stop.install()
+    try:
+        with (
+            mock.patch.object(
+                JournalStorageReplayResult, "_apply_create_trial", apply_after_a_signal
+            ),
+            pytest.raises(Interrupted),
+            stop.trial_scope(),
+        ):
+            reader.trials  # noqa: B018
+    finally:
+        stop.restore()
+    assert signalled
+    assert [t.number for t in reader.trials] == [0, 1, 2]
+    assert reader.ask()._trial_id == 3  # the id every process gives the fourth trial
+    assert [t._trial_id for t in writer.trials] == [0, 1, 2, 3]
