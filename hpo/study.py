@@ -33,6 +33,10 @@ def step_grid(spec: StudySpec) -> StepGrid:
     return StepGrid(n_folds=spec.cv.n_folds, steps_per_fold=max_epochs)
 
 
+# How long a creator that finds a study without its spec waits for whoever may be writing it.
+SETUP_WAIT_S = 10.0
+
+
 def _study_id(storage: optuna.storages.BaseStorage, name: str) -> int | None:
     try:
         return storage.get_study_id_from_name(name)
@@ -52,18 +56,21 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> int:
     """
     import optuna
 
-    existing = _study_id(storage, spec.name)
-    if existing is not None:
-        _check_same_spec(storage, existing, spec)
-        return existing
-    try:
-        study_id = storage.create_new_study(
-            [optuna.study.StudyDirection[spec.direction.upper()]], spec.name
-        )
-    except optuna.exceptions.DuplicatedStudyError:
-        # Another process created it between our check and our create.
-        study_id = storage.get_study_id_from_name(spec.name)
-        _check_same_spec(storage, study_id, spec, wait_for_spec=True)
+    study_id = _study_id(storage, spec.name)
+    if study_id is None:
+        try:
+            study_id = storage.create_new_study(
+                [optuna.study.StudyDirection[spec.direction.upper()]], spec.name
+            )
+        except optuna.exceptions.DuplicatedStudyError:
+            # Another process created it between our check and our create, or we did and the
+            # reply was lost (then no one else will write its spec: see _unfinished).
+            study_id = storage.get_study_id_from_name(spec.name)
+            if not _unfinished(storage, study_id, spec, wait=True):
+                _check_same_spec(storage, study_id, spec)
+                return study_id
+    elif not _unfinished(storage, study_id, spec, wait=True):
+        _check_same_spec(storage, study_id, spec)
         return study_id
     try:
         storage.set_study_user_attr(study_id, SPEC_ATTR, spec.to_json_dict())
@@ -75,6 +82,36 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> int:
         raise
     logger.info("created study %r (spec %s)", spec.name, spec.spec_hash())
     return study_id
+
+
+def _unfinished(
+    storage: optuna.storages.BaseStorage, study_id: int, spec: StudySpec, *, wait: bool
+) -> bool:
+    """Whether the study is one whose set-up was never finished, ours to finish: no spec hash
+    (written last) after waiting ``SETUP_WAIT_S`` for whoever may be setting it up, our
+    direction, no spec or this spec, and no trials but the spec's enqueued ones. Its creator
+    died before writing the spec, or it was us and the reply to the create was lost (the retry
+    then found the name taken). A study that holds anything else is not taken over."""
+    import time
+
+    from optuna.trial import TrialState
+
+    deadline = time.monotonic() + (SETUP_WAIT_S if wait else 0.0)
+    attrs = storage.get_study_user_attrs(study_id)
+    while SPEC_HASH_ATTR not in attrs and time.monotonic() < deadline:
+        time.sleep(0.1)
+        attrs = storage.get_study_user_attrs(study_id)
+    if SPEC_HASH_ATTR in attrs:
+        return False
+    direction = storage.get_study_directions(study_id)
+    stored = attrs.get(SPEC_ATTR)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    return (
+        [d.name.lower() for d in direction] == [spec.direction]
+        and (stored is None or _same_when_revalidated(stored, spec))
+        and set(attrs) <= {SPEC_ATTR}
+        and all(t.state == TrialState.WAITING for t in trials)
+    )
 
 
 def _enqueue_known_points(
@@ -102,16 +139,8 @@ def _check_same_spec(
     storage: optuna.storages.BaseStorage,
     study_id: int,
     spec: StudySpec,
-    *,
-    wait_for_spec: bool = False,
 ) -> None:
-    import time
-
     attrs = storage.get_study_user_attrs(study_id)
-    deadline = time.monotonic() + (10.0 if wait_for_spec else 0.0)
-    while SPEC_HASH_ATTR not in attrs and time.monotonic() < deadline:
-        time.sleep(0.1)
-        attrs = storage.get_study_user_attrs(study_id)
     stored_hash = attrs.get(SPEC_HASH_ATTR)
     if stored_hash is None:
         raise StudyConflictError(

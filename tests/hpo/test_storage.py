@@ -69,6 +69,44 @@ def test_conflicting_spec_is_refused(storage_url: str, spec_dict: dict[str, Any]
     assert load_stored_spec(storage, spec_dict["name"]).cv.n_folds == 3
 
 
+def test_a_study_whose_creation_reply_was_lost_is_set_up_not_refused(
+    spec_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The create committed, its reply was lost, the retry found the name taken: the study had
+    no spec, so `hpo create` refused it ("not created by hpo") and the name was lost for
+    good. Now an empty study with no spec is ours to finish setting up; one that holds trials,
+    another direction or a different spec is still refused."""
+    import sqlalchemy.exc
+
+    from hpo import study as study_module
+    from hpo.store import RetryingStorage
+
+    monkeypatch.setattr(study_module, "SETUP_WAIT_S", 0.2)  # no one else is setting it up
+
+    class LosesFirstReply(optuna.storages.InMemoryStorage):
+        lost = False
+
+        def create_new_study(self, directions: Any, study_name: str | None = None) -> int:
+            study_id = super().create_new_study(directions, study_name)
+            if not self.lost:
+                self.lost = True
+                raise sqlalchemy.exc.OperationalError(
+                    "COMMIT", {}, Exception("server closed the connection unexpectedly")
+                )
+            return study_id
+
+    storage = RetryingStorage(LosesFirstReply(), sleep=lambda s: None)  # type: ignore[abstract]
+    spec = parse_spec(spec_dict)
+    study_id = create_study(spec, storage)
+    assert load_stored_spec(storage, spec.name) == spec
+    assert create_study(spec, storage) == study_id
+    # A study of that name someone else made and used is not taken over.
+    other = optuna.create_study(storage=storage, study_name="theirs", direction="maximize")
+    other.ask()
+    with pytest.raises(StudyConflictError, match="not created by hpo"):
+        create_study(parse_spec({**spec_dict, "name": "theirs"}), storage)
+
+
 def test_a_study_created_before_train_precision_existed_is_the_same_study(
     tmp_path: Path, spec_dict: dict[str, Any]
 ) -> None:
