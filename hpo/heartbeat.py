@@ -168,8 +168,16 @@ class Heartbeat:
             self._beat(trial_id)
 
     def _beat(self, trial_id: int) -> None:
+        import optuna
+
         try:
             self._study._storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Failed elsewhere (our lease lapsed): beat no more for it. The main thread learns
+            # it at its next write and says so in one line (``Worker._lost``).
+            with self._lock:
+                if self._trial_id == trial_id:
+                    self._trial_id = None
         except Exception as e:  # a missed beat is retried next tick; the grace period covers it
             logger.warning("heartbeat for trial id %d failed: %s", trial_id, error_summary(e))
 

@@ -377,3 +377,48 @@ def test_a_stop_signal_during_a_journal_replay_leaves_this_process_the_same_tria
     assert [t.number for t in reader.trials] == [0, 1, 2]
     assert reader.ask()._trial_id == 3  # the id every process gives the fourth trial
     assert [t._trial_id for t in writer.trials] == [0, 1, 2, 3]
+
+
+def test_a_worker_whose_trial_was_failed_elsewhere_says_so_once(
+    tmp_path: Path, spec_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """Its heartbeat stops beating for a trial that is no longer its own: it used to log a
+    refused beat every heartbeat until the trial's next report (and append each to the
+    journal), besides the one line that it drops the trial (review of the exactly-once
+    change)."""
+    import logging
+
+    import hpo.worker
+    from hpo.heartbeat import requeue
+    from hpo.worker import Worker, WorkerOptions
+
+    url = str(tmp_path / "journal.log")
+    create_study(parse_spec(spec_dict), open_storage(url))
+
+    def failed_elsewhere_while_training(trial: optuna.Trial, *args: Any) -> float:
+        trial.report(0.5, 0)
+        other = open_storage(url)
+        other.set_trial_user_attr(trial._trial_id, "fail_reason", "heartbeat stale")
+        other.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        requeue(
+            optuna.load_study(study_name=spec_dict["name"], storage=other),
+            trial.study._storage.get_trial(trial._trial_id),
+        )
+        time.sleep(3.5)  # a long epoch: the next report is when the worker learns it
+        trial.report(0.6, 1)
+        return 0.9
+
+    monkeypatch.setattr(hpo.worker, "run_trial", failed_elsewhere_while_training)
+    options = WorkerOptions(
+        storage_url=url,
+        study_name=spec_dict["name"],
+        max_trials=1,
+        device="cpu",
+        heartbeat_interval_s=1,
+        grace_period_s=2,
+    )
+    with caplog.at_level(logging.INFO):
+        summary = Worker(options).run()
+    assert summary.lost == 1
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and "no longer this worker's" in said[0], said
