@@ -177,6 +177,20 @@ _INSERT_USER_ATTR = sqlalchemy.text(
     """
 )
 
+# A worker's writes on its own trial are fenced by its lease: each is one statement that
+# writes only while the trial is unfinished and holds the trial row (FOR SHARE) until it
+# commits, so a sweeper's FAIL (FOR UPDATE) lands wholly before (the write then finds it FAIL
+# and is refused: UpdateFinishedTrialError) or after it (and its re-queue sees the write).
+_SET_USER_ATTR_IF_UNFINISHED = sqlalchemy.text(
+    f"""
+    INSERT INTO trial_user_attributes (trial_id, key, value_json)
+    SELECT trial_id, :key, :value
+      FROM trials WHERE trial_id = :trial_id AND state NOT IN {_FINISHED} FOR SHARE
+    ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json
+    RETURNING trial_id
+    """
+)
+
 _INSERT_SYSTEM_ATTR = sqlalchemy.text(
     """
     INSERT INTO trial_system_attributes (trial_id, key, value_json)
@@ -200,7 +214,7 @@ _INSERT_PARAM = sqlalchemy.text(
     f"""
     INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
     SELECT trial_id, :name, CAST(:value AS double precision), :distribution
-      FROM trials WHERE trial_id = :trial_id AND state NOT IN {_FINISHED}
+      FROM trials WHERE trial_id = :trial_id AND state NOT IN {_FINISHED} FOR SHARE
     ON CONFLICT (trial_id, param_name) DO NOTHING
     RETURNING param_id
     """
@@ -212,7 +226,7 @@ _UPSERT_INTERMEDIATE = sqlalchemy.text(
            (trial_id, step, intermediate_value, intermediate_value_type)
     SELECT trial_id, :step, CAST(:value AS double precision),
            CAST(:value_type AS trialintermediatevaluetype)
-      FROM trials WHERE trial_id = :trial_id AND state NOT IN {_FINISHED}
+      FROM trials WHERE trial_id = :trial_id AND state NOT IN {_FINISHED} FOR SHARE
     ON CONFLICT (trial_id, step) DO UPDATE
        SET intermediate_value = EXCLUDED.intermediate_value,
            intermediate_value_type = EXCLUDED.intermediate_value_type
@@ -630,6 +644,14 @@ class LeanPostgresStorage(RDBStorage):
         distribution: distributions.BaseDistribution,
     ) -> None:
         self._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        with self._connection(write=True) as conn:
+            written = conn.execute(
+                _SET_USER_ATTR_IF_UNFINISHED, _attr_row(trial_id, key, value)
+            ).first()
+            if written is None:
+                self._raise_unless_updatable(conn, trial_id)
 
     def set_trial_intermediate_value(
         self, trial_id: int, step: int, intermediate_value: float

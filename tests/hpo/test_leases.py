@@ -543,3 +543,51 @@ def test_a_session_that_died_holding_a_trial_locked_neither_blocks_sweeps_nor_li
     assert storage.fail_if_stale(trial._trial_id, {"fail_reason": "heartbeat stale"}) is True
     with pytest.raises(sqlalchemy.exc.OperationalError):
         dead.execute(sqlalchemy.text("SELECT 1"))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("write", ["report", "user_attr"])
+def test_a_write_racing_a_sweepers_fail_is_refused_not_stored_on_the_failed_trial(
+    postgres_url: str, spec_dict: dict[str, Any], write: str
+) -> None:
+    """A sweeper's FAIL is under way (its UPDATE made, not yet committed) when the trial's
+    worker writes a report or a fold result: the write waits for it and is refused. It used to
+    read the trial as RUNNING and store the write on the trial being failed (review of the
+    exactly-once change): a fold result the re-queued copy did not carry, a failure reason
+    overwritten."""
+    import threading
+
+    import sqlalchemy
+
+    study, _ = _study(postgres_url, spec_dict)
+    storage: Any = study._storage
+    trial = study.ask()
+    sweeper = storage._store().engine.connect()
+    sweeper.execute(
+        sqlalchemy.text("UPDATE trials SET state = 'FAIL' WHERE trial_id = :t"),
+        {"t": trial._trial_id},
+    )
+    outcome: list[BaseException | None] = []
+
+    def worker_writes() -> None:
+        try:
+            if write == "report":
+                storage.set_trial_intermediate_value(trial._trial_id, 0, 0.5)
+            else:
+                storage.set_trial_user_attr(trial._trial_id, "fold_0", {"score": 0.5})
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    writer = threading.Thread(target=worker_writes)
+    writer.start()
+    writer.join(timeout=1.0)
+    sweeper.commit()
+    sweeper.close()
+    writer.join(timeout=10.0)
+    assert len(outcome) == 1 and isinstance(
+        outcome[0], optuna.exceptions.UpdateFinishedTrialError
+    ), outcome
+    stored = storage.get_trial(trial._trial_id)
+    assert stored.state == TrialState.FAIL
+    assert stored.intermediate_values == {} and "fold_0" not in stored.user_attrs
