@@ -96,7 +96,8 @@ def is_transient(error: BaseException) -> bool:
 
 
 def _grpc_unavailable(error: BaseException) -> bool:
-    """An ``hpo proxy`` that is down or restarting (gRPC status UNAVAILABLE)."""
+    """An ``hpo proxy`` that is down or restarting (gRPC status UNAVAILABLE), or a call that
+    went unanswered past its deadline (DEADLINE_EXCEEDED: a half-open connection)."""
     try:
         import grpc
     except ImportError:  # pragma: no cover - grpcio is a dependency
@@ -105,7 +106,7 @@ def _grpc_unavailable(error: BaseException) -> bool:
     return (
         isinstance(error, grpc.RpcError)
         and callable(code)
-        and code() == grpc.StatusCode.UNAVAILABLE
+        and code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     )
 
 

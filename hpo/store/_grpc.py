@@ -13,14 +13,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
+import grpc
 import optuna
 from optuna.storages import GrpcStorageProxy
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.store._base import HEARTBEAT_KEY, NO_SLOT, NoSlotLeft
 from hpo.store._heartbeat import AttrHeartbeat
+
+_MIN_DEADLINE_S = 30.0
 
 
 class HeartbeatGrpcStorageProxy(GrpcStorageProxy, AttrHeartbeat):
@@ -54,13 +57,20 @@ class HeartbeatGrpcStorageProxy(GrpcStorageProxy, AttrHeartbeat):
         from optuna.storages._grpc.auto_generated import api_pb2_grpc
         from optuna.storages._grpc.client import GrpcClientCache
 
-        self._channel = grpc.insecure_channel(
+        channel = grpc.insecure_channel(
             f"{self._host}:{self._port}",
             options=[
                 ("grpc.max_receive_message_length", -1),  # as Optuna's
                 ("grpc.max_reconnect_backoff_ms", 1000 * self._heartbeat_interval_s),
             ],
         )
+        # Optuna's calls carry no deadline: on a connection that went half-open (the proxy's
+        # host vanished mid-call) one would wait for TCP to give up, about 15 minutes, holding
+        # this worker's store and so its heartbeats. A call still unanswered after a grace
+        # period (30 s at least: a busy proxy is slow, not gone) fails as the proxy being
+        # unreachable, and is retried like one.
+        deadline_s = max(_MIN_DEADLINE_S, float(self._grace_period_s))
+        self._channel = grpc.intercept_channel(channel, _Deadline(deadline_s))
         self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
         self._cache = GrpcClientCache(self._stub)
 
@@ -105,6 +115,42 @@ class HeartbeatGrpcStorageProxy(GrpcStorageProxy, AttrHeartbeat):
     ) -> bool:
         with _no_slot_from_proxy():
             return super().set_trial_state_values(trial_id, state, values)
+
+
+class _Deadline(grpc.UnaryUnaryClientInterceptor):
+    """Gives every unary call without a deadline one of ``timeout_s``."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if details.timeout is None:
+            details = _CallDetails(
+                details.method,
+                self._timeout_s,
+                details.metadata,
+                details.credentials,
+                getattr(details, "wait_for_ready", None),
+                getattr(details, "compression", None),
+            )
+        return continuation(details, request)
+
+
+class _CallDetails(
+    NamedTuple(
+        "_CallDetails",
+        [
+            ("method", str),
+            ("timeout", float | None),
+            ("metadata", Any),
+            ("credentials", Any),
+            ("wait_for_ready", Any),
+            ("compression", Any),
+        ],
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
 
 
 @contextmanager

@@ -198,6 +198,9 @@ def _open_rdb(
                 "keepalives_idle": 10,
                 "keepalives_interval": 5,
                 "keepalives_count": 3,
+                # ... and so does one whose statement goes unacknowledged (keepalives probe
+                # only an idle connection): a partition mid-query errors, and is retried.
+                "tcp_user_timeout": 20_000,
                 # Server side: a session left idle inside a transaction (its client died, froze
                 # or was cut off between a statement and its COMMIT) is ended after a grace
                 # period, releasing the row and study locks every other worker would wait on
@@ -206,7 +209,7 @@ def _open_rdb(
                 "options": (
                     f"-c idle_in_transaction_session_timeout={max(2, grace)}s "
                     "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
-                    "-c tcp_keepalives_count=3"
+                    "-c tcp_keepalives_count=3 -c tcp_user_timeout=20000"
                 ),
             },
             # The budget check relies on each statement seeing what committed before it.

@@ -364,3 +364,61 @@ def test_a_worker_told_to_stop_during_an_outage_stops_now_and_its_trial_is_reque
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+def test_a_call_to_hpo_proxy_that_is_never_answered_fails_and_is_retried_not_waited_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A proxy whose host vanished mid-call (a half-open connection) never answers: Optuna's
+    gRPC calls carry no deadline, so a worker waited for TCP to give up (about 15 minutes),
+    holding its store and so its heartbeats (review of the exactly-once change). Now a call
+    unanswered past its deadline counts as the proxy being unreachable: retried, and given up
+    after the outage timeout like any outage."""
+    from concurrent import futures
+
+    import grpc
+
+    from hpo.errors import StorageError
+    from hpo.store import _grpc
+
+    monkeypatch.setattr(_grpc, "_MIN_DEADLINE_S", 1.0)
+    release = threading.Event()
+
+    class NeverAnswers(grpc.GenericRpcHandler):
+        def service(self, handler_call_details: Any) -> Any:
+            def hang(request: Any, context: Any) -> Any:
+                release.wait(60)
+                context.abort(grpc.StatusCode.UNAVAILABLE, "released")
+
+            return grpc.unary_unary_rpc_method_handler(hang)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((NeverAnswers(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    outcome: list[BaseException | None] = []
+    try:
+        storage = open_storage(
+            f"grpc://127.0.0.1:{port}",
+            heartbeat_interval_s=1,
+            grace_period_s=1,
+            outage_timeout_s=3.0,
+        )
+
+        def call() -> None:
+            try:
+                storage.get_all_studies()
+                outcome.append(None)
+            except BaseException as e:
+                outcome.append(e)
+
+        caller = threading.Thread(target=call, daemon=True)
+        started = time.monotonic()
+        caller.start()
+        caller.join(timeout=20)
+        took_s = time.monotonic() - started
+    finally:
+        release.set()
+        server.stop(grace=None)
+    assert outcome and isinstance(outcome[0], StorageError), (outcome, took_s)
+    assert "unreachable" in str(outcome[0]) and took_s < 15
