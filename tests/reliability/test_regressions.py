@@ -328,7 +328,7 @@ def test_a_worker_told_to_stop_during_an_outage_stops_now_and_its_trial_is_reque
         while '"ev": "write"' not in _read(events / "w.jsonl"):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        proxy.refuse()
+        proxy.crash()  # the database is down: open connections reset, new ones refused
         time.sleep(1.5)  # the worker's next report and beat are in their retries now
         proc.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
