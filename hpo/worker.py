@@ -509,4 +509,12 @@ def run_worker(options: WorkerOptions) -> WorkerSummary:
     # Installed until the process exits: a SIGTERM that lands while the worker is on its way
     # out (its budget met) is a request to stop, not a kill (exit code 0, not -15).
     stop.install()
-    return Worker(options, stop).run()
+    try:
+        worker = Worker(options, stop)
+    except StorageError as e:
+        if not stop.requested:
+            raise
+        # Told to stop while it waited for the store to open: it has nothing to clean up.
+        logger.warning("stopping before the store could be reached: %s", e)
+        return WorkerSummary(stop_reason="interrupted (store unreachable)")
+    return worker.run()

@@ -422,3 +422,38 @@ def test_a_call_to_hpo_proxy_that_is_never_answered_fails_and_is_retried_not_wai
         server.stop(grace=None)
     assert outcome and isinstance(outcome[0], StorageError), (outcome, took_s)
     assert "unreachable" in str(outcome[0]) and took_s < 15
+
+
+@pytest.mark.postgres
+def test_a_worker_told_to_stop_while_it_waits_for_the_store_to_open_exits_0(
+    proxy: FaultProxy, postgres_url: str, tmp_path: Path
+) -> None:
+    """Started (or restarted) during an outage, a worker waits for the store; a SIGTERM then
+    ended it with exit 1 and a one-line error (harness seed 216: a respawned worker told to
+    stop at once). It has nothing to clean up: it exits 0 at once."""
+    import signal
+
+    from tests.hpo.conftest import unique_name
+    from tests.reliability.harness import HarnessConfig, harness_spec
+
+    spec = harness_spec(unique_name(), HarnessConfig(n_trials=1))
+    create_study(parse_spec(spec), open_storage(postgres_url))
+    proxy.crash()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HPO_STUB_EVENTS": str(tmp_path)}
+    command = [sys.executable, "-m", "tests.reliability._stub_worker", "worker"]
+    command += ["--study", spec["name"], "--storage", proxy.url_for(postgres_url)]
+    command += ["--device", "cpu", "--heartbeat-s", "1", "--grace-s", "3"]
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        time.sleep(3.0)  # started, signal handler installed, retrying the first connection
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proxy.admit()
+    assert proc.returncode == 0, out.decode(errors="replace")
+    assert b"stopping before the store could be reached" in out
