@@ -15,5 +15,11 @@ study="${1:?usage: sbatch --array=0-N deploy/slurm.sh STUDY}"
 HPO_STORAGE="$(cat "${HPO_STORAGE_FILE:-$HOME/.hpo-storage}")"
 export HPO_STORAGE
 # Slurm sends SIGTERM 120 s before the time limit (--signal); the worker re-queues its trial.
-# The array index is the sampler stream: distinct per task, repeatable per run.
-exec hpo worker --study "$study" --device cuda:0 --stream "${SLURM_ARRAY_TASK_ID:-0}"
+# The array index is the sampler stream: distinct per task, repeatable per run. Outside an
+# array (a plain sbatch) no --stream: each job draws a random one (a fixed 0 would give every
+# such job the same points).
+stream=()
+if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+    stream=(--stream "$SLURM_ARRAY_TASK_ID")
+fi
+exec hpo worker --study "$study" --device cuda:0 "${stream[@]}"

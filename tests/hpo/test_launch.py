@@ -96,3 +96,38 @@ def test_hpo_dashboard_serves_the_embedded_store_on_localhost(
         env={**os.environ, ENV_STORAGE: url},
     )
     assert spec_dict["name"] in names
+
+
+@pytest.mark.parametrize("array_task", ["3", None])
+def test_the_slurm_script_gives_array_tasks_their_index_and_other_jobs_a_random_stream(
+    tmp_path: Path, array_task: str | None
+) -> None:
+    """An array task's stream is its index (distinct, repeatable); a plain sbatch job passes
+    none, so the worker draws a random one. It used to fall back to stream 0 for every job
+    outside an array: identical points (review of the exactly-once change)."""
+    import stat
+
+    fake = tmp_path / "bin" / "hpo"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "$@"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    secret = tmp_path / "storage"
+    secret.write_text("postgresql://hpo:PASSWORD@db:5432/hpo")
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    env["HPO_STORAGE_FILE"] = str(secret)
+    env.pop("SLURM_ARRAY_TASK_ID", None)
+    if array_task is not None:
+        env["SLURM_ARRAY_TASK_ID"] = array_task
+    out = subprocess.run(
+        ["bash", str(REPO / "deploy" / "slurm.sh"), "demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out[:4] == ["worker", "--study", "demo", "--device"]
+    if array_task is None:
+        assert "--stream" not in out
+    else:
+        assert out[out.index("--stream") + 1] == array_task
+    assert "PASSWORD" not in " ".join(out)
