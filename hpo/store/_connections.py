@@ -67,7 +67,7 @@ class LingeringConnection:
                 try:
                     self._conn = self._engine.connect()
                 except sqlalchemy.exc.OperationalError as e:
-                    from hpo.store import is_connection_limit
+                    from hpo.store._base import is_connection_limit
 
                     if is_connection_limit(e):
                         self._polite_until = time.monotonic() + POLITE_AFTER_REFUSAL_S
