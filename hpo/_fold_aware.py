@@ -10,10 +10,13 @@ At each checkpoint of a trial (every epoch's step on the study's ``StepGrid``):
 
 1. **The value compared.** At a fold's end, the mean of the trial's fold scores so far; inside a
    fold, the score at that step, compared only with trials that run the same number of epochs.
-2. **The reference** is every other trial that reached the same checkpoint (complete, pruned or
-   running, as ASHA's rungs), plus every trial pruned before it, which ranks below: it lost
-   earlier. It grows with the study, and a checkpoint compares with the whole population, not
-   with the survivors of earlier checkpoints (which would compound the shares).
+2. **The reference** is every other trial among the ``recent`` latest that reached the same
+   checkpoint (complete, pruned or running, as ASHA's rungs), plus every one of them pruned
+   before it, which ranks below: it lost earlier. It moves with the study, and a checkpoint
+   compares with the whole population, not with the survivors of earlier checkpoints (which
+   would compound the shares). The latest trials, not all: a model-based sampler's later
+   proposals are better than its first, and a new trial competes with what the sampler draws
+   now (for trials from one distribution the two are the same, so ``keep_percentile`` holds).
 3. **The evidence** is the Spearman rank correlation, over completed trials, between their value
    at this checkpoint and their final CV score, taken at a lower confidence bound (Fisher z,
    Bonett–Wright standard error). A checkpoint whose bound is at or below zero (misleading or
@@ -75,6 +78,9 @@ class FoldAwarePruner(BasePruner):
         n_warmup_steps: no pruning before this step.
         confidence: one-sided confidence of the lower bound on a checkpoint's rank correlation
             with the final score; higher waits for more evidence.
+        recent: the reference is the latest this many trials (0: every trial). 20 was chosen
+            on the MF-Hartmann benchmark (BENCHMARKS.md, "Pruning"); the evidence (rank
+            correlations) is always learnt from every completed trial.
     """
 
     def __init__(
@@ -86,6 +92,7 @@ class FoldAwarePruner(BasePruner):
         n_startup_trials: int = 4,
         n_warmup_steps: int = 0,
         confidence: float = 0.84,
+        recent: int = 20,
     ) -> None:
         if not 0.0 < keep_percentile <= 100.0:
             raise ValueError(f"keep_percentile must be in (0, 100], got {keep_percentile}")
@@ -98,6 +105,9 @@ class FoldAwarePruner(BasePruner):
             raise ValueError(f"n_warmup_steps must be >= 0, got {n_warmup_steps}")
         if not 0.5 <= confidence < 1.0:
             raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+        if recent < 0:
+            raise ValueError(f"recent must be >= 0, got {recent}")
+        self._recent = recent
         self._grid = StepGrid(n_folds=n_folds, steps_per_fold=steps_per_fold)
         self._keep = keep_percentile / 100.0
         self._n_startup_trials = n_startup_trials
@@ -132,6 +142,8 @@ class FoldAwarePruner(BasePruner):
         # The reference is every trial that reached this checkpoint, plus every trial pruned
         # before it (it lost earlier, so it ranks below): comparing with those that reached it
         # alone would compare with survivors, and the shares would compound as in ASHA.
+        if self._recent:
+            others = sorted(others, key=lambda t: t.number)[-self._recent :]
         reached = [v for v in map(value_at, others) if v is not None and math.isfinite(v)]
         lost_earlier = sum(
             t.state == TrialState.PRUNED and (t.last_step is None or t.last_step < step)

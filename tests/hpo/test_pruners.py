@@ -216,3 +216,34 @@ def test_step_grid_places_each_fold_end_at_the_same_step() -> None:
     assert [grid.step(1, e, 2) for e in range(2)] == [4, 5]
     assert [grid.step(1, 0, 1)] == [5]
     assert grid.fold_scores({2: 0.5, 4: 0.6, 5: 0.7}) == [0.5, 0.7]
+
+
+def test_fold_aware_compares_a_trial_with_the_latest_trials_not_the_first() -> None:
+    """A model-based sampler's later trials are better than its first: a trial only as good as
+    the early ones is losing now. Compared with every trial so far (the early, poor ones
+    among them) it survived; compared with the latest it is pruned after its first epoch
+    (MF-Hartmann: anytime regret ÷ no pruning 0.72 → about 0.5 on mfh3)."""
+    rng = np.random.default_rng(0)
+
+    def study_with(pruner: optuna.pruners.BasePruner) -> optuna.Study:
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+        for i in range(60):  # quality climbs from 0.5 to 0.9 as the sampler learns
+            quality = 0.5 + 0.4 * i / 59
+            trial = study.ask()
+            scores = []
+            for fold in range(GRID.n_folds):
+                for epoch in range(GRID.steps_per_fold):
+                    value = quality + rng.normal(0.0, 0.01)
+                    trial.report(value, GRID.step(fold, epoch, GRID.steps_per_fold))
+                scores.append(value)
+            study.tell(trial, float(np.mean(scores)))
+        return study
+
+    def pruned_at_first_epoch(pruner: optuna.pruners.BasePruner) -> bool:
+        study = study_with(pruner)
+        trial = study.ask()
+        trial.report(0.74, 0)  # better than most trials so far, worse than the latest 20
+        return trial.should_prune()
+
+    assert pruned_at_first_epoch(make_pruner("fold_aware", {}, GRID))
+    assert not pruned_at_first_epoch(make_pruner("fold_aware", {"recent": 0}, GRID))
