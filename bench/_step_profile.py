@@ -66,6 +66,10 @@ class StepProfile:
     warmup: int
 
 
+# Dtype conversions: the casts autocast makes of a matmul's inputs run inside the matmul op.
+CAST_OPS = frozenset({"aten::to", "aten::_to_copy", "aten::copy_", "aten::empty_strided"})
+
+
 def category(event: FunctionEvent) -> str:
     """The category of one profiler event, from its name and its ancestors' names."""
     names = []
@@ -76,6 +80,8 @@ def category(event: FunctionEvent) -> str:
     for label in RANGES:
         if label in names:
             return label
+    if event.name in CAST_OPS:  # under autocast these run inside aten::linear: not matmul work
+        return "other"
     folded = [name.lower().replace("_", "") for name in names]
     if any(mark in name for name in folded for mark in ATTENTION_MARKS):
         return "attention"

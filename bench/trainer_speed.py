@@ -8,14 +8,18 @@ snippets: the first of 3 stratified folds of ``--rows`` rows (train on 2/3, eval
 every epoch), max_seq_len 48, batch 16, lr 1e-4, dropout 0.1, warmup 10 %, gradient clipping 1.0,
 no weight decay, CLS-pooled classifier, seed 0. Hugging Face's side is what its docs show: the
 texts tokenized once with truncation, ``DataCollatorWithPadding``, ``TrainingArguments`` defaults
-for everything not listed here, ``eval_strategy="epoch"``, a ``model_init`` that loads the
-checkpoint per trial. Contenders: ``ours`` and ``hf`` in fp32; ``ours-bf16``
-(``TrainerConfig.precision="bf16"``) and ``hf-bf16`` (``TrainingArguments(bf16=True,
-use_cpu=True)``), bf16 autocast over fp32 weights on both sides; L1/L2 are off (``Trainer`` has
-no such loss terms) except in ``ours+l1l2`` (fp32, l1 1e-6, l2 1e-4), to show what they cost.
+for everything not listed here, ``eval_strategy="epoch"``, the checkpoint loaded per trial.
+Contenders: ``ours`` and ``hf`` in fp32; ``ours-auto`` (``precision: auto``, resolved in its own
+process as a worker does: bf16 where the CPU has it and a probe finds it faster, else fp32; the
+table's precision column says which), ``hf-bf16`` (``TrainingArguments(bf16=True,
+use_cpu=True)``) and ``hf-bf16-grouped`` (the same with ``train_sampling_strategy=
+"group_by_length"``, its documented way to cut padding), bf16 autocast over fp32 weights on
+both sides; L1/L2 are off (``Trainer`` has no such loss terms) except in ``ours+l1l2`` (fp32,
+l1 1e-6, l2 1e-4), to show what they cost.
 
 Every run is a fresh process that does two trials back to back (as a worker does); the second is
-the warm one. Contenders are interleaved (ours, ours-bf16, hf, hf-bf16, ours+l1l2, ours, …).
+the warm one. Contenders are interleaved (ours, ours-auto, hf, hf-bf16, hf-bf16-grouped,
+ours+l1l2, ours, …).
 Per trial: ``train ex/s`` = training examples / time inside the training loops (epoch start to
 epoch end, evaluation excluded, on both sides); ``train GFLOP/s`` = the training FLOPs of those
 examples over the same time, counted by ``bench/_roofline.py`` from MiniLM-L6's shapes and each
@@ -72,16 +76,18 @@ class Contender:
     """Whose trainer runs, in which precision, and whether with the L1/L2 penalty."""
 
     trainer: Literal["ours", "hf"]
-    precision: Precision
+    precision: Precision | Literal["auto"]
     penalties: bool = False
+    group_by_length: bool = False  # HF only: ``train_sampling_strategy="group_by_length"``
 
 
 # In the order they run in each round.
 CONTENDERS: dict[str, Contender] = {
     "ours": Contender("ours", "fp32"),
-    "ours-bf16": Contender("ours", "bf16"),
+    "ours-auto": Contender("ours", "auto"),
     "hf": Contender("hf", "fp32"),
     "hf-bf16": Contender("hf", "bf16"),
+    "hf-bf16-grouped": Contender("hf", "bf16", group_by_length=True),
     "ours+l1l2": Contender("ours", "fp32", penalties=True),
 }
 
@@ -173,6 +179,7 @@ def run_ours(rows: int, epochs: int, contender: Contender, cache_dir: str) -> li
         train_idx = prepared.folds[0][0]
         trials.append(
             {
+                "precision": config.precision,
                 "train_examples": result.train_examples,
                 "train_tokens": int(prepared.tokens.lengths[train_idx].sum()) * len(result.curve),
                 "train_s": result.train_s,
@@ -185,7 +192,9 @@ def run_ours(rows: int, epochs: int, contender: Contender, cache_dir: str) -> li
     return trials
 
 
-def run_hf(rows: int, epochs: int, bf16: bool, out_dir: str) -> list[dict[str, Any]]:
+def run_hf(
+    rows: int, epochs: int, bf16: bool, out_dir: str, group_by_length: bool = False
+) -> list[dict[str, Any]]:
     """Two trials of ``transformers.Trainer`` on the same fold, as its docs set it up."""
     import numpy as np
     from datasets import Dataset
@@ -258,6 +267,7 @@ def run_hf(rows: int, epochs: int, bf16: bool, out_dir: str) -> list[dict[str, A
             disable_tqdm=True,
             use_cpu=True,
             bf16=bf16,
+            train_sampling_strategy="group_by_length" if group_by_length else "random",
         )
         hf = Trainer(
             model=model,
@@ -308,7 +318,10 @@ def child(name: str, rows: int, epochs: int, threads: int, cache_dir: str, out: 
     contender = CONTENDERS[name]
     with tempfile.TemporaryDirectory() as tmp:
         if contender.trainer == "hf":
-            trials = run_hf(rows, epochs, contender.precision == "bf16", tmp)
+            bf16 = contender.precision == "bf16"
+            trials = run_hf(rows, epochs, bf16, tmp, contender.group_by_length)
+            for trial in trials:
+                trial["precision"] = contender.precision
         else:
             trials = run_ours(rows, epochs, contender, cache_dir)
     out.write_text(json.dumps(trials))
@@ -353,7 +366,7 @@ def render(
     rows = []
     head: dict[str, float] = {}
     for name, runs in results.items():
-        precision = CONTENDERS[name].precision
+        precision = runs[0][0]["precision"]  # what it ran in (``auto`` resolved in the child)
         speed = [t["train_examples"] / t["train_s"] for run in runs for t in run]
         flop_rates = [flops / t["train_s"] for run in runs for t in run]
         warm = [run[1] for run in runs]
@@ -364,7 +377,7 @@ def render(
         head[f"{name}_wall_s"] = median([t["wall_s"] for t in warm])
         head[f"{name}_setup_warm_s"] = median([t["setup_s"] for t in warm])
         rows.append(
-            f"| {name} | {median(speed):.1f} | "
+            f"| {name} | {precision} | {median(speed):.1f} | "
             + " / ".join(f"{s:.1f}" for s in speed)
             + f" | {head[f'{name}_flop_s'] / 1e9:.1f} | {100 * head[f'{name}_peak']:.1f} % "
             f"| {median([t['setup_s'] for t in cold]):.2f} | {head[f'{name}_setup_warm_s']:.2f}"
@@ -373,15 +386,16 @@ def render(
             f"{median([t['accuracy'] for run in runs for t in run]):.3f} |"
         )
     table = (
-        "| contender | train ex/s (median) | train ex/s per trial | train GFLOP/s (median) "
+        "| contender | precision | train ex/s (median) | train ex/s per trial "
+        "| train GFLOP/s (median) "
         "| % of peak (its precision) | setup, 1st trial (s) | setup, warm trial (s) "
         "| 1st step, warm trial (s) | wall per warm trial (s) | held-out accuracy (median) |\n"
-        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|\n" + "\n".join(rows)
+        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|\n" + "\n".join(rows)
     )
     return table, head
 
 
-def summarize(head: dict[str, float], auto: Precision) -> str:
+def summarize(head: dict[str, float], auto: Precision | None) -> str:
     """The sentences under the table, for the contenders that ran (keys of ``head``)."""
 
     def ran(*names: str) -> bool:
@@ -399,23 +413,24 @@ def summarize(head: dict[str, float], auto: Precision) -> str:
             f"(trial start to first training forward) {head['ours_setup_warm_s']:.2f} s vs "
             f"{head['hf_setup_warm_s']:.2f} s."
         )
-    auto_name = "ours-bf16" if auto == "bf16" else "ours"
-    if ran("ours", auto_name):
+    if ran("ours", "ours-auto"):
         sentences.append(
-            f"`precision: auto` picks {auto} on this machine: ours(auto) / ours fp32 = "
-            f"{ex_s(auto_name) / ex_s('ours'):.2f} ({ex_s(auto_name):.1f} vs "
+            f"`precision: auto` picked {auto} on this machine: ours(auto) / ours fp32 = "
+            f"{ex_s('ours-auto') / ex_s('ours'):.2f} ({ex_s('ours-auto'):.1f} vs "
             f"{ex_s('ours'):.1f} ex/s)."
-        )
-    if auto == "fp32" and ran("ours", "ours-bf16"):
-        sentences.append(
-            f"Forced bf16 ran {ex_s('ours-bf16') / ex_s('ours'):.2f}× as fast as fp32 here."
         )
     if ran("hf", "hf-bf16"):
         sentences.append(
-            f"`Trainer` in bf16 ran {ex_s('hf-bf16') / ex_s('hf'):.2f}× as fast as in fp32."
+            f"`Trainer` in bf16 ran {ex_s('hf-bf16') / ex_s('hf'):.2f}× as fast as in fp32"
+            + (
+                f", and {ex_s('hf-bf16-grouped') / ex_s('hf'):.2f}× with its length-grouped "
+                "sampler."
+                if ran("hf-bf16-grouped")
+                else "."
+            )
         )
-    ours = [name for name in ("ours", "ours-bf16") if ran(name)]
-    theirs = [name for name in ("hf", "hf-bf16") if ran(name)]
+    ours = [name for name in ("ours", "ours-auto") if ran(name)]
+    theirs = [name for name in ("hf", "hf-bf16", "hf-bf16-grouped") if ran(name)]
     if ours and theirs:
         best_ours, best_hf = max(ours, key=ex_s), max(theirs, key=ex_s)
         sentences.append(
@@ -514,7 +529,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     import torch
 
     from bench._roofline import device_peak
-    from trainer import resolve_precision
 
     torch.set_num_threads(args.threads)
     peak = device_peak("cpu", args.threads)
@@ -523,7 +537,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.profile:
             print(profile_section(run_child("profile", args, cache_dir), peak))
             return
-        auto = resolve_precision("auto", "cpu")
         flops, tokens = training_work(args.rows, args.epochs, cache_dir)
         results: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in args.contenders}
         loads = []
@@ -546,6 +559,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
         profile = profile_section(run_child("profile", args, cache_dir), peak)
     table, head = render(results, flops, peak)
+    auto = results["ours-auto"][0][0]["precision"] if results.get("ours-auto") else None
     summary = summarize(head, auto)
     work = (
         f"Training FLOPs per trial: {flops / 1e12:.2f} TFLOP ({tokens} tokens: fold 0's "

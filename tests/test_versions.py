@@ -59,8 +59,9 @@ def pyproject_torch() -> SpecifierSet:
     return specifier
 
 
-def dockerfile_torch() -> Version:
-    text = (REPO / "Dockerfile").read_text()
+def dockerfile_torch(text: str | None = None) -> Version:
+    """The torch version of the Dockerfile's base image (``text``: the file's, by default)."""
+    text = (REPO / "Dockerfile").read_text() if text is None else text
     match = BASE_IMAGE.search(text)
     assert match, (
         "Dockerfile: expected a line FROM pytorch/pytorch:<X.Y.Z>-cuda<A.B>-cudnn<N>-runtime"
@@ -125,17 +126,35 @@ def test_pyproject_torch_range_starts_at_what_transformers_and_accelerate_need()
     )
 
 
-def test_docker_base_image_torch_is_in_the_project_range() -> None:
-    torch, needed = dockerfile_torch(), minimum_torch()
-    assert torch >= needed, (
-        f"Dockerfile: the base image's torch {torch} is below {needed}, the minimum transformers "
-        f"{metadata.version('transformers')} enables: every model load in the image fails"
-    )
+def base_image_problems(torch: Version) -> list[str]:
+    """What is wrong with a base image carrying ``torch``, one line each (none: fine)."""
+    problems = []
+    needed = minimum_torch()
+    if torch < needed:
+        problems.append(
+            f"Dockerfile: the base image's torch {torch} is below {needed}, the minimum "
+            f"transformers {metadata.version('transformers')} enables: every model load in the "
+            "image fails"
+        )
     specifier = pyproject_torch()
-    assert specifier.contains(torch), (
-        f"Dockerfile: the base image's torch {torch} is outside pyproject's torch{specifier}; "
-        "`pip install .` would replace the image's CUDA build"
-    )
+    if not specifier.contains(torch):
+        problems.append(
+            f"Dockerfile: the base image's torch {torch} is outside pyproject's "
+            f"torch{specifier}; `pip install .` would replace the image's CUDA build"
+        )
+    return problems
+
+
+def test_docker_base_image_torch_is_in_the_project_range() -> None:
+    assert base_image_problems(dockerfile_torch()) == []
+
+
+def test_the_check_fails_on_the_base_image_this_project_once_had() -> None:
+    """The Dockerfile before the version check (pytorch 2.5.1) is refused: transformers 5
+    disables PyTorch below 2.6, so every model load in that image failed."""
+    old = "FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime\n"  # git show 4d20d4b:Dockerfile
+    problems = base_image_problems(dockerfile_torch(old))
+    assert problems and "below" in problems[0], problems
 
 
 @pytest.mark.parametrize("file", ["Makefile", "README.md"])
