@@ -20,6 +20,25 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def _against_baselines(
+    study: optuna.Study, spec: StudySpec, best: optuna.trial.FrozenTrial
+) -> list[str]:
+    """The best trial so far against the study's baselines on the same folds, and the plain
+    sentence when it does not beat the linear one (nothing when no baselines are stored)."""
+    from hpo.baselines import compare, describe, shortfall, stored_baselines
+
+    bars = stored_baselines(study)
+    if not bars or best.value is None:
+        return []
+    mean = best.user_attrs.get("cv_mean", best.value)
+    comparisons = compare(mean, best.user_attrs.get("fold_scores", []), bars, spec.direction)
+    lines = [describe(comparisons)]
+    verdict = shortfall(comparisons)
+    if verdict:
+        lines.append(f"[bold yellow]{verdict}[/]")
+    return lines
+
+
 def render_status(study: optuna.Study, spec: StudySpec, started: float) -> RenderableType:
     """A rich renderable summarizing the study as the store has it now."""
     from optuna.trial import TrialState
@@ -57,6 +76,7 @@ def render_status(study: optuna.Study, spec: StudySpec, started: float) -> Rende
             f"best: trial {best.number}  {spec.objective.metric} {best.value:.4f}"
             f" ± {best.user_attrs.get('cv_std', 0.0):.4f}  ({params})"
         )
+        parts.extend(_against_baselines(study, spec, best))
     if running:
         grid = step_grid(spec)
         table = Table(title="running", title_justify="left", expand=False)

@@ -103,6 +103,31 @@ def test_run_summary_says_plainly_when_the_fine_tuned_model_loses_to_tfidf(
     assert f"majority class {majority['mean']:.4f} ({margin:+.4f}, better on 3/3 folds)" in text
 
 
+def test_the_live_view_sets_the_best_trial_so_far_against_the_baselines(
+    tmp_path: Path, spec_dict: dict[str, Any]
+) -> None:
+    """While `hpo run` works, not only in its final summary: the best trial so far, its
+    margins, and the plain sentence while it loses to TF-IDF + LR."""
+    import time
+
+    from hpo.live import render_status
+
+    spec = parse_spec(spec_dict)
+    storage = open_storage(str(tmp_path / "journal.log"))
+    create_study(spec, storage)
+    stored = record_baselines(storage, spec)
+    assert stored is not None
+    tfidf = next(s for s in stored["scores"] if s["name"] == "tfidf_lr")
+    study, _ = load_study(storage, spec.name)
+    _add_trial(study, [0.78, 0.80, 0.82])
+    console = Console(record=True, width=300)
+    console.print(render_status(study, spec, time.monotonic()))
+    text = console.export_text()
+    assert "vs baselines on the same folds (+ is better): " in text
+    assert f"TF-IDF + logistic regression {tfidf['mean']:.4f} ({0.8 - tfidf['mean']:+.4f}" in text
+    assert "the fine-tuned model does not beat TF-IDF + logistic regression" in text
+
+
 def test_run_summary_gives_the_margin_when_the_fine_tuned_model_wins(
     tmp_path: Path, spec_dict: dict[str, Any]
 ) -> None:
