@@ -591,3 +591,32 @@ def test_a_write_racing_a_sweepers_fail_is_refused_not_stored_on_the_failed_tria
     stored = storage.get_trial(trial._trial_id)
     assert stored.state == TrialState.FAIL
     assert stored.intermediate_values == {} and "fold_0" not in stored.user_attrs
+
+
+@pytest.mark.postgres
+def test_a_trials_request_id_is_found_through_an_index_not_a_scan_of_every_study(
+    postgres_url: str, spec_dict: dict[str, Any]
+) -> None:
+    """Every ask checks whether its request already made a trial; without an index on the
+    request ids that check read every request id the database ever held (5 ms per ask after
+    17,000 trials: the coordination benchmark's 1-worker rate fell by a third). The store makes
+    a partial index on our lookup keys when it opens, and the check uses it."""
+    import sqlalchemy
+
+    from hpo.store import REQUEST_KEY
+
+    study, _ = _study(postgres_url, spec_dict)
+    engine = study._storage._store().engine  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SET enable_seqscan = off"))  # as on a big table
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                sqlalchemy.text(
+                    "EXPLAIN SELECT trial_id FROM trial_system_attributes "
+                    f"WHERE key = '{REQUEST_KEY}' AND value_json = :request"
+                ),
+                {"request": '"x"'},
+            )
+        )
+    assert "ix_hpo_trial_system_attributes_lookup" in plan, plan
