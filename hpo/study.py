@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hpo.errors import StorageError, StudyConflictError, StudyNotFoundError
 from hpo.pruners import make_pruner
@@ -57,21 +57,22 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> int:
     import optuna
 
     study_id = _study_id(storage, spec.name)
+    created = False
     if study_id is None:
         try:
             study_id = storage.create_new_study(
                 [optuna.study.StudyDirection[spec.direction.upper()]], spec.name
             )
+            created = True
         except optuna.exceptions.DuplicatedStudyError:
             # Another process created it between our check and our create, or we did and the
             # reply was lost (then no one else will write its spec: see _unfinished).
             study_id = storage.get_study_id_from_name(spec.name)
-            if not _unfinished(storage, study_id, spec, wait=True):
-                _check_same_spec(storage, study_id, spec)
-                return study_id
-    elif not _unfinished(storage, study_id, spec, wait=True):
-        _check_same_spec(storage, study_id, spec)
-        return study_id
+    if not created:
+        attrs = _attrs_once_set_up(storage, study_id)
+        if not _unfinished(storage, study_id, spec, attrs):
+            _check_same_spec(attrs, spec)
+            return study_id
     try:
         storage.set_study_user_attr(study_id, SPEC_ATTR, spec.to_json_dict())
         _set_budget(storage, study_id, spec)
@@ -84,23 +85,32 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> int:
     return study_id
 
 
-def _unfinished(
-    storage: optuna.storages.BaseStorage, study_id: int, spec: StudySpec, *, wait: bool
-) -> bool:
-    """Whether the study is one whose set-up was never finished, ours to finish: no spec hash
-    (written last) after waiting ``SETUP_WAIT_S`` for whoever may be setting it up, our
-    direction, no spec or this spec, and no trials but the spec's enqueued ones. Its creator
-    died before writing the spec, or it was us and the reply to the create was lost (the retry
-    then found the name taken). A study that holds anything else is not taken over."""
+def _attrs_once_set_up(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, Any]:
+    """The study's user attrs once its spec hash (written last) is there, or as they are after
+    ``SETUP_WAIT_S``: whoever created it may still be setting it up."""
     import time
 
-    from optuna.trial import TrialState
-
-    deadline = time.monotonic() + (SETUP_WAIT_S if wait else 0.0)
+    deadline = time.monotonic() + SETUP_WAIT_S
     attrs = storage.get_study_user_attrs(study_id)
     while SPEC_HASH_ATTR not in attrs and time.monotonic() < deadline:
         time.sleep(0.1)
         attrs = storage.get_study_user_attrs(study_id)
+    return attrs
+
+
+def _unfinished(
+    storage: optuna.storages.BaseStorage,
+    study_id: int,
+    spec: StudySpec,
+    attrs: dict[str, Any],
+) -> bool:
+    """Whether the study (with user ``attrs``) is one whose set-up was never finished, ours to
+    finish: no spec hash, our direction, no spec or this spec, and no trials but the spec's
+    enqueued ones. Its creator died before writing the spec, or it was us and the reply to the
+    create was lost (the retry then found the name taken). A study that holds anything else is
+    not taken over."""
+    from optuna.trial import TrialState
+
     if SPEC_HASH_ATTR in attrs:
         return False
     direction = storage.get_study_directions(study_id)
@@ -135,12 +145,8 @@ def _set_budget(storage: optuna.storages.BaseStorage, study_id: int, spec: Study
         storage.set_study_system_attr(study_id, BUDGET_KEY, spec.budget.n_trials)
 
 
-def _check_same_spec(
-    storage: optuna.storages.BaseStorage,
-    study_id: int,
-    spec: StudySpec,
-) -> None:
-    attrs = storage.get_study_user_attrs(study_id)
+def _check_same_spec(attrs: dict[str, Any], spec: StudySpec) -> None:
+    """Raise unless the study's user ``attrs`` hold ``spec`` (or an earlier version's form)."""
     stored_hash = attrs.get(SPEC_HASH_ATTR)
     if stored_hash is None:
         raise StudyConflictError(

@@ -53,7 +53,6 @@ class HeartbeatGrpcStorageProxy(GrpcStorageProxy, AttrHeartbeat):
         apart: a worker would stay cut off that long after ``hpo proxy`` came back, its live
         trial failed as stale by a sweeper that was back first (and a long outage would outlast
         the worker's outage timeout although the proxy was up again)."""
-        import grpc
         from optuna.storages._grpc.auto_generated import api_pb2_grpc
         from optuna.storages._grpc.client import GrpcClientCache
 
@@ -155,8 +154,6 @@ class _CallDetails(
 
 @contextmanager
 def _no_slot_from_proxy() -> Iterator[None]:
-    import grpc
-
     try:
         yield
     except grpc.RpcError as e:
