@@ -33,6 +33,17 @@ def _silence(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def _budget_one_with_a_requeued_copy(url: str, spec_dict: dict[str, Any]) -> optuna.Study:
+    """A study of budget 1 whose first trial failed and was re-queued: one WAITING copy."""
+    spec_dict["budget"] = {"n_trials": 1}
+    study, _ = _study(url, spec_dict)
+    first = study.ask()
+    first.suggest_float("lr", 1e-5, 1e-3, log=True)
+    study._storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
+    requeue(study, study._storage.get_trial(first._trial_id))
+    return study
+
+
 def test_a_stale_trial_is_failed_with_its_reason_and_requeued_once(
     storage_url: str, spec_dict: dict[str, Any]
 ) -> None:
@@ -108,12 +119,7 @@ def test_the_store_refuses_a_trial_beyond_the_budget(
     run (before: both did, through a stale read of the popped trial's state)."""
     if storage_url.startswith("sqlite"):
         pytest.skip("SQLite: the worker checks the budget after taking a trial (one host)")
-    spec_dict["budget"] = {"n_trials": 1}
-    study, _ = _study(storage_url, spec_dict)
-    first = study.ask()
-    first.suggest_float("lr", 1e-5, 1e-3, log=True)
-    study._storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
-    requeue(study, study._storage.get_trial(first._trial_id))
+    _budget_one_with_a_requeued_copy(storage_url, spec_dict)
     a, _ = load_study(open_storage(storage_url), spec_dict["name"])
     b, _ = load_study(open_storage(storage_url), spec_dict["name"])
     a.ask()  # pops the re-queued copy
@@ -131,12 +137,7 @@ def test_a_worker_whose_view_still_holds_the_copy_as_waiting_takes_no_second_slo
     running trial below the last finished one is re-read at most once a second) still held
     the copy as WAITING: the worker's check after ask() saw one running trial, its own, and
     both trials ran (issue 14, defect 3)."""
-    spec_dict["budget"] = {"n_trials": 1}
-    study, _ = _study(postgres_url, spec_dict)
-    first = study.ask()
-    first.suggest_float("lr", 1e-5, 1e-3, log=True)
-    study._storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
-    requeue(study, study._storage.get_trial(first._trial_id))
+    study = _budget_one_with_a_requeued_copy(postgres_url, spec_dict)
     study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))  # a later trial finished
     a, _ = load_study(open_storage(postgres_url), spec_dict["name"])
     b, _ = load_study(open_storage(postgres_url), spec_dict["name"])

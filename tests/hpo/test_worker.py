@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +296,35 @@ def test_ctrl_c_stops_hpo_run_and_its_workers_cleanly(
     )
 
 
+def _sigterm_on_first_call(real: Any) -> tuple[Any, list[bool]]:
+    """``real`` wrapped to send this process a SIGTERM as it is first called (the handler runs
+    before ``real`` does), and the list that says whether it was."""
+    signalled: list[bool] = []
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not signalled:
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    return wrapper, signalled
+
+
+@contextmanager
+def _interrupted_trial() -> Iterator[Any]:
+    """A trial scope under a worker's installed stop handler, which must end in
+    ``Interrupted``; the handler is restored after."""
+    from hpo.worker import Interrupted, StopSignal
+
+    stop = StopSignal()
+    stop.install()
+    try:
+        with pytest.raises(Interrupted), stop.trial_scope():
+            yield stop
+    finally:
+        stop.restore()
+
+
 def test_a_stop_signal_during_a_store_write_stops_the_trial_after_the_write(
     tmp_path: Path,
 ) -> None:
@@ -303,30 +334,15 @@ def test_a_stop_signal_during_a_store_write_stops_the_trial_after_the_write(
     ``FileNotFoundError`` and failed the trial for that (seen under load: Ctrl-C on hpo run)."""
     from unittest import mock
 
-    from hpo.worker import Interrupted, StopSignal
-
     study = optuna.create_study(storage=open_storage(str(tmp_path / "journal.log")))
     trial = study.ask()
-    real_rename = os.rename
-    signalled = []
-
-    def rename_after_a_signal(src: Any, dst: Any) -> None:
-        if not signalled:  # the first rename is the lock's release inside the report
-            signalled.append(True)
-            os.kill(os.getpid(), signal.SIGTERM)
-        real_rename(src, dst)
-
-    stop = StopSignal()
-    stop.install()
-    try:
-        with (
-            mock.patch("optuna.storages.journal._file.os.rename", rename_after_a_signal),
-            pytest.raises(Interrupted),
-            stop.trial_scope(),
-        ):
-            trial.report(0.5, 0)
-    finally:
-        stop.restore()
+    # the first rename is the lock's release inside the report
+    rename, signalled = _sigterm_on_first_call(os.rename)
+    with (
+        mock.patch("optuna.storages.journal._file.os.rename", rename),
+        _interrupted_trial() as stop,
+    ):
+        trial.report(0.5, 0)
     assert signalled and stop.requested
     assert study._storage.get_trial(trial._trial_id).intermediate_values == {0: 0.5}
     trial.report(0.6, 1)  # the lock was released: the next write goes through
@@ -343,36 +359,19 @@ def test_a_stop_signal_during_a_journal_replay_leaves_this_process_the_same_tria
 
     from optuna.storages.journal._storage import JournalStorageReplayResult
 
-    from hpo.worker import Interrupted, StopSignal
-
     path = str(tmp_path / "journal.log")
     writer = optuna.create_study(storage=open_storage(path), study_name="s")
     reader = optuna.load_study(storage=open_storage(path), study_name="s")
     reader.trials  # noqa: B018  (the reader is up to date: the next read replays new lines)
     for _ in range(3):
         writer.ask()
-    real_apply = JournalStorageReplayResult._apply_create_trial
-    signalled = []
-
-    def apply_after_a_signal(self: Any, log: dict[str, Any]) -> None:
-        if not signalled:  # the first new line: the handler runs before it is applied
-            signalled.append(True)
-            os.kill(os.getpid(), signal.SIGTERM)
-        real_apply(self, log)
-
-    stop = StopSignal()
-    stop.install()
-    try:
-        with (
-            mock.patch.object(
-                JournalStorageReplayResult, "_apply_create_trial", apply_after_a_signal
-            ),
-            pytest.raises(Interrupted),
-            stop.trial_scope(),
-        ):
-            reader.trials  # noqa: B018
-    finally:
-        stop.restore()
+    # the first new line: the handler runs before it is applied
+    apply, signalled = _sigterm_on_first_call(JournalStorageReplayResult._apply_create_trial)
+    with (
+        mock.patch.object(JournalStorageReplayResult, "_apply_create_trial", apply),
+        _interrupted_trial(),
+    ):
+        reader.trials  # noqa: B018
     assert signalled
     assert [t.number for t in reader.trials] == [0, 1, 2]
     assert reader.ask()._trial_id == 3  # the id every process gives the fourth trial

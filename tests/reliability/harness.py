@@ -197,6 +197,39 @@ def harness_spec(name: str, config: HarnessConfig) -> dict[str, Any]:
     }
 
 
+def stub_worker_command(config: HarnessConfig, study: str, storage_url: str) -> list[str]:
+    """The command line of one stand-in ``hpo worker`` with the config's lease terms."""
+    return [
+        *config.prefix(),
+        "-m",
+        "tests.reliability._stub_worker",
+        "worker",
+        "--study",
+        study,
+        "--storage",
+        storage_url,
+        "--device",
+        "cpu",
+        "--heartbeat-s",
+        str(config.heartbeat_s),
+        "--grace-s",
+        str(config.grace_s),
+    ]
+
+
+def stub_worker_env(events: Path, proc: str, step_s: float) -> dict[str, str]:
+    """Its environment: where its events go, under which name, and its seconds per step."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        ENV_EVENTS: str(events),
+        ENV_PROC: proc,
+        ENV_STEP_S: str(step_s),
+    }
+    env.pop("HPO_STREAM", None)  # default options: each worker draws its own stream
+    return env
+
+
 class StoreUnderTest:
     """The store the workers use, and stock Optuna's view of it for the checks.
 
@@ -351,30 +384,8 @@ class WorkerPool:
         config = self._config
         key = f"w{next(self._numbers):04d}"
         log_path = self._logs / f"{key}.log"
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            ENV_EVENTS: str(self._events),
-            ENV_PROC: key,
-            ENV_STEP_S: str(config.step_s),
-        }
-        env.pop("HPO_STREAM", None)  # default options: each worker draws its own stream
-        command = [
-            *config.prefix(),
-            "-m",
-            "tests.reliability._stub_worker",
-            "worker",
-            "--study",
-            self.study,
-            "--storage",
-            self._store.worker_url,
-            "--device",
-            "cpu",
-            "--heartbeat-s",
-            str(config.heartbeat_s),
-            "--grace-s",
-            str(config.grace_s),
-        ]
+        env = stub_worker_env(self._events, key, config.step_s)
+        command = stub_worker_command(config, self.study, self._store.worker_url)
         with log_path.open("ab") as out:
             proc = subprocess.Popen(
                 command,

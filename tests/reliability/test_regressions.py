@@ -290,36 +290,20 @@ def test_a_worker_told_to_stop_during_an_outage_stops_now_and_its_trial_is_reque
     from optuna.trial import TrialState
 
     from tests.hpo.conftest import unique_name
-    from tests.reliability.harness import HarnessConfig, harness_spec
+    from tests.reliability.harness import (
+        HarnessConfig,
+        harness_spec,
+        stub_worker_command,
+        stub_worker_env,
+    )
 
-    config = HarnessConfig(n_trials=1, n_folds=3, epochs=20, step_s=0.2)
+    config = HarnessConfig(n_trials=1, n_folds=3, epochs=20, step_s=0.2, grace_s=3)
     spec = harness_spec(unique_name(), config)
     create_study(parse_spec(spec), open_storage(postgres_url))
     events = tmp_path / "events"
     events.mkdir()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "HPO_STUB_EVENTS": str(events),
-        "HPO_STUB_PROC": "w",
-        "HPO_STUB_STEP_S": "0.2",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "tests.reliability._stub_worker",
-        "worker",
-        "--study",
-        spec["name"],
-        "--storage",
-        proxy.url_for(postgres_url),
-        "--device",
-        "cpu",
-        "--heartbeat-s",
-        "1",
-        "--grace-s",
-        "3",
-    ]
+    env = stub_worker_env(events, "w", config.step_s)
+    command = stub_worker_command(config, spec["name"], proxy.url_for(postgres_url))
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -346,9 +330,11 @@ def test_a_worker_told_to_stop_during_an_outage_stops_now_and_its_trial_is_reque
     from hpo.heartbeat import sweep_stale
     from hpo.study import load_study
 
-    storage = open_storage(postgres_url, heartbeat_interval_s=1, grace_period_s=3)
+    storage = open_storage(
+        postgres_url, heartbeat_interval_s=config.heartbeat_s, grace_period_s=config.grace_s
+    )
     study, _ = load_study(storage, spec["name"])
-    time.sleep(3 + 2)  # its lease lapsed, and this sweeper has been connected a grace period
+    time.sleep(config.grace_s + 2)  # its lease lapsed; this sweeper connected a grace period
     assert len(sweep_stale(study)) == 1
     plain = optuna.storages.RDBStorage(
         postgres_url.replace("postgresql://", "postgresql+psycopg2://")
@@ -434,15 +420,19 @@ def test_a_worker_told_to_stop_while_it_waits_for_the_store_to_open_exits_0(
     import signal
 
     from tests.hpo.conftest import unique_name
-    from tests.reliability.harness import HarnessConfig, harness_spec
+    from tests.reliability.harness import (
+        HarnessConfig,
+        harness_spec,
+        stub_worker_command,
+        stub_worker_env,
+    )
 
-    spec = harness_spec(unique_name(), HarnessConfig(n_trials=1))
+    config = HarnessConfig(n_trials=1, grace_s=3)
+    spec = harness_spec(unique_name(), config)
     create_study(parse_spec(spec), open_storage(postgres_url))
     proxy.crash()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HPO_STUB_EVENTS": str(tmp_path)}
-    command = [sys.executable, "-m", "tests.reliability._stub_worker", "worker"]
-    command += ["--study", spec["name"], "--storage", proxy.url_for(postgres_url)]
-    command += ["--device", "cpu", "--heartbeat-s", "1", "--grace-s", "3"]
+    env = stub_worker_env(tmp_path, "w", config.step_s)
+    command = stub_worker_command(config, spec["name"], proxy.url_for(postgres_url))
     proc = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
