@@ -39,7 +39,7 @@ RESULTS = ROOT / "bench" / "data" / "faults_soak.json"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-def _config(backend: str, seed: int, minutes: float) -> Any:
+def _config(backend: str, seed: int, minutes: float, gaps: tuple[float, float]) -> Any:
     from tests.reliability.faults import FaultKind
     from tests.reliability.harness import JOURNAL_KINDS, POSTGRES_KINDS, HarnessConfig
 
@@ -50,7 +50,7 @@ def _config(backend: str, seed: int, minutes: float) -> Any:
         "n_trials": 20,
         "n_folds": 3,
         "epochs": 2,
-        "mean_gap_s": 3.0,
+        "mean_gap_s": gaps[0],
         "study_timeout_s": 600.0,
     }
     if backend == "postgresql":
@@ -58,7 +58,7 @@ def _config(backend: str, seed: int, minutes: float) -> Any:
             backend="postgresql",
             kinds=POSTGRES_KINDS,
             rare_kinds=frozenset({FaultKind.PG_RESTART}),
-            rare_gap_s=45.0,
+            rare_gap_s=gaps[1],
             **common,
         )
     return HarnessConfig(backend="journal", kinds=JOURNAL_KINDS, **common)
@@ -118,10 +118,12 @@ def _save(results: dict[str, Any]) -> None:
     tmp.replace(RESULTS)
 
 
-def run_segment(backend: str, seed: int, minutes: float, postgres_url: str) -> dict[str, Any]:
+def run_segment(
+    backend: str, seed: int, minutes: float, gaps: tuple[float, float], postgres_url: str
+) -> dict[str, Any]:
     from tests.reliability.harness import quiet_optuna, run_harness
 
-    config = _config(backend, seed, minutes)
+    config = _config(backend, seed, minutes, gaps)
     with tempfile.TemporaryDirectory(prefix=f"hpo-soak-{backend}-") as tmp:
         with quiet_optuna():
             result = run_harness(
@@ -132,6 +134,8 @@ def run_segment(backend: str, seed: int, minutes: float, postgres_url: str) -> d
             )
         summary = _summarize(result)
         summary["commit"] = _commit()
+        summary["mean_gap_s"] = config.mean_gap_s
+        summary["rare_gap_s"] = config.rare_gap_s if config.rare_kinds else None
         if result.violations:
             report = RESULTS.with_name(f"faults_soak_{backend}_{seed}.txt")
             report.write_text(result.describe())
@@ -146,6 +150,10 @@ def _commit() -> str:
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     )
     return done.stdout.strip() or "unknown"
+
+
+def _gap(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:g}"
 
 
 def render(results: dict[str, Any], command: str) -> str:
@@ -182,26 +190,29 @@ def render(results: dict[str, Any], command: str) -> str:
         "Real `hpo worker` processes (the real CLI, worker loop, heartbeat thread, sweeps, "
         "signals, store and retries; a stand-in trainer that sleeps 0.25 s per fold x epoch and "
         "reports each) run 20-trial studies back to back, 4 workers, heartbeat 1 s, grace 4 s, "
-        "under a seeded random schedule (a fault every 3 s on average, outages of 1-8 s, "
-        "overlapping). Every study is read back by stock Optuna and checked: finished == budget, "
-        "no chain finished twice, no trial handed out twice, one trial per request id, "
-        "every FAIL with its reason, every lost trial re-queued exactly once with its finished "
-        "folds, nothing left RUNNING, every worker exits 0 (but those the schedule killed), "
-        "no live trial failed by an outage shorter than the grace period.",
+        "under a seeded random schedule (a fault every `gap` s on average, a PostgreSQL restart "
+        "every `restart gap` s on its own schedule; outages of 1-8 s, overlapping). Every study "
+        "is read back by stock Optuna and checked: finished == budget, no chain finished twice, "
+        "no trial handed out twice, one trial per request id, every FAIL with its reason, every "
+        "lost trial re-queued exactly once with its finished folds, nothing left RUNNING, every "
+        "worker exits 0 (but those the schedule killed), no live trial failed by an outage "
+        "shorter than the grace period.",
         "",
-        "| segment | store | commit | minutes | faults | studies | trials finished | re-queued | "
-        "violations |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| segment | store | commit | minutes | gap s | restart gap s | faults | studies | "
+        "trials finished | re-queued | violations |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, s in results["segments"].items():
         lines.append(
             f"| {key} | {s['backend']} | {s.get('commit', '?')} | {s['seconds'] / 60:.1f} | "
+            f"{s.get('mean_gap_s', 3.0):g} | {_gap(s.get('rare_gap_s', 45.0))} | "
             f"{sum(s['faults'].values())} | {s['studies']} | {s['finished']} | {s['requeued']} "
             f"| {s['n_violations']} |"
         )
     lines += [
         "",
-        f"Faults injected, {sum(faults.values())} in all: "
+        f"Faults injected, {sum(faults.values())} in all (fewest of one kind: "
+        f"{min(faults.values(), default=0)}): "
         + ", ".join(f"{k} {n}" for k, n in sorted(faults.items()))
         + f" (lost acks that fired: {totals['lost_acks_fired']}).",
         "",
@@ -226,6 +237,45 @@ def render(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def _fewest(results: dict[str, Any]) -> int:
+    """How many faults of the rarest PostgreSQL kind the kept segments injected."""
+    from tests.reliability.harness import POSTGRES_KINDS
+
+    faults: Counter[str] = Counter()
+    for s in results["segments"].values():
+        faults.update(s["faults"])
+    return min(faults[kind.value] for kind in POSTGRES_KINDS)
+
+
+def _run_planned(
+    results: dict[str, Any],
+    backend: str,
+    seed: int,
+    minutes: float,
+    gaps: tuple[float, float],
+    postgres_url: str,
+) -> None:
+    """Run one segment unless it is kept already; keep it (the soak resumes after it)."""
+    key = f"{backend}-{seed}"
+    if key in results["segments"]:
+        logger.info("segment %s already done", key)
+        return
+    logger.info("segment %s: %.0f minutes", key, minutes)
+    started = time.monotonic()
+    summary = run_segment(backend, seed, minutes, gaps, postgres_url)
+    results["segments"][key] = summary
+    results["load"] = load_average()
+    _save(results)
+    logger.info(
+        "segment %s done in %.0f s: %d faults (fewest of a kind so far: %d), %d violations",
+        key,
+        time.monotonic() - started,
+        sum(summary["faults"].values()),
+        _fewest(results),
+        summary["n_violations"],
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segments", type=int, default=3, help="PostgreSQL segments")
@@ -233,6 +283,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--journal-minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=1000, help="first segment's seed")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
+    parser.add_argument("--gap", type=float, default=3.0, help="mean seconds between faults")
+    parser.add_argument(
+        "--restart-gap", type=float, default=45.0, help="mean seconds between PostgreSQL restarts"
+    )
+    parser.add_argument(
+        "--min-per-kind",
+        type=int,
+        default=0,
+        help="after the planned segments, add PostgreSQL segments until every kind has this many",
+    )
     parser.add_argument("--fresh", action="store_true", help="forget finished segments")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -240,27 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     plan = [("postgresql", args.seed + i, args.minutes) for i in range(args.segments)]
     if args.journal_minutes > 0:
         plan.append(("journal", args.seed, args.journal_minutes))
+    gaps = (args.gap, args.restart_gap)
     for backend, seed, minutes in plan:
-        key = f"{backend}-{seed}"
-        if key in results["segments"]:
-            logger.info("segment %s already done", key)
-            continue
-        logger.info("segment %s: %.0f minutes", key, minutes)
-        started = time.monotonic()
-        summary = run_segment(backend, seed, minutes, args.postgres_url)
-        results["segments"][key] = summary
-        results["load"] = load_average()
-        _save(results)
-        logger.info(
-            "segment %s done in %.0f s: %d faults, %d violations",
-            key,
-            time.monotonic() - started,
-            sum(summary["faults"].values()),
-            summary["n_violations"],
-        )
+        _run_planned(results, backend, seed, minutes, gaps, args.postgres_url)
+    seed = args.seed + args.segments
+    while args.min_per_kind and _fewest(results) < args.min_per_kind:
+        _run_planned(results, "postgresql", seed, args.minutes, gaps, args.postgres_url)
+        seed += 1
     command = (
         f"python -m bench.faults --segments {args.segments} --minutes {args.minutes:g} "
-        f"--journal-minutes {args.journal_minutes:g}"
+        f"--journal-minutes {args.journal_minutes:g} --gap {args.gap:g} "
+        f"--restart-gap {args.restart_gap:g} --seed {args.seed}"
+        + (f" --min-per-kind {args.min_per_kind}" if args.min_per_kind else "")
     )
     update_section(HEADING, render(results, command))
     total = sum(s["n_violations"] for s in results["segments"].values())
