@@ -168,6 +168,7 @@ def request_scope() -> Iterator[str]:
         yield outer
         return
     _REQUEST.id = uuid.uuid4().hex
+    _REQUEST.retried = False
     try:
         yield _REQUEST.id
     finally:
@@ -178,6 +179,17 @@ def current_request() -> str:
     """The id of the operation under way (a fresh one outside ``request_scope``)."""
     request = getattr(_REQUEST, "id", None)
     return request if request is not None else uuid.uuid4().hex
+
+
+def mark_retried() -> None:
+    """An attempt of the operation under way failed: it is about to be tried again."""
+    _REQUEST.retried = True
+
+
+def retried() -> bool:
+    """Whether an attempt of the operation under way failed before (so one of them may have
+    written something whose reply was lost). True outside ``request_scope``: nothing known."""
+    return getattr(_REQUEST, "id", None) is None or bool(getattr(_REQUEST, "retried", True))
 
 
 class StoreCallShield:

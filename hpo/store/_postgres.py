@@ -49,6 +49,7 @@ from hpo.store._base import (
     REQUEUE_OF_KEY,
     NoSlotLeft,
     current_request,
+    retried,
 )
 from hpo.store._connections import (
     DEFAULT_LINGER_S,
@@ -98,9 +99,6 @@ _GET_TRIALS = sqlalchemy.text(
 
 _LOCK_STUDY = sqlalchemy.text("SELECT study_id FROM studies WHERE study_id = :study_id FOR UPDATE")
 
-# Numbered like Optuna's count_past_trials: every trial of the study before this one. The study
-# row is locked by the previous statement, and this statement's snapshot is taken after the lock
-# was granted, so it sees every trial committed before ours.
 # The budget a study may not exceed (running + finished trials), as one guard in a statement.
 _BUDGET_FULL = f"""
     EXISTS (SELECT 1 FROM study_system_attributes b
@@ -116,28 +114,35 @@ _MADE_BY_REQUEST = f"""
      WHERE r.study_id = :study_id AND a.key = '{REQUEST_KEY}' AND a.value_json = :request
 """
 
-# A new running trial with its request id and first heartbeat, in one statement, unless the
-# budget is taken or this request made one already. Numbered like Optuna's count_past_trials:
-# the study row is locked by the previous statement, and this statement's snapshot is taken
-# after the lock was granted, so it sees every trial committed before ours.
-_INSERT_TRIAL = sqlalchemy.text(
-    f"""
-    WITH t AS (
-        INSERT INTO trials (number, study_id, state, datetime_start)
-        SELECT count(*), :study_id, 'RUNNING', :start FROM trials
-         WHERE study_id = :study_id
-        HAVING NOT {_BUDGET_FULL} AND NOT EXISTS ({_MADE_BY_REQUEST})
-        RETURNING trial_id, number
-    ), a AS (
-        INSERT INTO trial_system_attributes (trial_id, key, value_json)
-        SELECT trial_id, '{REQUEST_KEY}', :request FROM t
-    ), h AS (
-        INSERT INTO trial_heartbeats (trial_id, heartbeat)
-        SELECT trial_id, (now() AT TIME ZONE 'UTC') FROM t
-    )
-    SELECT trial_id, number FROM t
+
+def _insert_trial(after_failure: bool) -> sqlalchemy.TextClause:
+    """A new running trial with its request id, in one statement, unless the budget is taken or
+    (``after_failure``: an earlier attempt may have committed) this request made one already.
+
+    Numbered like Optuna's count_past_trials: the study row is locked by the previous statement,
+    and this statement's snapshot is taken after the lock was granted, so it sees every trial
+    committed before ours. Its start is on the server's clock: until its first beat a trial's
+    lease runs from its start (``_SILENCE``), judged on that one clock.
     """
-)
+    mine = f"AND NOT EXISTS ({_MADE_BY_REQUEST})" if after_failure else ""
+    return sqlalchemy.text(
+        f"""
+        WITH t AS (
+            INSERT INTO trials (number, study_id, state, datetime_start)
+            SELECT count(*), :study_id, 'RUNNING', (now() AT TIME ZONE 'UTC') FROM trials
+             WHERE study_id = :study_id
+            HAVING NOT {_BUDGET_FULL} {mine}
+            RETURNING trial_id, number, datetime_start
+        ), a AS (
+            INSERT INTO trial_system_attributes (trial_id, key, value_json)
+            SELECT trial_id, '{REQUEST_KEY}', :request FROM t
+        )
+        SELECT trial_id, number, datetime_start FROM t
+        """
+    )
+
+
+_INSERT_TRIAL = {after_failure: _insert_trial(after_failure) for after_failure in (False, True)}
 
 _WHY_NO_TRIAL = sqlalchemy.text(f"SELECT ({_MADE_BY_REQUEST} LIMIT 1), {_BUDGET_FULL}")
 
@@ -284,7 +289,9 @@ _WHY_NOT_STARTED = sqlalchemy.text(
     """
 )
 
-# A state change, and which request made it (so a retry after a lost reply knows its own).
+# A state change; a FAIL also records which request made it. A retry after a lost reply knows
+# its own change: a COMPLETE or PRUNED trial was told by its owner (sweepers only fail), but a
+# FAIL may be the owner's or a sweeper's (see ``hpo.store._retry``).
 _SET_STATE = sqlalchemy.text(
     f"""
     WITH u AS (
@@ -293,11 +300,12 @@ _SET_STATE = sqlalchemy.text(
                datetime_complete = CASE WHEN :finished THEN :now ELSE datetime_complete END
          WHERE trial_id = :trial_id AND state NOT IN {_FINISHED}
         RETURNING trial_id
+    ), f AS (
+        INSERT INTO trial_system_attributes (trial_id, key, value_json)
+        SELECT trial_id, '{FINISH_KEY}', :request FROM u WHERE :attributed
+        ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json
     )
-    INSERT INTO trial_system_attributes (trial_id, key, value_json)
-    SELECT trial_id, '{FINISH_KEY}', :request FROM u
-    ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json
-    RETURNING trial_id
+    SELECT trial_id FROM u
     """
 )
 
@@ -581,13 +589,12 @@ class LeanPostgresStorage(RDBStorage):
             if REQUEUE_OF_KEY in template_trial.system_attrs:
                 return self._create_copy(study_id, template_trial)
             return super()._create_new_trial(study_id, template_trial)  # enqueued: stock path
-        start = _utc_now()
         request = json.dumps(current_request())
         with self._connection(write=True) as conn:
             if conn.execute(_LOCK_STUDY, {"study_id": study_id}).first() is None:
                 raise KeyError(models.NOT_FOUND_MSG)
-            params = {"study_id": study_id, "start": start, "request": request}
-            row = conn.execute(_INSERT_TRIAL, params).first()
+            params = {"study_id": study_id, "request": request}
+            row = conn.execute(_INSERT_TRIAL[retried()], params).first()
             if row is None:
                 mine, _ = conn.execute(_WHY_NO_TRIAL, params).one()
                 if mine is not None:  # made by this request before its reply was lost
@@ -595,7 +602,7 @@ class LeanPostgresStorage(RDBStorage):
                     return _frozen_trial(found)
                 # Full when the insert looked (a slot freed since is taken at the next ask).
                 raise NoSlotLeft(f"study {study_id}: {NO_SLOT}")
-            trial_id, number = row
+            trial_id, number, start = row
         return FrozenTrial(
             number=number,
             state=TrialState.RUNNING,
@@ -732,6 +739,7 @@ class LeanPostgresStorage(RDBStorage):
                         "trial_id": trial_id,
                         "state": state.name,
                         "finished": state.is_finished(),
+                        "attributed": state == TrialState.FAIL,
                         "now": now,
                         "request": request,
                     },

@@ -35,6 +35,7 @@ from hpo.store._base import (
     error_summary,
     is_connection_limit,
     is_transient,
+    mark_retried,
     request_scope,
 )
 
@@ -222,13 +223,15 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
             except optuna.exceptions.UpdateFinishedTrialError:
                 if backoff.started is not None and name == "set_trial_state_values":
                     trial = self._call_unlocked("get_trial", args[0])  # retried too
-                    if trial.system_attrs.get(FINISH_KEY) == current_request():
+                    state = kwargs["state"] if "state" in kwargs else args[1]
+                    if _finished_by_us(trial, state):
                         self._recovered(backoff, began)
                         return True  # our own write committed before its reply was lost
                 raise
             except Exception as e:
                 if not is_transient(e):
                     raise
+                mark_retried()
                 backoff.failed(e)
                 continue
             self._recovered(backoff, began)
@@ -292,6 +295,17 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
 
     def remove_session(self) -> None:
         self._inner.remove_session()
+
+
+def _finished_by_us(trial: optuna.trial.FrozenTrial, state: TrialState) -> bool:
+    """Whether the finished ``trial`` got there by this request's own state change, whose reply
+    was lost. COMPLETE and PRUNED are told only by the trial's owner (a sweeper only fails, and
+    the owner's later writes are refused once it has), so finding the state asked for means the
+    first attempt committed. A FAIL may be the owner's or a sweeper's: the store records which
+    request made it."""
+    if state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return trial.state == state
+    return bool(trial.system_attrs.get(FINISH_KEY) == current_request())
 
 
 def _delegate(name: str) -> Callable[..., Any]:

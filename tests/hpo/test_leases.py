@@ -4,6 +4,7 @@ it drops it instead of crashing; workers in containers draw different points."""
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import sys
 import time
@@ -249,6 +250,38 @@ def test_a_retry_does_not_take_another_workers_failure_for_its_own(
     storage, _ = _retrying(pg_study, "set_trial_state_values")
     assert storage.set_trial_state_values(mine._trial_id, TrialState.FAIL) is True
     assert FINISH_KEY in pg_study._storage.get_trial(mine._trial_id).system_attrs
+
+
+@pytest.mark.parametrize("state", [TrialState.COMPLETE, TrialState.PRUNED])
+def test_a_tell_whose_reply_was_lost_is_the_tellers_own(
+    pg_study: optuna.Study, state: TrialState
+) -> None:
+    """Only a trial's owner completes or prunes it (sweepers only fail), so a retried tell that
+    finds the state it asked for committed the first time."""
+    trial = pg_study.ask()
+    storage, flaky = _retrying(pg_study, "set_trial_state_values")
+    values = [0.5] if state == TrialState.COMPLETE else None
+    assert storage.set_trial_state_values(trial._trial_id, state, values) is True
+    assert flaky.lost == 1
+    told = pg_study._storage.get_trial(trial._trial_id)
+    assert told.state == state and told.values == values
+
+
+def test_a_trial_asked_by_a_worker_whose_clock_is_behind_is_not_stale_at_once(
+    postgres_url: str, spec_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until its first beat a trial's lease runs from its start, taken on the server's clock:
+    a worker an hour behind does not hand the sweepers a trial that looks an hour silent."""
+    import hpo.store._postgres as postgres
+
+    study, _ = _study(postgres_url, spec_dict, heartbeat_interval_s=1, grace_period_s=2)
+    _silence(2.5)  # the sweeper has been up a grace period
+    behind = postgres._utc_now() - datetime.timedelta(hours=1)
+    monkeypatch.setattr(postgres, "_utc_now", lambda: behind)
+    trial = study.ask()  # no beat yet
+    assert sweep_stale(study) == []
+    _silence(2.5)
+    assert sweep_stale(study) == [trial.number]
 
 
 def _worker_with(url: str, name: str, run_trial: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
