@@ -109,7 +109,7 @@ def describe(function: Function, n_steps: int, n_configs: int = 1000) -> dict[st
 
 def _fold_aware(n_steps: int) -> Any:
     from hpo.pruners import make_pruner
-    from hpo.steps import StepGrid
+    from trainer.steps import StepGrid
 
     # One fold whose epochs are the fidelity steps: the product's default pruner, as built for
     # a study with n_folds=1 and steps_per_fold=n_steps.

@@ -53,7 +53,7 @@ def _spec() -> Any:
 
 def build(store: Path, threads: int, workers: int) -> None:
     """Create the study (idempotent) and run workers until its budget is met."""
-    from hpo.run import worker_command
+    from hpo.launch import worker_command
     from hpo.store import open_storage
     from hpo.study import create_study
 
@@ -69,7 +69,7 @@ def build(store: Path, threads: int, workers: int) -> None:
         log = open(log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - owned by the child
         procs.append(
             subprocess.Popen(
-                worker_command(spec.name, index, "cpu", threads),
+                worker_command(spec.name, device="cpu", stream=index, threads=threads),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -105,14 +105,14 @@ def _finished_trials(store: Path) -> list[Any]:
 def export(store: Path, out: Path = TABLE) -> Path:
     """Write the compact table from the study's completed trials (atomically)."""
     from hpo.export import data_fingerprint
-    from hpo.objective import saved_folds
+    from hpo.records import saved_folds
     from trainer.config import EPOCH_SECONDS
 
     _, spec = _open(store)
     metric = spec.objective.metric
     configs = []
     for trial in sorted(_finished_trials(store), key=lambda t: t.number):
-        folds = saved_folds(trial)
+        folds = saved_folds(trial.user_attrs)
         if sorted(folds) != list(range(spec.cv.n_folds)):
             continue
         curves = [folds[f].curve for f in sorted(folds)]

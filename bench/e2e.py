@@ -575,12 +575,15 @@ def study_summary(work: Path, lane: Lane) -> dict[str, Any]:
     name = lane.name
     study = _open_study(work / name / "journal.log", "hf" if name == "hf" else f"e2e-{name}")
     trials = study.get_trials(deepcopy=False)
+    from trainer.steps import StepGrid
+
     per_fold = train_rows_per_epoch(work, name)
+    grid = StepGrid(n_folds=len(per_fold), steps_per_fold=EPOCHS)  # ours: epochs not searched
     examples = 0
     for trial in trials:
         for step in trial.intermediate_values:
-            # ours: step = fold * epochs + epoch; Trainer reports its global step, one per epoch
-            fold = 0 if name == "hf" else min(step // EPOCHS, len(per_fold) - 1)
+            # Trainer reports its global step, one per epoch, all on one split
+            fold = 0 if name == "hf" else min(grid.fold_of(step), len(per_fold) - 1)
             examples += per_fold[fold]
     started = dt.datetime.fromisoformat(lane.started_at)
     curve: list[tuple[float, float]] = []

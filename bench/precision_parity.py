@@ -100,7 +100,7 @@ def run_one(
     cache_dir: str | None,
 ) -> dict[str, Any]:
     """One cross-validation of the demo at ``params``; its scores and timings."""
-    from hpo.objective import hyperparams_for, trainer_config
+    from hpo.translate import hyperparams_for, trainer_config
     from trainer import resolve_precision, run_cv
 
     config = trainer_config(

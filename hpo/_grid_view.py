@@ -19,7 +19,7 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial
 
-from hpo.steps import StepGrid
+from trainer.steps import StepGrid
 
 
 def fold_view(trial: FrozenTrial, grid: StepGrid) -> FrozenTrial:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hpo.objective import RUN_ATTR, hyperparams_for, saved_folds
+from hpo import records
 from hpo.spec import StudySpec
 from hpo.study import load_study, step_grid
+from hpo.translate import hyperparams_for
 
 if TYPE_CHECKING:
     import optuna
@@ -38,10 +39,10 @@ def _open(
 
 def _fold_scores(trial: optuna.trial.FrozenTrial, n_folds: int) -> list[float | None]:
     """Fold scores in fold order; None for a fold the trial did not finish."""
-    finished = trial.user_attrs.get("fold_scores")
+    finished = trial.user_attrs.get(records.FOLD_SCORES)
     if isinstance(finished, list) and len(finished) == n_folds:
         return [float(s) for s in finished]
-    done = saved_folds(trial)  # folds recorded as they ended (pruned and running trials)
+    done = records.saved_folds(trial.user_attrs)  # recorded as they ended (pruned, running)
     return [done[fold].score if fold in done else None for fold in range(n_folds)]
 
 
@@ -69,7 +70,7 @@ def trials_frame(
     param_names = sorted({name for t in study.get_trials(deepcopy=False) for name in t.params})
     rows: list[dict[str, Any]] = []
     for trial in study.get_trials(deepcopy=False):
-        run = trial.user_attrs.get(RUN_ATTR) or {}
+        run = records.run_info(trial)
         duration = (
             (trial.datetime_complete - trial.datetime_start).total_seconds()
             if trial.datetime_start and trial.datetime_complete
@@ -79,8 +80,8 @@ def trials_frame(
             "number": trial.number,
             "state": trial.state.name.lower(),
             "value": trial.value,
-            "cv_mean": trial.user_attrs.get("cv_mean"),
-            "cv_std": trial.user_attrs.get("cv_std"),
+            "cv_mean": trial.user_attrs.get(records.CV_MEAN),
+            "cv_std": trial.user_attrs.get(records.CV_STD),
         }
         row |= {f"fold_{i}": s for i, s in enumerate(_fold_scores(trial, n_folds))}
         row |= {name: trial.params.get(name) for name in param_names}
@@ -114,7 +115,7 @@ def curves_frame(
     Columns: ``trial`` (number), ``state``, ``fold`` and ``epoch`` (0-based; epochs of this
     trial, which may differ between trials when ``epochs`` is searched), ``step`` (on the
     study's step grid, where the same step is the same point of a fold in every trial, see
-    ``hpo.steps``) and ``score`` (the study's metric on the fold's held-out rows).
+    ``trainer.steps``) and ``score`` (the study's metric on the fold's held-out rows).
     """
     import pandas as pd
 

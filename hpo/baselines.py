@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hpo import records
 from hpo.spec import StudySpec
 
 if TYPE_CHECKING:
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-BASELINES_ATTR = "baselines"
 # The baseline a fine-tuned transformer has to beat to be worth its GPU-hours.
 LINEAR_BASELINE = "tfidf_lr"
 
@@ -61,7 +61,7 @@ def compute_baselines(spec: StudySpec) -> dict[str, Any]:
     Raises:
         TrainerError: the data cannot be loaded or split.
     """
-    from hpo.objective import trainer_config
+    from hpo.translate import trainer_config
     from trainer.baselines import score_baselines
 
     scores = score_baselines(trainer_config(spec))
@@ -93,7 +93,7 @@ def record_baselines(
     from trainer.errors import TrainerError
 
     study_id = storage.get_study_id_from_name(spec.name)
-    stored = storage.get_study_user_attrs(study_id).get(BASELINES_ATTR)
+    stored = storage.get_study_user_attrs(study_id).get(records.BASELINES)
     if isinstance(stored, dict):
         return stored
     try:
@@ -101,7 +101,7 @@ def record_baselines(
     except TrainerError as e:
         logger.warning("baselines not scored: %s", e)
         return None
-    storage.set_study_user_attr(study_id, BASELINES_ATTR, document)
+    storage.set_study_user_attr(study_id, records.BASELINES, document)
     logger.info(
         "baselines on the study's folds (%s): %s",
         spec.objective.metric,
@@ -131,7 +131,7 @@ def baselines_from_json(document: object) -> tuple[Baseline, ...]:
 
 def stored_baselines(study: optuna.Study) -> tuple[Baseline, ...]:
     """The baselines stored with ``study``; empty when it has none."""
-    return baselines_from_json(study.user_attrs.get(BASELINES_ATTR))
+    return baselines_from_json(study.user_attrs.get(records.BASELINES))
 
 
 def compare(
@@ -198,7 +198,7 @@ def baselines_summary(
     """For JSON outputs (status, export): the stored baselines and, given the best trial's CV
     ``mean`` and ``fold_scores``, how it compares (``best_vs``) and ``shortfall``; None when
     the study has no baselines stored."""
-    document = study.user_attrs.get(BASELINES_ATTR)
+    document = study.user_attrs.get(records.BASELINES)
     baselines = baselines_from_json(document)
     if not baselines:
         return None

@@ -370,13 +370,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
+        if isinstance(e, _click_errors()):
+            e.show()  # type: ignore[attr-defined]
+            return int(e.exit_code)  # type: ignore[attr-defined]
         raise
     return result if isinstance(result, int) else 0
+
+
+def _click_errors() -> tuple[type[Exception], ...]:
+    """Usage errors (exit 2, one line on stderr) from click and from the copy of click that
+    typer 0.2x ships as ``typer._click``: a ``typer.BadParameter`` is the latter's."""
+    import click
+
+    errors: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:  # a typer that uses click itself
+        pass
+    else:
+        errors.append(ClickException)
+    return tuple(errors)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from hpo import records
 from hpo.baselines import baselines_summary
-from hpo.objective import RUN_ATTR
 from hpo.spec import StudySpec
 
 if TYPE_CHECKING:
@@ -49,9 +49,9 @@ def rank_trials(study: optuna.Study, spec: StudySpec, by: RankBy = "mean") -> li
         assert trial.value is not None
         if by == "mean":
             return sign * trial.value
-        k = max(1, len(trial.user_attrs.get("fold_scores", [])))
-        std = float(trial.user_attrs.get("cv_std", 0.0))
-        return sign * trial.value - std / math.sqrt(k)
+        score = records.CVScore.of(trial)
+        k = max(1, len(score.fold_scores))
+        return sign * trial.value - (score.std or 0.0) / math.sqrt(k)
 
     return sorted(complete, key=key, reverse=True)
 
@@ -59,21 +59,18 @@ def rank_trials(study: optuna.Study, spec: StudySpec, by: RankBy = "mean") -> li
 def trial_record(trial: FrozenTrial) -> dict[str, Any]:
     """Params, the precision it trained in (None for trials recorded before precision was)
     and CV statistics of one trial."""
+    score = records.CVScore.of(trial)
     return {
         "trial": trial.number,
         "params": dict(trial.params),
-        "precision": trial.user_attrs.get(RUN_ATTR, {}).get("precision"),
-        "cv": {
-            "mean": trial.user_attrs.get("cv_mean", trial.value),
-            "std": trial.user_attrs.get("cv_std"),
-            "fold_scores": trial.user_attrs.get("fold_scores", []),
-        },
+        "precision": records.run_info(trial).get("precision"),
+        "cv": {"mean": score.mean, "std": score.std, "fold_scores": score.fold_scores},
     }
 
 
 def data_fingerprint(spec: StudySpec) -> dict[str, Any]:
     """SHA-256 of the rows the study trained on (after label filtering and subsampling)."""
-    from hpo.objective import trainer_config
+    from hpo.translate import trainer_config
     from trainer.data import class_counts, load_examples
     from trainer.errors import TrainerError
 

@@ -13,8 +13,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from hpo.objective import FAIL_REASON_ATTR, FOLD_ATTR_PREFIX, RETRY_HISTORY_KEY
-from hpo.store import REQUEUE_OF_KEY, error_summary
+from hpo import records
+from hpo.store import error_summary
 
 if TYPE_CHECKING:
     import optuna
@@ -40,27 +40,24 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retry: int = DEFAULT
     """
     import optuna
 
-    history = [*trial.system_attrs.get(RETRY_HISTORY_KEY, []), trial.number]
+    chain = records.retry_attrs(trial)
+    history = chain[records.RETRY_HISTORY]
     if len(history) > max_retry:
         logger.warning(
             "trial %d was lost %d times; not re-queued again", trial.number, len(history)
         )
         return False
     copies = study.get_trials(deepcopy=False)
-    if any(t.system_attrs.get(REQUEUE_OF_KEY) == trial._trial_id for t in copies):
+    if any(t.system_attrs.get(records.REQUEUE_OF_KEY) == trial._trial_id for t in copies):
         return False  # re-queued already (the store also refuses a second copy atomically)
-    carried = {k: v for k, v in trial.user_attrs.items() if k.startswith(FOLD_ATTR_PREFIX)}
+    carried = records.fold_attrs(trial.user_attrs)
     study.add_trial(
         optuna.trial.create_trial(
             state=optuna.trial.TrialState.WAITING,
             params=trial.params,
             distributions=trial.distributions,
             user_attrs=carried,
-            system_attrs={
-                "failed_trial": history[0],
-                RETRY_HISTORY_KEY: history,
-                REQUEUE_OF_KEY: trial._trial_id,  # the store keeps one copy per failed trial
-            },
+            system_attrs=chain,  # the store keeps one copy per failed trial
         )
     )
     logger.info(
@@ -106,7 +103,7 @@ def sweep_stale(
     for trial_id in stale:
         if reachable_for_s() < grace_s:  # the listing itself was held up: no evidence now
             break
-        if storage.fail_if_stale(trial_id, {FAIL_REASON_ATTR: STALE_REASON}):
+        if storage.fail_if_stale(trial_id, {records.FAIL_REASON: STALE_REASON}):
             trial = storage.get_trial(trial_id)
             logger.warning("trial %d was silent for %.0f s: failed", trial.number, grace_s)
             requeue(study, trial)
@@ -124,14 +121,14 @@ def repair_requeues(study: optuna.Study, *, max_retry: int = DEFAULT_MAX_RETRY) 
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    copied = {t.system_attrs.get(REQUEUE_OF_KEY) for t in trials}
+    copied = {t.system_attrs.get(records.REQUEUE_OF_KEY) for t in trials}
     repaired = 0
     for t in trials:
         if (
             t.state == TrialState.FAIL
-            and t.user_attrs.get(FAIL_REASON_ATTR) in LEASE_LOST_REASONS
+            and records.fail_reason(t) in LEASE_LOST_REASONS
             and t._trial_id not in copied
-            and len(t.system_attrs.get(RETRY_HISTORY_KEY, [])) < max_retry
+            and len(records.retry_history(t)) < max_retry
         ):
             repaired += requeue(study, t, max_retry=max_retry)
     return repaired

@@ -88,6 +88,19 @@ def pinned_devices(gpus: Sequence[str], environ: Mapping[str, str]) -> list[str]
     return pinned
 
 
+def worker_command(
+    study: str, *, device: str, stream: int | None = None, threads: int | None = None
+) -> list[str]:
+    """A worker's argv. The store URL goes by environment (``HPO_STORAGE``): argv shows in
+    process titles. Without ``stream`` the worker draws its own (unique per host and process)."""
+    command = [sys.executable, "-m", "hpo.cli", "worker", "--study", study, "--device", device]
+    if stream is not None:
+        command += ["--stream", str(stream)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    return command
+
+
 def build_slots(
     study: str,
     storage_url: str,
@@ -106,22 +119,20 @@ def build_slots(
     from hpo.store import ENV_STORAGE
 
     environ = os.environ if environ is None else environ
-    base = [sys.executable, "-m", "hpo.cli", "worker", "--study", study]
     slots = []
     if gpus:
         for gpu, pinned in zip(gpus, pinned_devices(gpus, environ), strict=True):
             for k in range(per_gpu):
                 env = {**environ, ENV_STORAGE: storage_url, "CUDA_VISIBLE_DEVICES": pinned}
                 name = f"gpu{gpu}" + (f".{k}" if per_gpu > 1 else "")
-                slots.append(Slot(name, env, [*base, "--device", "cuda:0"]))
+                slots.append(Slot(name, env, worker_command(study, device="cuda:0")))
     else:
         n = cpus or 1
         threads = max(1, (os.cpu_count() or 1) // n)
         for k in range(n):
             env = {**environ, ENV_STORAGE: storage_url, "CUDA_VISIBLE_DEVICES": ""}
-            slots.append(
-                Slot(f"cpu{k}", env, [*base, "--device", "cpu", "--threads", str(threads)])
-            )
+            command = worker_command(study, device="cpu", threads=threads)
+            slots.append(Slot(f"cpu{k}", env, command))
     return slots
 
 

@@ -6,8 +6,9 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from hpo.objective import RUN_ATTR
+from hpo import records
 from hpo.spec import StudySpec
+from hpo.status import eta_s
 from hpo.study import step_grid
 
 if TYPE_CHECKING:
@@ -30,8 +31,9 @@ def _against_baselines(
     bars = stored_baselines(study)
     if not bars or best.value is None:
         return []
-    mean = best.user_attrs.get("cv_mean", best.value)
-    comparisons = compare(mean, best.user_attrs.get("fold_scores", []), bars, spec.direction)
+    score = records.CVScore.of(best)
+    assert score.mean is not None  # best.value is not None
+    comparisons = compare(score.mean, score.fold_scores, bars, spec.direction)
     lines = [describe(comparisons)]
     verdict = shortfall(comparisons)
     if verdict:
@@ -52,9 +54,8 @@ def render_status(study: optuna.Study, spec: StudySpec, started: float) -> Rende
     finished = len(complete) + len(pruned)
     budget = spec.budget.n_trials
     elapsed = time.monotonic() - started
-    eta = ""
-    if 0 < finished < budget:
-        eta = f"  ETA {_fmt_s(elapsed / finished * (budget - finished))}"
+    left_s = eta_s(trials, budget)
+    eta = "" if left_s is None else f"  ETA {_fmt_s(left_s)}"
 
     head = Table.grid(padding=(0, 2))
     head.add_row(
@@ -74,7 +75,7 @@ def render_status(study: optuna.Study, spec: StudySpec, started: float) -> Rende
         )
         parts.append(
             f"best: trial {best.number}  {spec.objective.metric} {best.value:.4f}"
-            f" ± {best.user_attrs.get('cv_std', 0.0):.4f}  ({params})"
+            f" ± {records.CVScore.of(best).std or 0.0:.4f}  ({params})"
         )
         parts.extend(_against_baselines(study, spec, best))
     if running:
@@ -89,7 +90,7 @@ def render_status(study: optuna.Study, spec: StudySpec, started: float) -> Rende
             # epochs of this fold reported so far (a trial may run fewer epochs than the grid)
             epoch = sum(grid.fold_of(s) == fold for s in t.intermediate_values) - 1
             value = t.intermediate_values.get(step) if step is not None else None
-            run = t.user_attrs.get(RUN_ATTR, {})
+            run = records.run_info(t)
             age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
             table.add_row(
                 str(t.number),

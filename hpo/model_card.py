@@ -26,17 +26,16 @@ _METRICS = (
     ("loss", "loss", "cross-entropy loss"),
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_DATA_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".gz", ".bz2", ".xz", ".zst")
 
 
 def hub_id(ref: str) -> str | None:
     """``ref`` when it names a model or dataset on the Hugging Face hub; None for local paths,
     ``pkg:`` references and files."""
-    from trainer.resources import is_pkg_ref
+    from trainer.resources import is_data_file_name, is_pkg_ref, looks_local
 
-    if is_pkg_ref(ref) or ref.startswith(("/", ".", "~")) or Path(ref).expanduser().exists():
+    if is_pkg_ref(ref) or looks_local(ref) or Path(ref).expanduser().exists():
         return None
-    if ref.lower().endswith(_DATA_SUFFIXES) or not _HUB_ID.match(ref):
+    if is_data_file_name(ref) or not _HUB_ID.match(ref):
         return None
     return ref
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from hpo import records
 from hpo.baselines import Baseline, baselines_from_json, compare
-from hpo.objective import FOLD_ATTR_PREFIX
 from hpo.spec import StudySpec
 from hpo.study import step_grid
 
@@ -70,13 +70,13 @@ def trial_note(
     header = "| fold | " + " | ".join(f"epoch {e + 1}" for e in range(epochs)) + " | final |"
     lines = [header, "|--:|" + "--:|" * (epochs + 1)]
     finals: list[float] = []
+    stored = records.stored_folds(user_attrs)
     for fold in range(spec.cv.n_folds):
         cells = []
         for epoch in range(epochs):
             value = intermediate.get(grid.step(fold, epoch, epochs))
             cells.append("" if value is None else f"{value:.4f}")
-        saved = user_attrs.get(f"{FOLD_ATTR_PREFIX}{fold}")
-        saved = saved if isinstance(saved, dict) else {}
+        saved = stored.get(fold, {})
         final = saved.get("score")
         if not any(cells) and final is None:
             continue
@@ -88,7 +88,7 @@ def trial_note(
         else:
             final_cell = ""
         lines.append(f"| {fold} | " + " | ".join(cells) + f" | {final_cell} |")
-    mean, std = user_attrs.get("cv_mean"), user_attrs.get("cv_std")
+    mean, std = user_attrs.get(records.CV_MEAN), user_attrs.get(records.CV_STD)
     summary = [f"{metric} per fold and epoch (held-out fold):", "", *lines, ""]
     if isinstance(mean, (int, float)) and isinstance(std, (int, float)):
         summary.append(f"**{metric_name(spec)} {mean:.4f} ± {std:.4f}**")
@@ -106,14 +106,12 @@ def write_study_notes(study: optuna.Study, spec: StudySpec) -> None:
     import optuna
     from optuna_dashboard import save_note
 
-    from hpo.baselines import BASELINES_ATTR
-
     try:
         if study.metric_names != [metric_name(spec)]:
             with warnings.catch_warnings():  # experimental since Optuna 3.2; stable in use
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([metric_name(spec)])
-        baselines = baselines_from_json(study.user_attrs.get(BASELINES_ATTR))
+        baselines = baselines_from_json(study.user_attrs.get(records.BASELINES))
         save_note(study, study_note(spec, baselines))
     except Exception as e:
         logger.warning("could not write the study's dashboard note: %s", e)
@@ -123,12 +121,10 @@ def write_trial_note(study: optuna.Study, trial: optuna.Trial, spec: StudySpec) 
     """Write a finished trial's note from what it stored; best effort."""
     from optuna_dashboard import save_note
 
-    from hpo.baselines import BASELINES_ATTR
-
     try:
         frozen = study._storage.get_trial(trial._trial_id)
         epochs = int(frozen.params.get("epochs", spec.train.epochs))
-        baselines = baselines_from_json(study.user_attrs.get(BASELINES_ATTR))
+        baselines = baselines_from_json(study.user_attrs.get(records.BASELINES))
         body = trial_note(spec, frozen.user_attrs, frozen.intermediate_values, epochs, baselines)
         save_note(trial, body)
     except Exception as e:

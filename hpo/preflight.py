@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING
 
 from hpo.errors import SpecError
 from hpo.spec import StudySpec, load_spec
+from trainer.resources import is_data_file_name, looks_local
 
 if TYPE_CHECKING:
     from trainer import CheckpointInfo, DataProfile, LengthStats, PositionLimit
 
 logger = logging.getLogger(__name__)
 
-DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
-COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
 # Warn when more than this share of the examples is longer than model.max_seq_len.
 TRUNCATED_SHARE_WARNING = 0.10
@@ -57,15 +56,7 @@ class _Findings:
 
 def looks_like_local_path(ref: str) -> bool:
     """A reference the user meant as a file or dir on this machine (not a hub id)."""
-    return ref.startswith(("/", "./", "../", "~", "file:")) or Path(ref).exists()
-
-
-def looks_like_data_file(ref: str) -> bool:
-    """A data source named by a file name (with a known suffix), not a hub dataset."""
-    name = ref.lower()
-    for compression in COMPRESSION_SUFFIXES:
-        name = name.removesuffix(compression)
-    return name.endswith(DATA_SUFFIXES)
+    return looks_local(ref) or Path(ref).exists()
 
 
 def resource_problems(spec: StudySpec) -> list[str]:
@@ -84,7 +75,7 @@ def resource_problems(spec: StudySpec) -> list[str]:
             except ResourceError as e:
                 problems.append(f"{field_name}: {e}")
             continue
-        is_local = looks_like_local_path(ref) or (not is_model and looks_like_data_file(ref))
+        is_local = looks_like_local_path(ref) or (not is_model and is_data_file_name(ref))
         if is_local:
             path = Path(ref.removeprefix("file:")).expanduser()
             if not path.exists():
@@ -130,7 +121,7 @@ def _beyond_positions(max_seq_len: int, checkpoint: CheckpointInfo, limit: Posit
 
 def _data_findings(spec: StudySpec, checkpoint: CheckpointInfo | None, found: _Findings) -> None:
     """Load the data as the workers will, profile it, and measure its token lengths."""
-    from hpo.objective import trainer_config
+    from hpo.translate import trainer_config
     from trainer import DataError, length_stats, load_with_report, profile_examples, token_lengths
 
     config = trainer_config(spec)

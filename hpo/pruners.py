@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hpo.steps import StepGrid
+from trainer.steps import StepGrid
 
 if TYPE_CHECKING:
     import optuna

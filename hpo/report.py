@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpo import records
 from hpo.baselines import Baseline, compare, shortfall, stored_baselines
 from hpo.export import rank_trials
 from hpo.spec import StudySpec
@@ -107,7 +108,7 @@ def _curves_figure(study: optuna.Study, spec: StudySpec) -> go.Figure:
                 )
             )
     for fold in range(1, grid.n_folds):
-        fig.add_vline(x=fold * grid.steps_per_fold - 0.5, line={"color": "#bbb", "dash": "dash"})
+        fig.add_vline(x=grid.fold_start(fold) - 0.5, line={"color": "#bbb", "dash": "dash"})
     fig.update_layout(
         xaxis_title=f"step: {grid.steps_per_fold} per fold, each fold's last epoch at its end",
         yaxis_title=spec.objective.metric,
@@ -123,8 +124,8 @@ def _cv_figure(study: optuna.Study, spec: StudySpec) -> go.Figure:
     fig = go.Figure(
         go.Scatter(
             x=[t.number for t in trials],
-            y=[t.user_attrs.get("cv_mean", t.value) for t in trials],
-            error_y={"type": "data", "array": [t.user_attrs.get("cv_std", 0.0) for t in trials]},
+            y=[records.CVScore.of(t).mean for t in trials],
+            error_y={"type": "data", "array": [records.CVScore.of(t).std or 0.0 for t in trials]},
             mode="markers",
             name="CV mean ± std",
         )
@@ -153,14 +154,10 @@ def _baselines_html(
             "<p>No baselines are stored with this study (it was created before hpo scored "
             "them); <code>hpo create SPEC</code> adds them.</p>"
         )
+    score = records.CVScore.of(best) if best is not None else None
     comparisons = (
-        compare(
-            best.user_attrs.get("cv_mean", best.value),
-            best.user_attrs.get("fold_scores", []),
-            baselines,
-            spec.direction,
-        )
-        if best is not None and best.value is not None
+        compare(score.mean, score.fold_scores, baselines, spec.direction)
+        if score is not None and score.mean is not None
         else ()
     )
     by_name = {c.baseline.name: c for c in comparisons}
@@ -237,8 +234,8 @@ def build_report(study: optuna.Study, spec: StudySpec, *, top: int = 10) -> str:
         [
             str(t.number),
             f"{t.value:.4f}",
-            f"{t.user_attrs.get('cv_std', 0.0):.4f}",
-            ", ".join(f"{s:.3f}" for s in t.user_attrs.get("fold_scores", [])),
+            f"{records.CVScore.of(t).std or 0.0:.4f}",
+            ", ".join(f"{s:.3f}" for s in records.CVScore.of(t).fold_scores),
             ", ".join(
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()
             ),

@@ -6,14 +6,14 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpo import records
 from hpo.baselines import compare, describe, shortfall, stored_baselines
-from hpo.launch import cuda_device_count
+from hpo.launch import cuda_device_count, worker_command
 from hpo.spec import StudySpec
 from hpo.store import ENV_STORAGE, mask_url, open_storage
 from hpo.study import set_up_study
@@ -46,24 +46,6 @@ def worker_device(device: str, index: int, n_gpus: int) -> str:
     return device
 
 
-def worker_command(study: str, index: int, device: str, threads: int) -> list[str]:
-    """The worker's argv. The store URL goes by environment: argv shows in process titles."""
-    return [
-        sys.executable,
-        "-m",
-        "hpo.cli",
-        "worker",
-        "--study",
-        study,
-        "--device",
-        device,
-        "--stream",
-        str(index),
-        "--threads",
-        str(threads),
-    ]
-
-
 @dataclass
 class RunOutcome:
     """How ``hpo run`` ended: the workers' exit codes and where the best config went."""
@@ -86,7 +68,7 @@ def start_workers(
         log = open(log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - owned by the child
         procs.append(
             subprocess.Popen(
-                worker_command(spec.name, index, dev, threads),
+                worker_command(spec.name, device=dev, stream=index, threads=threads),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, ENV_STORAGE: storage_url},
@@ -180,10 +162,9 @@ def summarize(
         console.print("[yellow]no trial completed[/]")
         return None
     best = study.best_trial
-    folds = best.user_attrs.get("fold_scores", [])
-    mean = best.user_attrs.get("cv_mean", best.value)
+    score = records.CVScore.of(best)
+    folds, mean, std = score.fold_scores, score.mean, score.std or 0.0
     assert mean is not None  # a complete trial has a value
-    std = best.user_attrs.get("cv_std", 0.0)
     console.print(
         f"best trial {best.number}: {spec.objective.metric} {mean:.4f} ± {std:.4f}"
         f"  folds {[round(f, 4) for f in folds]}"

@@ -5,24 +5,22 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from hpo import records
 from hpo.errors import StorageError, StudyConflictError, StudyNotFoundError
 from hpo.pruners import make_pruner
 from hpo.samplers import make_sampler
 from hpo.space import Choices
 from hpo.spec import StudySpec, spec_from_json
-from hpo.steps import StepGrid
+from trainer.steps import StepGrid
 
 if TYPE_CHECKING:
     import optuna
 
 logger = logging.getLogger(__name__)
 
-SPEC_ATTR = "spec"
-SPEC_HASH_ATTR = "spec_hash"
-
 
 def step_grid(spec: StudySpec) -> StepGrid:
-    """Steps per fold are the most epochs any trial may run (see ``hpo.steps``)."""
+    """Steps per fold are the most epochs any trial may run (see ``trainer.steps``)."""
     epochs = spec.search.space.epochs
     if epochs is None:
         max_epochs = spec.train.epochs
@@ -74,10 +72,10 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> int:
             _check_same_spec(attrs, spec)
             return study_id
     try:
-        storage.set_study_user_attr(study_id, SPEC_ATTR, spec.to_json_dict())
+        storage.set_study_user_attr(study_id, records.SPEC, spec.to_json_dict())
         _set_budget(storage, study_id, spec)
         _enqueue_known_points(storage, study_id, spec)
-        storage.set_study_user_attr(study_id, SPEC_HASH_ATTR, spec.spec_hash())
+        storage.set_study_user_attr(study_id, records.SPEC_HASH, spec.spec_hash())
     except Exception:
         storage.delete_study(study_id)  # never leave a study without its spec
         raise
@@ -92,7 +90,7 @@ def _attrs_once_set_up(storage: optuna.storages.BaseStorage, study_id: int) -> d
 
     deadline = time.monotonic() + SETUP_WAIT_S
     attrs = storage.get_study_user_attrs(study_id)
-    while SPEC_HASH_ATTR not in attrs and time.monotonic() < deadline:
+    while records.SPEC_HASH not in attrs and time.monotonic() < deadline:
         time.sleep(0.1)
         attrs = storage.get_study_user_attrs(study_id)
     return attrs
@@ -111,15 +109,15 @@ def _unfinished(
     not taken over."""
     from optuna.trial import TrialState
 
-    if SPEC_HASH_ATTR in attrs:
+    if records.SPEC_HASH in attrs:
         return False
     direction = storage.get_study_directions(study_id)
-    stored = attrs.get(SPEC_ATTR)
+    stored = attrs.get(records.SPEC)
     trials = storage.get_all_trials(study_id, deepcopy=False)
     return (
         [d.name.lower() for d in direction] == [spec.direction]
         and (stored is None or _same_when_revalidated(stored, spec))
-        and set(attrs) <= {SPEC_ATTR}
+        and set(attrs) <= {records.SPEC}
         and all(t.state == TrialState.WAITING for t in trials)
     )
 
@@ -147,13 +145,14 @@ def _set_budget(storage: optuna.storages.BaseStorage, study_id: int, spec: Study
 
 def _check_same_spec(attrs: dict[str, Any], spec: StudySpec) -> None:
     """Raise unless the study's user ``attrs`` hold ``spec`` (or an earlier version's form)."""
-    stored_hash = attrs.get(SPEC_HASH_ATTR)
+    stored_hash = attrs.get(records.SPEC_HASH)
     if stored_hash is None:
         raise StudyConflictError(
             f"study {spec.name!r} exists but was not created by hpo (no spec attribute); "
             "choose another name"
         )
-    if stored_hash != spec.spec_hash() and not _same_when_revalidated(attrs.get(SPEC_ATTR), spec):
+    stored_spec = attrs.get(records.SPEC)
+    if stored_hash != spec.spec_hash() and not _same_when_revalidated(stored_spec, spec):
         raise StudyConflictError(
             f"study {spec.name!r} exists with a different spec (stored {stored_hash}, "
             f"given {spec.spec_hash()}); rename the study or delete the old one"
@@ -183,7 +182,7 @@ def load_stored_spec(storage: optuna.storages.BaseStorage, name: str) -> StudySp
     study_id = _study_id(storage, name)
     if study_id is None:
         raise StudyNotFoundError(f"no study named {name!r} in this store; run `hpo create` first")
-    raw = storage.get_study_user_attrs(study_id).get(SPEC_ATTR)
+    raw = storage.get_study_user_attrs(study_id).get(records.SPEC)
     if not isinstance(raw, dict):
         raise StorageError(f"study {name!r} has no stored spec; it was not created by hpo")
     return spec_from_json(raw)

@@ -11,8 +11,8 @@ import yaml
 
 from hpo.errors import HpoError
 from hpo.model_card import write_model_card
-from hpo.objective import hyperparams_for, trainer_config
 from hpo.spec import spec_from_json
+from hpo.translate import hyperparams_for, trainer_config
 from trainer.config import PrecisionRequest
 
 logger = logging.getLogger(__name__)

@@ -21,10 +21,11 @@ from enum import Enum
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from hpo import records
 from hpo.errors import HpoError, StorageError
 from hpo.heartbeat import INTERRUPTED_REASON, Heartbeat, requeue
 from hpo.notes import write_trial_note
-from hpo.objective import FAIL_REASON_ATTR, RETRY_HISTORY_KEY, TrialContext, run_trial
+from hpo.objective import TrialContext, run_trial
 from hpo.spec import StudySpec
 from hpo.store import (
     CONNECTIONS,
@@ -57,6 +58,10 @@ class Outcome(Enum):
     FAIL = "fail"
     LOST = "lost"  # the trial was failed elsewhere (its lease lapsed): dropped, not ours to end
     NO_SLOT = "no_slot"  # every slot of the budget is taken; a running trial may still free one
+
+
+# Not a reason to stop: every slot is taken, and a running trial may still fail and free one.
+WAIT = "waiting for a slot"
 
 
 class WorkerError(HpoError):
@@ -197,7 +202,7 @@ def _cancel_surplus_copies(study: optuna.Study) -> None:
         if REQUEUE_OF_KEY not in trial.system_attrs:
             continue  # a point the user enqueued is theirs to run or delete
         try:
-            storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, SURPLUS_REASON)
+            storage.set_trial_user_attr(trial._trial_id, records.FAIL_REASON, SURPLUS_REASON)
             if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                 logger.info("trial %d: %s", trial.number, SURPLUS_REASON)
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
@@ -235,7 +240,7 @@ def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
     import optuna
 
     try:
-        trial.set_user_attr(FAIL_REASON_ATTR, reason[:500])
+        trial.set_user_attr(records.FAIL_REASON, reason[:500])
         return bool(
             study._storage.set_trial_state_values(
                 trial._trial_id, state=optuna.trial.TrialState.FAIL
@@ -333,10 +338,10 @@ class Worker:
         while True:
             heartbeat.sweep()
             reason = self._stop_reason(deadline)
-            if reason == "wait":
+            if reason is WAIT:
                 time.sleep(WAIT_POLL_S)
                 continue
-            if reason:
+            if reason is not None:
                 self.summary.stop_reason = reason
                 break
             state = self._run_one(heartbeat)
@@ -352,12 +357,13 @@ class Worker:
                     raise WorkerError(
                         f"worker {self.worker_id}: the last {consecutive_failures} trials "
                         "all failed; stopping instead of burning the budget (see the "
-                        f"trials' {FAIL_REASON_ATTR!r} attribute)"
+                        f"trials' {records.FAIL_REASON!r} attribute)"
                     )
             elif state != Outcome.LOST:
                 consecutive_failures = 0
 
-    def _stop_reason(self, deadline: float) -> str:
+    def _stop_reason(self, deadline: float) -> str | None:
+        """Why the worker stops now; ``WAIT`` while the last slots are taken; None to go on."""
         import optuna
 
         done = (
@@ -378,8 +384,8 @@ class Worker:
         if finished >= self.spec.budget.n_trials:
             return f"budget of {self.spec.budget.n_trials} finished trials met"
         if finished + running >= self.spec.budget.n_trials:
-            return "wait"  # the last slots are taken; wait in case one of them fails
-        return ""
+            return WAIT  # the last slots are taken; wait in case one of them fails
+        return None
 
     def _run_one(self, heartbeat: Heartbeat) -> Outcome:
         import optuna
@@ -397,7 +403,7 @@ class Worker:
             ):
                 if _fail(self.study, trial, "over budget: another worker took the last slot"):
                     frozen = self.study._storage.get_trial(trial._trial_id)
-                    if frozen.system_attrs.get(RETRY_HISTORY_KEY):
+                    if records.retry_history(frozen):
                         requeue(self.study, frozen)
                 return Outcome.NO_SLOT
             started = time.monotonic()

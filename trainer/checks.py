@@ -57,4 +57,10 @@ def check_inputs(hparams: Hyperparams, config: TrainerConfig) -> None:
         c.precision,
         f"one of {get_args(Precision)}",
     )
+    _require(
+        c.steps_per_fold is None or c.steps_per_fold >= h.epochs,
+        "steps_per_fold",
+        c.steps_per_fold,
+        f"None or an integer >= epochs ({h.epochs})",
+    )
     _require(len(c.data.text) in (1, 2), "data.text", c.data.text, "one or two column names")

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from trainer.steps import StepGrid
+
 Metric = Literal["accuracy", "f1_macro", "roc_auc", "loss"]
 Pooling = Literal["cls", "mean"]
 Anchor = Literal["zero", "pretrained"]
@@ -24,7 +26,7 @@ EPOCH_SECONDS = "epoch_s"
 class Reporter(Protocol):
     """What the trainer needs from whoever watches it; an ``optuna.Trial`` satisfies it as is."""
 
-    def report(self, value: float, step: int) -> None: ...
+    def report(self, value: float, step: int) -> None: ...  # step: ``TrainerConfig.step_grid``
 
     def should_prune(self) -> bool: ...
 
@@ -69,6 +71,8 @@ class TrainerConfig:
 
     ``precision`` is already resolved (``resolve_precision``): ``bf16`` runs the model's
     forward under bf16 autocast; weights, loss, penalty and metrics stay fp32.
+    ``steps_per_fold`` places reports on a study's step grid (``trainer.steps``): the most
+    epochs any trial of the study may run; None for this run's own epochs.
     """
 
     model_name_or_path: str
@@ -84,6 +88,11 @@ class TrainerConfig:
     cache_dir: str | None = None
     torch_compile: bool = False
     precision: Precision = "fp32"
+    steps_per_fold: int | None = None
+
+    def step_grid(self, epochs: int) -> StepGrid:
+        """The steps a run of ``epochs`` epochs reports at."""
+        return StepGrid(n_folds=self.n_folds, steps_per_fold=self.steps_per_fold or epochs)
 
 
 @dataclass(frozen=True)

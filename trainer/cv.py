@@ -3,7 +3,9 @@
 Per fold: a fresh head on the pretrained encoder, AdamW with linear warmup and decay,
 loss = cross-entropy (class-weighted from the fold's training rows when asked) + l1·Σ|w| +
 l2·Σw², gradient clipping; after every epoch, held-out
-metrics are reported at ``step = fold * epochs + epoch`` and the reporter may stop the trial.
+metrics are reported at the step of (fold, epoch) on the config's step grid
+(``TrainerConfig.step_grid``; ``fold * epochs + epoch`` by default) and the reporter may stop
+the trial.
 """
 
 from __future__ import annotations
@@ -220,6 +222,7 @@ def _train_fold(
     import torch
 
     train_idx, held_idx = prepared.folds[fold]
+    grid = config.step_grid(hparams.epochs)
     seed = hparams.seed * 1_000 + fold
     model = build_model(
         prepared.pretrained,
@@ -302,7 +305,7 @@ def _train_fold(
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
         if reporter is not None:
-            reporter.report(metrics[config.metric], fold * hparams.epochs + epoch)
+            reporter.report(metrics[config.metric], grid.step(fold, epoch, hparams.epochs))
             # After the last fold's last epoch the compute is spent: nothing to prune.
             last = fold == config.n_folds - 1 and epoch == hparams.epochs - 1
             if not last and reporter.should_prune():
@@ -393,7 +396,8 @@ def run_cv(
         hparams: the sampled values over the training defaults.
         config: model, data, CV layout, device.
         reporter: gets ``report(score, step)`` after every epoch, ``score`` being
-            ``config.metric`` on the held-out fold and ``step = fold * epochs + epoch``;
+            ``config.metric`` on the held-out fold and ``step`` the (fold, epoch)'s on
+            ``config.step_grid(hparams.epochs)``;
             training stops as soon as ``should_prune()`` is true. It is not asked after the
             last fold's last epoch: a trial that trained every fold is never pruned.
         done_folds: folds an earlier attempt finished, by fold index; they are not retrained
@@ -417,6 +421,7 @@ def run_cv(
     """
     check_inputs(hparams, config)
     started = time.perf_counter()
+    grid = config.step_grid(hparams.epochs)
     done = {fold: result for fold, result in (done_folds or {}).items() if fold < config.n_folds}
     # Everything done already (a re-queued trial that had finished): no data, no weights needed.
     prepared = prepare_cached(config) if len(done) < config.n_folds else None
@@ -429,7 +434,8 @@ def run_cv(
             result = done[fold]
             if reporter is not None:
                 for epoch, metrics in enumerate(result.curve):
-                    reporter.report(metrics[config.metric], fold * hparams.epochs + epoch)
+                    step = grid.step(fold, epoch, hparams.epochs)
+                    reporter.report(metrics[config.metric], step)
             finished.append(result)
             last = fold == config.n_folds - 1
             if reporter is not None and not last and reporter.should_prune():

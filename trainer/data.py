@@ -19,15 +19,19 @@ import numpy as np
 
 from trainer.config import DataConfig, TrainerConfig
 from trainer.errors import DataError
-from trainer.resources import ResourceError, resolve_local
+from trainer.resources import (
+    DATA_SUFFIXES,
+    ResourceError,
+    data_suffix,
+    is_data_file_name,
+    looks_local,
+    resolve_local,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
 logger = logging.getLogger(__name__)
-
-_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")
-_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -76,17 +80,10 @@ class LoadReport:
     subsampled_out: int = 0
 
 
-def _base_suffix(name: str) -> str:
-    lower = name.lower()
-    for compression in _COMPRESSIONS:
-        lower = lower.removesuffix(compression)
-    return Path(lower).suffix
-
-
 def _read_file(path: Path) -> pd.DataFrame:
     import pandas as pd
 
-    suffix = _base_suffix(path.name)
+    suffix = data_suffix(path.name)
     try:
         if suffix == ".csv":
             return pd.read_csv(path)
@@ -100,7 +97,7 @@ def _read_file(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path)
     except Exception as e:  # pandas raises many types; the user needs the file and the reason
         raise DataError(f"{path}: cannot read as {suffix[1:]}: {e}".splitlines()[0]) from e
-    raise DataError(f"{path}: unsupported file type {suffix!r}; expected one of {_FILE_SUFFIXES}")
+    raise DataError(f"{path}: unsupported file type {suffix!r}; expected one of {DATA_SUFFIXES}")
 
 
 def _read_hub(name: str, split: str) -> pd.DataFrame:
@@ -127,8 +124,7 @@ def read_table(config: DataConfig) -> pd.DataFrame:
         if local.is_dir():
             raise DataError(f"{local}: is a directory; expected a data file")
         return _read_file(local)
-    looks_local = config.source.startswith(("/", "./", "../", "~"))
-    if looks_local or _base_suffix(config.source) in _FILE_SUFFIXES:
+    if looks_local(config.source) or is_data_file_name(config.source):
         raise DataError(f"{config.source}: no such file")
     return _read_hub(config.source, config.split)
 

@@ -118,7 +118,7 @@ def train_final(
     trained: list = []
     result = train_fold(
         hparams,
-        config,
+        replace(config, steps_per_fold=None),  # one fold: reports at step = epoch
         prepared,
         0,
         reporter=reporter,

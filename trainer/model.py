@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainer.config import Pooling
 from trainer.errors import ModelError
-from trainer.resources import ResourceError, resolve_local
+from trainer.resources import ResourceError, looks_local, resolve_local
 
 if TYPE_CHECKING:
     import torch
@@ -64,7 +64,7 @@ def resolve_model_ref(name_or_path: str) -> str:
         if not (local / "config.json").is_file():
             raise ModelError(f"{local}: not a model dir (no config.json)")
         return str(local.resolve())
-    if name_or_path.startswith(("/", "./", "../", "~")):
+    if looks_local(name_or_path):
         raise ModelError(f"{name_or_path}: no such model dir")
     return name_or_path
 

@@ -11,6 +11,27 @@ from pathlib import Path
 from trainer.errors import TrainerError
 
 PKG_PREFIX = "pkg:"
+# Data files the trainer reads, by suffix, through any of these compressions.
+DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+
+
+def looks_local(ref: str) -> bool:
+    """Whether ``ref`` is written as a path on this machine (not a hub id), found or not."""
+    return ref.startswith(("/", "./", "../", "~", "file:"))
+
+
+def data_suffix(name: str) -> str:
+    """The file type under any compression: ``.csv`` for ``rows.csv.gz``."""
+    lower = name.lower()
+    for compression in COMPRESSION_SUFFIXES:
+        lower = lower.removesuffix(compression)
+    return Path(lower).suffix
+
+
+def is_data_file_name(ref: str) -> bool:
+    """Whether ``ref`` names a data file the trainer reads (by its suffix), not a hub dataset."""
+    return data_suffix(ref) in DATA_SUFFIXES
 
 
 class ResourceError(TrainerError):

@@ -16,6 +16,19 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from hpo.errors import StorageError
+
+# The store's bookkeeping keys (their meaning: hpo.records). Trial system attributes that make
+# retried writes idempotent and transitions attributable: the request that created or popped
+# the trial, that finished it, and the trial a re-queued copy replaces (one copy per failed
+# trial). Study system attributes: the budget (running + finished trials never exceed it, so it
+# is exact) and the lease terms every worker uses (a sweeper judges other workers' leases by its
+# own terms, so they must be the same).
+from hpo.records import BUDGET_KEY as BUDGET_KEY
+from hpo.records import FINISH_KEY as FINISH_KEY
+from hpo.records import HEARTBEAT_KEY as HEARTBEAT_KEY
+from hpo.records import LEASE_KEY as LEASE_KEY
+from hpo.records import REQUEST_KEY as REQUEST_KEY
+from hpo.records import REQUEUE_OF_KEY as REQUEUE_OF_KEY
 from hpo.store._masking import mask_secrets
 
 if TYPE_CHECKING:
@@ -24,19 +37,6 @@ if TYPE_CHECKING:
 
 ENV_STORAGE = "HPO_STORAGE"
 DEFAULT_STORAGE = ".hpo/journal.log"
-HEARTBEAT_KEY = "hpo:heartbeat"
-# Trial system attributes that make retried writes idempotent and transitions attributable:
-# the id of the request that created or popped the trial, that finished it, and the trial a
-# re-queued copy replaces (at most one copy per failed trial).
-REQUEST_KEY = "hpo:request"
-FINISH_KEY = "hpo:finish"
-REQUEUE_OF_KEY = "hpo:requeue_of"
-# Study system attribute: the most finished (complete + pruned) trials the study may have; the
-# store refuses to start a trial beyond it (running + finished), so the budget is exact.
-BUDGET_KEY = "hpo:budget"
-# Study system attr: [heartbeat interval s, grace period s] every worker of the study uses (a
-# sweeper judges other workers' leases by its own terms, so they must be the same).
-LEASE_KEY = "hpo:lease"
 DEFAULT_HEARTBEAT_INTERVAL_S = 10
 DEFAULT_GRACE_PERIOD_S = 30
 DEFAULT_OUTAGE_TIMEOUT_S = 300.0

@@ -12,7 +12,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from hpo.analysis import curves_frame, trials_frame
-from hpo.objective import fold_to_json
+from hpo.records import fold_key, fold_to_json
 from hpo.spec import parse_spec
 from hpo.store import ENV_STORAGE, open_storage
 from hpo.study import create_study, step_grid
@@ -30,7 +30,7 @@ DISTS = {
 
 
 def _fold(fold: int, curve: list[float], pruned: bool = False) -> dict[str, Any]:
-    """A fold's record as the worker writes it (``fold_<i>``)."""
+    """A fold's record as the worker writes it (``hpo.records.fold_key``)."""
     return fold_to_json(
         FoldResult(
             fold=fold,
@@ -57,7 +57,7 @@ def _trial(
     }
     pruned = state == "pruned"
     attrs: dict[str, Any] = {
-        f"fold_{i}": _fold(i, curve, pruned=pruned and i == len(curves) - 1)
+        fold_key(i): _fold(i, curve, pruned=pruned and i == len(curves) - 1)
         for i, curve in enumerate(curves)
     }
     attrs["run"] = {"host": "h1", "device": "cpu", "worker": f"w{number % 2}", "precision": "fp32"}

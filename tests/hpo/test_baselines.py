@@ -12,8 +12,9 @@ from optuna.distributions import FloatDistribution
 from rich.console import Console
 
 import hpo.baselines
-from hpo.baselines import BASELINES_ATTR, record_baselines
+from hpo.baselines import record_baselines
 from hpo.cli import main
+from hpo.records import BASELINES as BASELINES_ATTR
 from hpo.run import summarize
 from hpo.spec import parse_spec
 from hpo.store import open_storage

@@ -12,6 +12,7 @@ import optuna
 import pytest
 import yaml
 from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
 
 from hpo.spec import parse_spec
 from hpo.store import open_storage
@@ -152,10 +153,18 @@ def test_status_of_unknown_study_is_one_line_error(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("flag", [["--format", "xml"], ["--by", "median"]])
-def test_export_rejects_bad_options(flag: list[str], tmp_path: Path) -> None:
-    result = _hpo("export", "x", "--storage", str(tmp_path / "j.log"), *flag)
-    assert result.returncode != 0
+@pytest.mark.parametrize(("flag", "value"), [("--format", "xml"), ("--by", "median")])
+def test_export_rejects_bad_options(
+    flag: str, value: str, tmp_path: Path, spec_dict: dict[str, Any]
+) -> None:
+    """On a study that exists and has a best trial, so only the option can be what is wrong."""
+    url = str(tmp_path / "j.log")
+    _fill(url, spec_dict)
+    out = tmp_path / "best.yaml"
+    result = _hpo("export", spec_dict["name"], "--storage", url, "-o", str(out), flag, value)
+    assert result.returncode == 2, result.stderr
+    assert flag in result.stderr and value in result.stderr
+    assert not out.exists()
 
 
 def test_report_is_self_contained_with_every_plot(
@@ -216,3 +225,31 @@ def test_status_export_and_report_set_the_best_trial_against_the_baselines(
     section = page.read_text().split('<section id="baselines">')[1].split("</section>")[0]
     assert f"<td>TF-IDF + logistic regression</td><td>{tfidf['mean']:.4f}</td>" in section
     assert f"{vs['margin']:+.4f} ({vs['folds_won']}/3 folds)" in section
+
+
+def test_eta_is_the_mean_finished_duration_times_the_trials_left_over_those_running() -> None:
+    """One formula for ``hpo status`` and the live view."""
+    import datetime as dt
+
+    from hpo.status import eta_s
+
+    start = dt.datetime(2026, 1, 1)
+
+    def trial(state: TrialState, seconds: float | None) -> optuna.trial.FrozenTrial:
+        done = None if seconds is None else start + dt.timedelta(seconds=seconds)
+        frozen = optuna.trial.create_trial(
+            state=state, value=0.5 if state == TrialState.COMPLETE else None
+        )
+        frozen.datetime_start, frozen.datetime_complete = start, done
+        return frozen
+
+    running = [trial(TrialState.RUNNING, None) for _ in range(2)]
+    assert eta_s(running, 10) is None  # nothing finished: no estimate
+    finished = [
+        trial(TrialState.COMPLETE, 10),
+        trial(TrialState.PRUNED, 4),
+        trial(TrialState.COMPLETE, 16),
+    ]
+    assert eta_s(finished + running, 10) == 10 * 7 / 2
+    assert eta_s(finished, 10) == 10 * 7  # none running: one at a time
+    assert eta_s(finished, 3) is None  # the budget is met

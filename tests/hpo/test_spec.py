@@ -194,7 +194,7 @@ def test_defaults_are_filled_and_spec_is_frozen() -> None:
 
 
 def test_class_weights_default_to_none_and_a_searched_choice_overrides_the_spec() -> None:
-    from hpo.objective import hyperparams_for
+    from hpo.translate import hyperparams_for
 
     data = copy.deepcopy(MINIMAL_SPEC)
     assert parse_spec(data).train.class_weights == "none"

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from hpo.cli import main as hpo_main
 from hpo.errors import StorageError, StudyConflictError, StudyNotFoundError
+from hpo.records import SPEC as SPEC_ATTR
 from hpo.spec import parse_spec
 from hpo.store import (
     DEFAULT_STORAGE,
@@ -28,7 +29,7 @@ from hpo.store import (
     resolve_storage_url,
     storage_kind,
 )
-from hpo.study import SPEC_ATTR, create_study, load_stored_spec, load_study
+from hpo.study import create_study, load_stored_spec, load_study
 from tests.hpo.conftest import unique_name, write_spec
 
 
@@ -110,7 +111,7 @@ def test_a_study_whose_creation_reply_was_lost_is_set_up_not_refused(
 def test_a_study_created_before_train_precision_existed_is_the_same_study(
     tmp_path: Path, spec_dict: dict[str, Any]
 ) -> None:
-    from hpo.study import SPEC_HASH_ATTR
+    from hpo.records import SPEC_HASH as SPEC_HASH_ATTR
 
     storage = open_storage(str(tmp_path / "j.log"))
     spec = parse_spec(spec_dict)

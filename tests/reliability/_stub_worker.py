@@ -4,9 +4,9 @@ Run as ``python -m tests.reliability._stub_worker worker --study NAME --storage 
 arguments of ``hpo``). Everything but the training is the real thing: the CLI, the worker loop,
 its heartbeat thread and sweeps, signals, the store and its retries. The stand-in objective
 suggests the spec's params (``hpo.space.suggest``), sleeps ``$HPO_STUB_STEP_S`` per
-(fold, epoch), reports every step through ``TrialReporter`` on the study's step grid, asks the
-pruner after each, and saves each finished fold as ``fold_<i>`` (``fold_to_json``), resuming
-from the folds a re-queued trial carries (``saved_folds``): every write is fenced by the lease
+(fold, epoch), reports every step on the study's step grid (``trainer.steps``), asks the
+pruner after each, and saves each finished fold (``hpo.records.write_fold``), resuming from the
+folds a re-queued trial carries (``hpo.records.saved_folds``): every write is fenced by the lease
 as a real trial's is.
 
 What the process did is appended as JSON lines to ``$HPO_STUB_EVENTS/<$HPO_STUB_PROC>.jsonl``
@@ -88,12 +88,7 @@ def install(log: EventLog, step_s: float) -> None:
 
     import hpo.heartbeat
     import hpo.worker
-    from hpo.objective import (
-        FOLD_ATTR_PREFIX,
-        TrialReporter,
-        fold_to_json,
-        saved_folds,
-    )
+    from hpo import records
     from hpo.space import suggest
     from hpo.study import step_grid
     from trainer.config import FoldResult
@@ -110,12 +105,12 @@ def install(log: EventLog, step_s: float) -> None:
 
     def run_trial(trial: optuna.Trial, spec: Any, context: Any) -> float:
         params = suggest(trial, spec.search.space)
-        done = saved_folds(trial)
+        done = records.saved_folds(trial.user_attrs)
         log(
             "start", trial=trial._trial_id, number=trial.number, params=params, resumed=sorted(done)
         )
         epochs, n_folds = spec.train.epochs, spec.cv.n_folds
-        reporter = TrialReporter(trial, epochs, step_grid(spec))
+        grid = step_grid(spec)
         scores = {fold: result.score for fold, result in done.items()}
         for fold in range(n_folds):
             if fold in done:
@@ -125,10 +120,10 @@ def install(log: EventLog, step_s: float) -> None:
             for epoch in range(epochs):
                 time.sleep(step_s)
                 score = stub_score(params, fold, epoch, epochs)
-                step = fold * epochs + epoch
-                report = functools.partial(reporter.report, score, step)
+                step = grid.step(fold, epoch, epochs)
+                report = functools.partial(trial.report, score, step)
                 fenced(trial._trial_id, "report", report, step=step)
-                if reporter.should_prune():
+                if trial.should_prune():
                     log("trained", trial=trial._trial_id, pruned=True)
                     raise optuna.TrialPruned(f"pruned at fold {fold} epoch {epoch}")
             result = FoldResult(
@@ -139,9 +134,7 @@ def install(log: EventLog, step_s: float) -> None:
                 train_examples=1,
                 train_s=round(time.monotonic() - started, 3),
             )
-            save = functools.partial(
-                trial.set_user_attr, f"{FOLD_ATTR_PREFIX}{fold}", fold_to_json(result)
-            )
+            save = functools.partial(records.write_fold, trial, result)
             fenced(trial._trial_id, "fold", save, fold=fold)
             scores[fold] = score
         log("trained", trial=trial._trial_id, pruned=False)

@@ -21,8 +21,8 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.objective import FAIL_REASON_ATTR, FOLD_ATTR_PREFIX, RETRY_HISTORY_KEY
-from hpo.store import REQUEST_KEY, REQUEUE_OF_KEY
+from hpo import records
+from hpo.records import FAIL_REASON, REQUEST_KEY, REQUEUE_OF_KEY, RETRY_HISTORY
 from hpo.worker import SURPLUS_REASON
 from tests.reliability.faultrunner import InjectedFault
 from tests.reliability.faults import FaultKind
@@ -180,12 +180,11 @@ def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 
 def _folds(trial: FrozenTrial) -> dict[str, Any]:
-    return {k: v for k, v in trial.user_attrs.items() if k.startswith(FOLD_ATTR_PREFIX)}
+    return records.fold_attrs(trial.user_attrs)
 
 
 def _chain_root(trial: FrozenTrial) -> int:
-    history = trial.system_attrs.get(RETRY_HISTORY_KEY) or []
-    return int(history[0]) if history else trial.number
+    return records.original_number(trial)
 
 
 @dataclass
@@ -284,9 +283,9 @@ def check_study(
     # 5. Every FAIL has its reason, and only a lost lease fails a trial of the stand-in.
     failed = [t for t in trials if t.state == TrialState.FAIL]
     for t in failed:
-        reason = t.user_attrs.get(FAIL_REASON_ATTR)
+        reason = t.user_attrs.get(FAIL_REASON)
         if reason is None:
-            check.fail(f"trial {t.number} FAIL without {FAIL_REASON_ATTR!r}")
+            check.fail(f"trial {t.number} FAIL without {FAIL_REASON!r}")
         elif reason == SURPLUS_REASON:
             # A lost trial's copy that outlived the budget (a new trial took the slot between
             # the FAIL and the copy): cancelled unstarted once the budget was met.
@@ -309,14 +308,14 @@ def check_study(
                 f"copies {[c.number for c in made]} of a trial id {failed_id} not in the study"
             )
     for t in failed:
-        if t.user_attrs.get(FAIL_REASON_ATTR) not in LEASE_LOST_REASONS:
+        if t.user_attrs.get(FAIL_REASON) not in LEASE_LOST_REASONS:
             continue
-        history = [*t.system_attrs.get(RETRY_HISTORY_KEY, []), t.number]
+        history = [*t.system_attrs.get(RETRY_HISTORY, []), t.number]
         expected = 1 if len(history) <= max_retry else 0
         made = copies.get(t._trial_id, [])
         if len(made) != expected:
             check.fail(
-                f"trial {t.number} ({t.user_attrs.get(FAIL_REASON_ATTR)}, history {history}) "
+                f"trial {t.number} ({t.user_attrs.get(FAIL_REASON)}, history {history}) "
                 f"re-queued {len(made)} times, expected {expected}"
             )
         for copy in made:
@@ -325,10 +324,10 @@ def check_study(
             # suggests the rest.
             if {k: copy.params.get(k) for k in t.params} != t.params:
                 check.fail(f"copy {copy.number} of trial {t.number} has other params")
-            if copy.system_attrs.get(RETRY_HISTORY_KEY) != history:
+            if copy.system_attrs.get(RETRY_HISTORY) != history:
                 check.fail(
                     f"copy {copy.number} of trial {t.number}: retry history "
-                    f"{copy.system_attrs.get(RETRY_HISTORY_KEY)}, expected {history}"
+                    f"{copy.system_attrs.get(RETRY_HISTORY)}, expected {history}"
                 )
             carried = _folds(t)
             kept = {k: v for k, v in _folds(copy).items() if k in carried}
@@ -340,11 +339,7 @@ def check_study(
             check.counts["folds_carried"] += len(carried)
             resumed = [a.resumed for a in mine if a.trial_id == copy._trial_id and a.resumed]
             for folds in resumed:
-                expect = sorted(
-                    int(k.removeprefix(FOLD_ATTR_PREFIX))
-                    for k, v in carried.items()
-                    if not v.get("pruned", False)
-                )
+                expect = sorted(records.saved_folds(carried))
                 if folds != expect:
                     check.fail(f"copy {copy.number} resumed with folds {folds}, carried {expect}")
 
@@ -402,7 +397,7 @@ def check_study(
     slack_s = 2 * heartbeat_s + 2.0
     orphans = 0
     for t in failed:
-        if t.user_attrs.get(FAIL_REASON_ATTR) != STALE_REASON:
+        if t.user_attrs.get(FAIL_REASON) != STALE_REASON:
             continue
         _, failed_at = times(t)
         assert failed_at is not None

@@ -221,8 +221,12 @@ def test_done_folds_are_not_retrained_but_re_reported(
     assert [s for _, s in reporter.reports] == list(range(2 * HP.epochs))
 
 
+@pytest.mark.parametrize(
+    ("steps_per_fold", "steps"),
+    [(None, [0, 1, 2, 3]), (3, [1, 2, 4, 5])],  # 2 epochs on a 3-step grid: ceil(e·3/2) − 1
+)
 def test_a_trial_with_every_fold_done_reports_its_history_without_loading_anything(
-    tmp_path: Path,
+    tmp_path: Path, steps_per_fold: int | None, steps: list[int]
 ) -> None:
     folds = {
         i: FoldResult(
@@ -240,11 +244,12 @@ def test_a_trial_with_every_fold_done_reports_its_history_without_loading_anythi
         data=DataConfig(source=str(tmp_path / "never-read.csv"), text=("text",), label="label"),
         n_folds=2,
         device="cpu",
+        steps_per_fold=steps_per_fold,
     )
     reporter = RecordingReporter()
     result = run_cv(dataclasses.replace(HP, epochs=2), config, reporter=reporter, done_folds=folds)
     assert result.fold_scores == (0.5, 0.6) and not result.pruned
-    assert reporter.reports == [(0.4, 0), (0.5, 1), (0.4, 2), (0.6, 3)]
+    assert reporter.reports == list(zip([0.4, 0.5, 0.4, 0.6], steps, strict=True))
 
 
 def test_a_resumed_trial_can_be_pruned_on_its_re_reported_history(

@@ -55,6 +55,9 @@ class StepGrid:
         """The step's position inside its fold, 0 … ``steps_per_fold - 1``."""
         return step % self.steps_per_fold
 
+    def fold_start(self, fold: int) -> int:
+        return fold * self.steps_per_fold
+
     def fold_end(self, fold: int) -> int:
         return fold * self.steps_per_fold + self.steps_per_fold - 1
 
