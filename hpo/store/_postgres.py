@@ -19,7 +19,10 @@ process to one connection per operation for a while, so a full server drains.
 
 Rows are written exactly as Optuna writes them (naive UTC datetimes, enum names, JSON text), so
 plain Optuna, ``optuna-dashboard`` and the ``optuna`` CLI read these studies unchanged. Rare
-paths (enqueued trials, attributes, studies, best trial) stay on the stock code.
+paths (enqueued trials, attributes, studies, best trial) stay on the stock code. Our reads
+leave out one row per trial, its request id (``hpo:request``): nothing reads it from a trial
+(a retry looks its request up in SQL), and every worker would otherwise parse every running
+trial's on every refresh. Plain Optuna still shows it.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ logger = logging.getLogger(__name__)
 _FINISHED = "('COMPLETE', 'PRUNED', 'FAIL')"
 DEFAULT_RUNNING_REFRESH_S = 1.0
 
-_TRIAL_COLUMNS = """
+_TRIAL_COLUMNS = f"""
     t.trial_id, t.number, t.state::text, t.datetime_start, t.datetime_complete,
     (SELECT json_agg(json_build_array(p.param_name, p.param_value, p.distribution_json)
                      ORDER BY p.param_id)
@@ -73,7 +76,7 @@ _TRIAL_COLUMNS = """
     (SELECT json_agg(json_build_array(a.key, a.value_json) ORDER BY a.trial_user_attribute_id)
        FROM trial_user_attributes a WHERE a.trial_id = t.trial_id),
     (SELECT json_agg(json_build_array(a.key, a.value_json) ORDER BY a.trial_system_attribute_id)
-       FROM trial_system_attributes a WHERE a.trial_id = t.trial_id),
+       FROM trial_system_attributes a WHERE a.trial_id = t.trial_id AND a.key <> '{REQUEST_KEY}'),
     (SELECT json_agg(json_build_array(i.step, i.intermediate_value,
                                       i.intermediate_value_type::text) ORDER BY i.step)
        FROM trial_intermediate_values i WHERE i.trial_id = t.trial_id)

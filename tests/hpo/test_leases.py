@@ -16,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.heartbeat import requeue, sweep_stale
+from hpo.records import fold_key
 from hpo.spec import parse_spec
 from hpo.store import FINISH_KEY, NoSlotLeft, RetryingStorage, open_storage
 from hpo.study import create_study, load_study
@@ -608,7 +609,7 @@ def test_a_write_racing_a_sweepers_fail_is_refused_not_stored_on_the_failed_tria
             if write == "report":
                 storage.set_trial_intermediate_value(trial._trial_id, 0, 0.5)
             else:
-                storage.set_trial_user_attr(trial._trial_id, "fold_0", {"score": 0.5})
+                storage.set_trial_user_attr(trial._trial_id, fold_key(0), {"score": 0.5})
             outcome.append(None)
         except BaseException as e:
             outcome.append(e)
@@ -624,7 +625,7 @@ def test_a_write_racing_a_sweepers_fail_is_refused_not_stored_on_the_failed_tria
     ), outcome
     stored = storage.get_trial(trial._trial_id)
     assert stored.state == TrialState.FAIL
-    assert stored.intermediate_values == {} and "fold_0" not in stored.user_attrs
+    assert stored.intermediate_values == {} and fold_key(0) not in stored.user_attrs
 
 
 @pytest.mark.postgres

@@ -13,6 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo import records
 from hpo.spec import parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study
@@ -52,7 +53,7 @@ def test_killed_worker_trial_is_requeued_and_resumed_from_finished_folds(
         assert time.monotonic() < deadline, _logs(victim_log, survivor_log)
         for trial in study.get_trials(states=(TrialState.RUNNING,)):
             worker = trial.user_attrs.get("run", {}).get("worker", "")
-            if f"-{victim.pid}-" in worker and "fold_0" in trial.user_attrs:
+            if f"-{victim.pid}-" in worker and records.fold_key(0) in trial.user_attrs:
                 target = trial
         time.sleep(0.1)
     os.kill(victim.pid, signal.SIGKILL)
@@ -66,7 +67,7 @@ def test_killed_worker_trial_is_requeued_and_resumed_from_finished_folds(
     # file lock) + slack
     assert time.monotonic() - killed_at <= 4 + 1 + 5 + 2
     killed = study._storage.get_trial(target._trial_id)
-    done = sorted(int(k.removeprefix("fold_")) for k in killed.user_attrs if k.startswith("fold_"))
+    done = sorted(records.stored_folds(killed.user_attrs))
     assert 1 <= len(done) < 3
 
     assert survivor.wait(timeout=300) == 0, _logs(survivor_log)
@@ -81,7 +82,8 @@ def test_killed_worker_trial_is_requeued_and_resumed_from_finished_folds(
     assert resumed_trial.user_attrs["run"]["resumed_folds"] == done
     # Finished folds were carried over, not retrained: identical records, timings included.
     for fold in done:
-        assert resumed_trial.user_attrs[f"fold_{fold}"] == killed.user_attrs[f"fold_{fold}"]
-        score = killed.user_attrs[f"fold_{fold}"]["score"]
+        key = records.fold_key(fold)
+        assert resumed_trial.user_attrs[key] == killed.user_attrs[key]
+        score = killed.user_attrs[key]["score"]
         assert resumed_trial.user_attrs["fold_scores"][fold] == score
     assert len(resumed_trial.user_attrs["fold_scores"]) == 3
