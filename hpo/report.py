@@ -121,11 +121,12 @@ def _cv_figure(study: optuna.Study, spec: StudySpec) -> go.Figure:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    scores = [records.CVScore.of(t) for t in trials]
     fig = go.Figure(
         go.Scatter(
             x=[t.number for t in trials],
-            y=[records.CVScore.of(t).mean for t in trials],
-            error_y={"type": "data", "array": [records.CVScore.of(t).std or 0.0 for t in trials]},
+            y=[s.mean for s in scores],
+            error_y={"type": "data", "array": [s.std or 0.0 for s in scores]},
             mode="markers",
             name="CV mean ± std",
         )
@@ -234,13 +235,14 @@ def build_report(study: optuna.Study, spec: StudySpec, *, top: int = 10) -> str:
         [
             str(t.number),
             f"{t.value:.4f}",
-            f"{records.CVScore.of(t).std or 0.0:.4f}",
-            ", ".join(f"{s:.3f}" for s in records.CVScore.of(t).fold_scores),
+            f"{score.std or 0.0:.4f}",
+            ", ".join(f"{s:.3f}" for s in score.fold_scores),
             ", ".join(
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()
             ),
         ]
         for t in ranked[:top]
+        for score in [records.CVScore.of(t)]
     ]
     best = ranked[0] if ranked else None
     compute = compute_summary(study)
