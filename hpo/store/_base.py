@@ -159,26 +159,45 @@ class NoSlotLeft(StorageError):
 _REQUEST = threading.local()
 
 
-@contextmanager
-def request_scope() -> Iterator[str]:
-    """One logical store operation: every attempt of it (retries after a lost reply) carries the
-    same request id, which the backends record with what the operation wrote."""
-    outer = getattr(_REQUEST, "id", None)
-    if outer is not None:  # nested: part of the enclosing operation
-        yield outer
-        return
-    _REQUEST.id = uuid.uuid4().hex
+_NOT_DRAWN = ""  # in an operation whose request id nobody has asked for yet
+
+
+def begin_request() -> bool:
+    """One logical store operation begins: every attempt of it (retries after a lost reply)
+    carries the same request id, which the backends record with what the operation wrote. The
+    id is drawn on first use (most operations never need one). False when nested in an
+    enclosing operation (it is part of that one); pass the result to ``end_request``."""
+    if getattr(_REQUEST, "id", None) is not None:
+        return False
+    _REQUEST.id = _NOT_DRAWN
     _REQUEST.retried = False
-    try:
-        yield _REQUEST.id
-    finally:
+    return True
+
+
+def end_request(began: bool) -> None:
+    """The operation ``begin_request`` began (if it did) is over."""
+    if began:
         _REQUEST.id = None
 
 
+@contextmanager
+def request_scope() -> Iterator[str]:
+    """``begin_request``/``end_request`` as a block, yielding the operation's request id."""
+    began = begin_request()
+    try:
+        yield current_request()
+    finally:
+        end_request(began)
+
+
 def current_request() -> str:
-    """The id of the operation under way (a fresh one outside ``request_scope``)."""
+    """The id of the operation under way (a fresh one outside an operation)."""
     request = getattr(_REQUEST, "id", None)
-    return request if request is not None else uuid.uuid4().hex
+    if request is None:
+        return uuid.uuid4().hex
+    if request == _NOT_DRAWN:
+        request = _REQUEST.id = uuid.uuid4().hex
+    return str(request)
 
 
 def mark_retried() -> None:

@@ -30,8 +30,10 @@ from hpo.store._base import (
     DEFAULT_OUTAGE_TIMEOUT_S,
     FINISH_KEY,
     SHIELD,
+    begin_request,
     connection_limit_message,
     current_request,
+    end_request,
     error_summary,
     is_connection_limit,
     is_transient,
@@ -190,13 +192,20 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         # One operation at a time per process (main loop and heartbeat thread alike): with an
         # unpooled engine, that caps a worker at one database connection.
-        with SHIELD.call(), self._lock, request_scope():
-            try:
-                return self._call_unlocked(name, *args, **kwargs)
-            finally:
-                # Optuna's RDB store can leave its session (and so a connection) open between
-                # operations; closing it here means no connection is held while we train.
-                self._release_session()
+        # Plain try/finally rather than three context managers: this runs on every store call.
+        SHIELD.enter()
+        try:
+            with self._lock:
+                began = begin_request()
+                try:
+                    return self._call_unlocked(name, *args, **kwargs)
+                finally:
+                    end_request(began)
+                    # Optuna's RDB store can leave its session (and so a connection) open
+                    # between operations; closing it here means none is held while we train.
+                    self._release_session()
+        finally:
+            SHIELD.leave()
 
     def _release_session(self) -> None:
         # Optuna's _CachedStorage does not pass remove_session on to the RDBStorage inside.
