@@ -108,7 +108,7 @@ def describe(function: Function, n_steps: int, n_configs: int = 1000) -> dict[st
 
 
 def _fold_aware(n_steps: int) -> Any:
-    from hpo.pruners import make_pruner
+    from hpo.search.pruners import make_pruner
     from trainer.steps import StepGrid
 
     # One fold whose epochs are the fidelity steps: the product's default pruner, as built for
@@ -145,9 +145,9 @@ PRUNERS: dict[str, Callable[[int], Any]] = {
 
 
 def _sampler(seed: int) -> Any:
-    from hpo.samplers import make_sampler
-    from hpo.space import SearchSpace
-    from hpo.spec import SamplerSpec
+    from hpo.search.samplers import make_sampler
+    from hpo.spec.model import SamplerSpec
+    from hpo.spec.space import SearchSpace
 
     # The product's default TPE; it does not read the space, any valid one will do.
     space = SearchSpace.model_validate(
@@ -226,8 +226,8 @@ def run_task(task: tuple[str, int, int, int, tuple[str, ...]]) -> list[dict[str,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     name, seed, n_steps, budget_steps, pruners = task
-    import hpo.pruners
-    import hpo.samplers  # noqa: F401  (imported up front so no contender's wall time pays for it)
+    import hpo.search.pruners
+    import hpo.search.samplers  # noqa: F401  (imported up front so no contender's wall time pays for it)
 
     return [run_study(FUNCTIONS[name], p, seed, n_steps, budget_steps) for p in pruners]
 

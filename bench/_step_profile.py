@@ -1,6 +1,6 @@
 """Where a warm training step of our trainer spends its time, by kind of work (torch.profiler).
 
-Our trainer's step (``trainer.cv``'s pieces, in its order) on the throughput benchmark's fold
+Our trainer's step (``trainer.fold``'s pieces, in its order) on the throughput benchmark's fold
 0, with the L1/L2 penalty on (every demo trial has one): for each precision a fresh model,
 ``warmup`` steps unprofiled, then ``steps`` steps under ``torch.profiler`` (CPU activity).
 Each op's self time, and each labelled range's own (Python) time, goes to one category, the
@@ -35,7 +35,7 @@ from trainer import Hyperparams, Precision, TrainerConfig
 if TYPE_CHECKING:
     from torch.autograd.profiler_util import FunctionEvent
 
-    from trainer.cv import Prepared
+    from trainer.prepare import Prepared
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +114,9 @@ def profile_steps(
     Raises:
         ValueError: fold 0 has fewer than 2 batches.
     """
-    from trainer.cv import prepare_cached
+    from trainer.prepare import PREPARED
 
-    prepared = prepare_cached(config)
+    prepared = PREPARED.get(config)
     return [
         _profile(prepared, hparams, config, precision, warmup, steps) for precision in precisions
     ]
@@ -134,7 +134,7 @@ def _profile(
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from bench._roofline import encoder_shape, training_flops
-    from trainer.cv import _step_loss
+    from trainer.fold import _step_loss
     from trainer.model import build_model
     from trainer.optim import linear_warmup_decay, make_optimizer
     from trainer.regularization import add_penalty_gradient, penalized_weights

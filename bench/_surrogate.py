@@ -57,8 +57,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 if TYPE_CHECKING:
-    from hpo.space import SearchSpace
-    from hpo.spec import StudySpec
+    from hpo.spec.model import StudySpec
+    from hpo.spec.space import SearchSpace
 
 SurrogateKind = Literal["nn", "gp"]
 CostModel = Literal["table", "typical"]
@@ -92,7 +92,7 @@ class CurveTable:
 
 def load_curve_table(path: Path, *, max_rows: int | None = None) -> CurveTable:
     """Read ``rt_curves.json`` (its first ``max_rows`` rows, in trial order, if given)."""
-    from hpo.spec import spec_from_json
+    from hpo.spec.model import spec_from_json
 
     document = json.loads(path.read_text())
     if document.get("direction", "maximize") != "maximize":
@@ -114,7 +114,7 @@ def encode(params: Mapping[str, Any], space: SearchSpace) -> np.ndarray:
     Choices map to their index spread over [0, 1]; the space's declaration order is the axis
     order.
     """
-    from hpo.space import Choices
+    from hpo.spec.space import Choices
 
     point = []
     for name, param in space.items():
@@ -286,7 +286,7 @@ def _maximize_gp(surrogate: Surrogate, best_row: int) -> tuple[float, dict[str, 
 
 
 def _is_continuous(param: Any) -> bool:
-    from hpo.space import FloatRange
+    from hpo.spec.space import FloatRange
 
     return isinstance(param, FloatRange) and param.step is None
 
@@ -294,7 +294,7 @@ def _is_continuous(param: Any) -> bool:
 def decode(point: Sequence[float], space: SearchSpace) -> dict[str, Any]:
     """The params at a unit-cube ``point`` (integers rounded to their step, choices to the
     nearest index): the inverse of ``encode`` on the space's own values."""
-    from hpo.space import Choices, IntRange
+    from hpo.spec.space import Choices, IntRange
 
     params: dict[str, Any] = {}
     for u, (name, param) in zip(point, space.items(), strict=True):

@@ -46,14 +46,14 @@ def _open(store: Path) -> tuple[Any, Any]:
 
 
 def _spec() -> Any:
-    from hpo.preflight import check_spec_file
+    from hpo.local.preflight import check_spec_file
 
     return check_spec_file(SPEC)
 
 
 def build(store: Path, threads: int, workers: int) -> None:
     """Create the study (idempotent) and run workers until its budget is met."""
-    from hpo.launch import worker_command
+    from hpo.local.launch import worker_command
     from hpo.store import open_storage
     from hpo.study import create_study
 
@@ -104,8 +104,8 @@ def _finished_trials(store: Path) -> list[Any]:
 
 def export(store: Path, out: Path = TABLE) -> Path:
     """Write the compact table from the study's completed trials (atomically)."""
-    from hpo.export import data_fingerprint
     from hpo.records import saved_folds
+    from hpo.views.export import data_fingerprint
     from trainer.config import EPOCH_SECONDS
 
     _, spec = _open(store)

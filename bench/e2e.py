@@ -98,7 +98,7 @@ COLUMNS = (
     "retrain + score (s)",
 )
 # When the samplers and pruners stop behaving randomly: our TPE's and the fold_aware pruner's
-# start-up (hpo/samplers.py, hpo/pruners.py), and Optuna's defaults that Trainer gets.
+# start-up (hpo/search/samplers.py, hpo/search/pruners.py), and Optuna's defaults that Trainer gets.
 STARTUP = {
     "ours": {"sampler": 5, "pruner": 4},
     "hf": {"sampler": 10, "pruner": 5},

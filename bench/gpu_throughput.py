@@ -111,8 +111,9 @@ def run_ours(
     model_dir: str, data: Path, rows: int, epochs: int, device: str, compile_: bool
 ) -> list[dict[str, float]]:
     from trainer.config import DataConfig, Hyperparams, TrainerConfig
-    from trainer.cv import prepare_cached, train_fold
     from trainer.device import peak_memory_mb, reset_peak_memory
+    from trainer.fold import train_fold
+    from trainer.prepare import PREPARED
 
     config = TrainerConfig(
         model_name_or_path=model_dir,
@@ -139,10 +140,10 @@ def run_ours(
     trials = []
     for _ in range(2):
         started = time.perf_counter()
-        prepared = prepare_cached(config)
+        prepared = PREPARED.get(config)
         _release_memory()  # the last trial's model, so the peak is this trial's own
         reset_peak_memory(prepared.device)
-        result = train_fold(hparams, config, prepared, 0)
+        result = train_fold(hparams, config, prepared, 0).result
         trials.append(
             {
                 "train_examples": result.train_examples,

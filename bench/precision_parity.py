@@ -57,7 +57,7 @@ def demo_configs(spec: Any) -> dict[str, dict[str, Any]]:
     Raises:
         ValueError: a configuration the demo's search space cannot produce.
     """
-    from hpo.space import check_point
+    from hpo.spec.space import check_point
 
     configs = {"baseline": dict(spec.search.enqueue[0]), **OTHER_CONFIGS}
     for name, point in configs.items():

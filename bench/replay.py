@@ -31,7 +31,7 @@ table was built, up to 20x a quiet trial's, which would charge a proposal for an
 other choices, so a conclusion that hinges on either shows.
 
 Each replayed trial is what a worker does, without the training: the sampler proposes through
-``hpo.space.suggest`` on the spec's own space; the trial reports every fold × epoch score of
+``hpo.spec.space.suggest`` on the spec's own space; the trial reports every fold × epoch score of
 its curve on the study's ``StepGrid`` (step ``grid.step(fold, epoch, epochs)``), asks
 ``should_prune`` after each report but the last, is charged the seconds of every step it ran,
 and is told its CV mean (the mean of its folds' last-epoch scores) or PRUNED. One worker, one
@@ -124,8 +124,8 @@ def make_study_sampler(name: str, seed: int, table: CurveTable) -> optuna.sample
     """The contender's sampler, built as the product builds it (or as Optuna's default)."""
     import optuna
 
-    from hpo.samplers import make_sampler
-    from hpo.spec import SamplerSpec
+    from hpo.search.samplers import make_sampler
+    from hpo.spec.model import SamplerSpec
 
     if name == "optuna-default":
         return optuna.samplers.TPESampler(seed=seed)
@@ -136,7 +136,7 @@ def make_study_pruner(contender: Contender, table: CurveTable) -> optuna.pruners
     """The contender's pruner on the table's step grid (or Optuna's default MedianPruner)."""
     import optuna
 
-    from hpo.pruners import make_pruner
+    from hpo.search.pruners import make_pruner
     from hpo.study import step_grid
 
     if contender.pruner == "optuna-median":
@@ -175,7 +175,7 @@ def run_study(
     """Ask, replay and tell trials until ``budget_s`` is spent and ``min_trials`` finished."""
     import optuna
 
-    from hpo.space import suggest
+    from hpo.spec.space import suggest
     from hpo.study import step_grid
 
     table = surrogate.table

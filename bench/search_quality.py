@@ -19,7 +19,7 @@ strings as ``suggest_categorical``. No snapping: every suggestion is a table ent
 
 Contenders, run one after another on the same (table, seed), A B C [D]:
 
-* ``ours``: ``hpo.samplers.make_sampler(SamplerSpec(name="tpe", seed=s), space)``, the product's
+* ``ours``: ``hpo.search.make_sampler(SamplerSpec(name="tpe", seed=s), space)``, the product's
   default sampler built the way the product builds it. The tables' parameters do not fit
   ``SearchSpace``'s required lr/dropout/l1/l2 fields, so ``space`` is a nominal valid space;
   the TPE constructor does not read it (only the grid sampler does), and the sampler sees the
@@ -187,7 +187,7 @@ def suggest_key(trial: optuna.Trial, grid: dict[str, list[Any]]) -> str:
 
 
 def _nominal_space() -> Any:
-    from hpo.space import SearchSpace
+    from hpo.spec.space import SearchSpace
 
     # Any valid space will do: make_sampler's TPE and GP constructors do not read it.
     return SearchSpace.model_validate(
@@ -201,8 +201,8 @@ def _nominal_space() -> Any:
 
 
 def _ours(seed: int) -> optuna.samplers.BaseSampler:
-    from hpo.samplers import make_sampler
-    from hpo.spec import SamplerSpec
+    from hpo.search.samplers import make_sampler
+    from hpo.spec.model import SamplerSpec
 
     return make_sampler(SamplerSpec(name="tpe", seed=seed), _nominal_space())
 
@@ -211,8 +211,8 @@ def _ours_with(options: dict[str, Any]) -> Callable[[int], optuna.samplers.BaseS
     """Ours, built the product's way, with some TPE constructor arguments overridden."""
 
     def build(seed: int) -> optuna.samplers.BaseSampler:
-        from hpo.samplers import make_sampler
-        from hpo.spec import SamplerSpec
+        from hpo.search.samplers import make_sampler
+        from hpo.spec.model import SamplerSpec
 
         return make_sampler(SamplerSpec(name="tpe", seed=seed, options=options), _nominal_space())
 
@@ -220,8 +220,8 @@ def _ours_with(options: dict[str, Any]) -> Callable[[int], optuna.samplers.BaseS
 
 
 def _ours_gp(seed: int) -> optuna.samplers.BaseSampler:
-    from hpo.samplers import make_sampler
-    from hpo.spec import SamplerSpec
+    from hpo.search.samplers import make_sampler
+    from hpo.spec.model import SamplerSpec
 
     return make_sampler(SamplerSpec(name="gp", seed=seed), _nominal_space())
 
@@ -627,7 +627,7 @@ def write_section(
             if args.contenders
             else ""
         )
-        + "What is compared: our default sampler built by `hpo.samplers.make_sampler("
+        + "What is compared: our default sampler built by `hpo.search.samplers.make_sampler("
         'SamplerSpec(name="tpe", seed=s), space)` (multivariate TPE, constant liar, 5 start-up '
         "trials), Optuna's default `TPESampler(seed=s)`, `RandomSampler(seed=s)`"
         + (

@@ -165,15 +165,16 @@ def trainer_setup(
 
 def run_ours(rows: int, epochs: int, contender: Contender, cache_dir: str) -> list[dict[str, Any]]:
     """Two trials of our trainer on fold 0 in this process; per-trial timings."""
-    from trainer.cv import prepare_cached, train_fold
+    from trainer.fold import train_fold
+    from trainer.prepare import PREPARED
 
     config, hparams = trainer_setup(rows, epochs, contender, cache_dir)
     trials = []
     for _ in range(2):
         first = FirstStep()
         started = time.perf_counter()
-        prepared = prepare_cached(config)  # what a worker does per trial
-        result = train_fold(hparams, config, prepared, 0)
+        prepared = PREPARED.get(config)  # what a worker does per trial
+        result = train_fold(hparams, config, prepared, 0).result
         ended = time.perf_counter()
         assert first.at is not None and first.forward_at is not None
         train_idx = prepared.folds[0][0]

@@ -3,7 +3,7 @@
     python -m bench.trial_overhead --trials 6 --out BENCHMARKS.md
 
 Runs the demo study (``studies/demo.yaml``, its budget cut to ``--trials``) in one real worker
-process (``hpo.worker.Worker``, as ``hpo worker`` runs it) per store, one after the other:
+process (``hpo.worker.loop.Worker``, as ``hpo worker`` runs it) per store, one after the other:
 
 * ``journal``: ours on the embedded default (a journal file; what ``make demo`` uses);
 * ``postgresql``: ours on PostgreSQL (lean statements, one connection per burst of operations);
@@ -194,7 +194,7 @@ def child(store: str, url: str, study_name: str, threads: int, out: Path) -> Non
     import torch
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    import hpo.worker as worker_module
+    import hpo.worker.loop as worker_module
     from hpo.store import (
         DEFAULT_GRACE_PERIOD_S,
         DEFAULT_HEARTBEAT_INTERVAL_S,
@@ -289,7 +289,7 @@ def child(store: str, url: str, study_name: str, threads: int, out: Path) -> Non
 
 def _create(store: str, url: str, trials: int) -> str:
     """A fresh copy of the demo study in ``url``; returns its name."""
-    from hpo.spec import load_spec
+    from hpo.spec.model import load_spec
     from hpo.store import open_storage
     from hpo.study import create_study
 

@@ -5,7 +5,7 @@
 Writes ``docs/report.png`` (the report's first screen at 1280 px: history against the
 baselines, the baselines table), ``docs/dashboard-history.png`` and
 ``docs/dashboard-intermediate.png`` (optuna-dashboard's history and intermediate values).
-Needs Debian's ``chromium`` and ``chromium-driver`` (see ``tests/hpo/browser.py``).
+Needs Debian's ``chromium`` and ``chromium-driver`` (see ``tests/hpo/views/browser.py``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.hpo.browser import chromium, wait_for
 from tests.hpo.conftest import free_port
+from tests.hpo.views.browser import chromium, wait_for
 
 DOCS = Path(__file__).resolve().parent
 

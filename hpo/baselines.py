@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpo import records
-from hpo.spec import StudySpec
+from hpo.spec.model import StudySpec
 
 if TYPE_CHECKING:
     import optuna

@@ -14,7 +14,7 @@ from hpo.errors import HpoError, SpecError
 from trainer.errors import TrainerError
 
 if TYPE_CHECKING:
-    from hpo.spec import StudySpec
+    from hpo.spec.model import StudySpec
 
 app = typer.Typer(
     name="hpo",
@@ -40,7 +40,7 @@ def _checked_spec(path: Path, *, show_notes: bool = False) -> StudySpec:
     """The spec at ``path`` once it passed its checks, its warnings printed to stderr one per
     line as ``warning: <field>: ...`` (and its notes as ``note: …`` when asked: ``validate``);
     errors raise (one line each, exit 2)."""
-    from hpo.preflight import inspect_spec_file
+    from hpo.local.preflight import inspect_spec_file
 
     preflight = inspect_spec_file(path)
     if show_notes:
@@ -75,7 +75,7 @@ def validate(spec: SpecArg) -> None:
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of study specs (for editors and CI checks)."""
-    from hpo.spec import StudySpec
+    from hpo.spec.model import StudySpec
 
     typer.echo(json.dumps(StudySpec.model_json_schema(), indent=2))
 
@@ -115,7 +115,7 @@ def worker(
 ) -> None:
     """Run trials of a study until its budget is met (everything else comes from the store)."""
     from hpo.store import resolve_storage_url
-    from hpo.worker import WorkerOptions, random_stream, run_worker
+    from hpo.worker.loop import WorkerOptions, random_stream, run_worker
 
     summary = run_worker(
         WorkerOptions(
@@ -149,7 +149,7 @@ def run(
     ] = None,
 ) -> None:
     """Create the study and tune it with local workers, showing a live view."""
-    from hpo.run import run_study
+    from hpo.local.run import run_study
     from hpo.store import resolve_storage_url
 
     study_spec = _checked_spec(spec)
@@ -176,7 +176,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Counts by state, best so far, running trials with host / worker / age, compute, ETA."""
-    from hpo.status import study_status
+    from hpo.views.status import study_status
 
     info = study_status(*_open_study(study, storage))
     if as_json:
@@ -227,7 +227,7 @@ def export(
     by: Annotated[str, typer.Option(help="Rank by CV mean, or lcb = mean - std/sqrt(k).")] = "mean",
 ) -> None:
     """Write the best config (params, spec, CV stats, provenance; never credentials)."""
-    from hpo.export import write_export
+    from hpo.views.export import write_export
 
     if fmt not in ("yaml", "json"):
         raise typer.BadParameter(f"--format {fmt!r}: expected yaml or json")
@@ -252,7 +252,7 @@ def train(
     ] = None,
 ) -> None:
     """Train the production model on all the data with an exported config."""
-    from hpo.train import train_from_export
+    from hpo.views.train import train_from_export
 
     if precision not in (None, "auto", "fp32", "bf16"):
         raise typer.BadParameter(f"--precision {precision!r}: expected auto, fp32 or bf16")
@@ -275,7 +275,7 @@ def report(
     ),
 ) -> None:
     """Write a self-contained HTML report with plots (opens offline)."""
-    from hpo.report import write_report
+    from hpo.views.report import write_report
 
     write_report(*_open_study(study, storage), output)
     typer.echo(f"wrote {output}")
@@ -310,7 +310,7 @@ def launch(
     max_restarts: Annotated[int, typer.Option(help="Restarts per crashed worker.", min=0)] = 3,
 ) -> None:
     """Run this host's workers for a study: one per GPU, restarted on crashes."""
-    from hpo.launch import Launcher, build_slots, parse_gpus
+    from hpo.local.launch import Launcher, build_slots, parse_gpus
     from hpo.store import resolve_storage_url
 
     if (gpus is None) == (cpus is None):

@@ -19,7 +19,7 @@ import yaml
 
 from hpo import records
 from hpo.baselines import Baseline, baselines_from_json, compare
-from hpo.spec import StudySpec
+from hpo.spec.model import StudySpec
 from hpo.study import step_grid
 
 if TYPE_CHECKING:

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from hpo import records
 from hpo.errors import StorageError, StudyConflictError, StudyNotFoundError
-from hpo.pruners import make_pruner
-from hpo.samplers import make_sampler
-from hpo.space import Choices
-from hpo.spec import StudySpec, spec_from_json
+from hpo.search.pruners import make_pruner
+from hpo.search.samplers import make_sampler
+from hpo.spec.model import StudySpec, spec_from_json
+from hpo.spec.space import Choices
 from trainer.steps import StepGrid
 
 if TYPE_CHECKING:

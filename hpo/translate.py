@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hpo.spec import StudySpec
+from hpo.spec.model import StudySpec
 from hpo.study import step_grid
 from trainer.config import DataConfig, Hyperparams, Precision, TrainerConfig
 

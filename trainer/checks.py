@@ -22,8 +22,9 @@ def _require(ok: bool, name: str, value: object, expected: str) -> None:
         raise ConfigError(f"{name}={value!r}: expected {expected}")
 
 
-def check_inputs(hparams: Hyperparams, config: TrainerConfig) -> None:
-    """Fail fast, naming the field, the value and what was expected.
+def check_inputs(hparams: Hyperparams, config: TrainerConfig, *, cv: bool = True) -> None:
+    """Fail fast, naming the field, the value and what was expected. ``cv=False``: training
+    that does not cross-validate (the production model), so ``n_folds`` is not used.
 
     Raises:
         ConfigError: the first out-of-range value found.
@@ -46,7 +47,7 @@ def check_inputs(hparams: Hyperparams, config: TrainerConfig) -> None:
     )
     c = config
     _require(c.max_seq_len >= 2, "max_seq_len", c.max_seq_len, "an integer >= 2")
-    _require(c.n_folds >= 2, "n_folds", c.n_folds, "an integer >= 2")
+    _require(not cv or c.n_folds >= 2, "n_folds", c.n_folds, "an integer >= 2")
     _require(c.max_grad_norm > 0, "max_grad_norm", c.max_grad_norm, "a number > 0")
     _require(c.eval_batch_size >= 1, "eval_batch_size", c.eval_batch_size, "an integer >= 1")
     _require(c.anchor in get_args(Anchor), "anchor", c.anchor, f"one of {get_args(Anchor)}")

@@ -13,8 +13,10 @@ import numpy as np
 
 from trainer.checks import check_inputs
 from trainer.config import EPOCH_SECONDS, Hyperparams, Reporter, TrainerConfig
-from trainer.cv import Prepared, prepare, train_fold
+from trainer.data import load_examples
 from trainer.errors import ConfigError
+from trainer.fold import train_fold
+from trainer.prepare import prepare_splits
 
 MEANPOOL_MODULE = "modeling_hpo_meanpool"
 MEANPOOL_CLASS = "MeanPoolForSequenceClassification"
@@ -107,25 +109,23 @@ def train_final(
     With ``pooling="mean"`` the dir also holds the model's code (``modeling_hpo_meanpool.py``)
     and loads with ``trust_remote_code=True``.
     """
-    check_inputs(hparams, replace(config, n_folds=2))
+    check_inputs(hparams, config, cv=False)
     if reporter is not None and not holdout_fraction:
         raise ConfigError("reporter needs holdout_fraction: without a holdout there is no score")
     if holdout_fraction is not None and not 0.0 <= holdout_fraction < 1.0:
         raise ConfigError(f"holdout_fraction={holdout_fraction!r}: expected a number in [0, 1)")
-    base = prepare(replace(config, n_folds=2))  # folds unused; n_folds=2 keeps checks cheap
-    split = holdout_split(base.examples.labels, holdout_fraction, config.split_seed)
-    prepared = Prepared(base.examples, base.tokens, base.pretrained, [split], base.device)
-    trained: list = []
-    result = train_fold(
+    examples = load_examples(config.data)
+    split = holdout_split(examples.labels, holdout_fraction, config.split_seed)
+    prepared = prepare_splits(config, examples, [split])
+    trained = train_fold(
         hparams,
         replace(config, steps_per_fold=None),  # one fold: reports at step = epoch
         prepared,
         0,
         reporter=reporter,
-        model_out=trained,
         on_epoch_end=on_epoch_end,
     )
-    model = trained[0]
+    result, model = trained.result, trained.model
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for param in model.parameters():  # frozen layers are saved like the rest

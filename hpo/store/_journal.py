@@ -217,7 +217,7 @@ class HeartbeatJournalStorage(JournalStorage, AttrHeartbeat):
     def reachable_for_s(self) -> float:
         """Seconds since a write of this process last waited for (or held) the file lock past a
         heartbeat interval: every other process's beats waited as long, so a sweeper judges no
-        lease until a grace period has passed without such a wait (see ``hpo.heartbeat``)."""
+        lease until a grace period has passed without such a wait (see ``hpo.worker.heartbeat``)."""
         return time.monotonic() - self._reachable_since
 
     def fail_if_stale(self, trial_id: int, user_attrs: dict[str, Any]) -> bool:

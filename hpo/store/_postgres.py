@@ -356,11 +356,15 @@ _UPSERT_VALUE = sqlalchemy.text(
 
 # Database clock, in UTC whatever the session's time zone (a worker's PGTZ, a server zone with
 # daylight saving): every lease is judged on one clock.
+# A beat renews a running trial's lease only: a worker that wakes after its trial was failed
+# (a frozen VM) learns it from its next beat and stops beating for it.
 _BEAT = sqlalchemy.text(
     """
     INSERT INTO trial_heartbeats (trial_id, heartbeat)
-    VALUES (:trial_id, (now() AT TIME ZONE 'UTC'))
+    SELECT trial_id, (now() AT TIME ZONE 'UTC') FROM trials
+     WHERE trial_id = :trial_id AND state = 'RUNNING'
     ON CONFLICT (trial_id) DO UPDATE SET heartbeat = EXCLUDED.heartbeat
+    RETURNING trial_id
     """
 )
 
@@ -454,10 +458,13 @@ class LeanPostgresStorage(RDBStorage):
 
     Freshness: Optuna's trial cache re-reads every running trial of the study on every refresh
     (several times per trial: ask, each ``should_prune``), which costs O(workers) rows per
-    operation. Here new trials and state changes are always read, but the params, reports and
-    attributes of trials that are still running are re-read at most every
-    ``running_refresh_s``. A single trial read (``get_trial``, used for one's own trial by
-    pruners and ``tell``) is always fresh, and so is a first read of a study.
+    operation. Here new trials and every change of a trial not known as RUNNING are always
+    read, but trials known as RUNNING (their params, reports, attributes, and the state they
+    finish in) are re-read at most every ``running_refresh_s``, and a WAITING trial another
+    worker popped can look WAITING as long. Nothing that decides a slot reads this view: the
+    budget is checked in the statements that start a trial. A single trial read
+    (``get_trial``, used for one's own trial by pruners and ``tell``) is always fresh, and so
+    is a first read of a study.
     """
 
     def __init__(
@@ -715,7 +722,9 @@ class LeanPostgresStorage(RDBStorage):
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
         now = _utc_now()
-        request = json.dumps(current_request())
+        # Recorded only for a pop (RUNNING) and a FAIL: COMPLETE/PRUNED are judged by state.
+        attributed = state in (TrialState.RUNNING, TrialState.FAIL)
+        request = json.dumps(current_request()) if attributed else "null"
         with self._connection(write=True) as conn:
             if state == TrialState.RUNNING:  # taking an enqueued trial: only a WAITING one
                 study_id = conn.execute(_LOCK_STUDY_OF_TRIAL, {"trial_id": trial_id}).scalar()
@@ -764,13 +773,13 @@ class LeanPostgresStorage(RDBStorage):
         return True
 
     def record_heartbeat(self, trial_id: int) -> None:
-        try:
-            with self._connection(write=True) as conn:
-                conn.execute(_BEAT, {"trial_id": trial_id})
-        except optuna.exceptions.StorageInternalError as e:
-            if not isinstance(e.__cause__, sqlalchemy.exc.IntegrityError):
-                raise
-            # The trial is gone (its study was deleted): nothing to beat for, as in stock.
+        """Renew ``trial_id``'s lease; ``UpdateFinishedTrialError`` if it is finished (failed by
+        a sweeper, say). A trial that is gone (its study deleted) is ignored, as in stock."""
+        with self._connection(write=True) as conn:
+            if conn.execute(_BEAT, {"trial_id": trial_id}).first() is None:
+                state = conn.execute(_TRIAL_STATE, {"trial_id": trial_id}).scalar()
+                if state is not None:
+                    self.check_trial_is_updatable(trial_id, TrialState[state])
 
     def fail_if_stale(self, trial_id: int, user_attrs: dict[str, Any]) -> bool:
         """Fail ``trial_id`` if it is still running and silent past the grace period, writing

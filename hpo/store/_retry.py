@@ -161,7 +161,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
 
     ``reachable_for_s()`` says how long the store has answered without a break (no error, no
     operation stalled longer than ``max_delay_s``): a sweeper judges other workers' leases
-    only after a full grace period of it (see ``hpo.heartbeat.sweep_stale``).
+    only after a full grace period of it (see ``hpo.worker.heartbeat.sweep_stale``).
     """
 
     def __init__(

@@ -14,9 +14,9 @@ from rich.console import Console
 import hpo.baselines
 from hpo.baselines import record_baselines
 from hpo.cli import main
+from hpo.local.run import summarize
 from hpo.records import BASELINES as BASELINES_ATTR
-from hpo.run import summarize
-from hpo.spec import parse_spec
+from hpo.spec.model import parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study, load_study
 from tests.hpo.conftest import write_spec
@@ -121,7 +121,7 @@ def test_the_live_view_sets_the_best_trial_so_far_against_the_baselines(
     margins, and the plain sentence while it loses to TF-IDF + LR."""
     import time
 
-    from hpo.live import render_status
+    from hpo.views.live import render_status
 
     study, spec, stored = _a_trial_that_loses_to_tfidf(tmp_path, spec_dict)
     tfidf = next(s for s in stored["scores"] if s["name"] == "tfidf_lr")

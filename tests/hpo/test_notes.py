@@ -9,10 +9,10 @@ import optuna
 from optuna_dashboard import get_note
 
 from hpo.notes import write_study_notes, write_trial_note
-from hpo.spec import parse_spec
+from hpo.spec.model import parse_spec
 from hpo.store import open_storage
 from hpo.study import set_up_study
-from tests.hpo.test_analysis import tiny_study
+from tests.hpo.views.test_analysis import tiny_study
 
 
 def test_a_set_up_study_names_its_metric_and_notes_its_spec_and_baselines(

@@ -14,6 +14,6 @@ import psycopg2  # noqa: F401
 import sqlalchemy  # noqa: F401
 
 import hpo.notes
-import hpo.worker  # noqa: F401
+import hpo.worker.loop  # noqa: F401
 
 gc.freeze()

@@ -3,7 +3,7 @@
 Run as ``python -m tests.reliability._stub_worker worker --study NAME --storage URL ...`` (the
 arguments of ``hpo``). Everything but the training is the real thing: the CLI, the worker loop,
 its heartbeat thread and sweeps, signals, the store and its retries. The stand-in objective
-suggests the spec's params (``hpo.space.suggest``), sleeps ``$HPO_STUB_STEP_S`` per
+suggests the spec's params (``hpo.spec.space.suggest``), sleeps ``$HPO_STUB_STEP_S`` per
 (fold, epoch), reports every step on the study's step grid (``trainer.steps``), asks the
 pruner after each, and saves each finished fold (``hpo.records.write_fold``), resuming from the
 folds a re-queued trial carries (``hpo.records.saved_folds``): every write is fenced by the lease
@@ -86,10 +86,10 @@ def install(log: EventLog, step_s: float) -> None:
     store transitions."""
     import optuna
 
-    import hpo.heartbeat
-    import hpo.worker
+    import hpo.worker.heartbeat
+    import hpo.worker.loop
     from hpo import records
-    from hpo.space import suggest
+    from hpo.spec.space import suggest
     from hpo.study import step_grid
     from trainer.config import FoldResult
 
@@ -140,10 +140,14 @@ def install(log: EventLog, step_s: float) -> None:
         log("trained", trial=trial._trial_id, pruned=False)
         return sum(scores.values()) / n_folds
 
-    real_finish, real_fail, real_requeue = hpo.worker._finish, hpo.worker._fail, hpo.worker.requeue
-    real_sweep, real_lost = hpo.heartbeat.sweep_stale, hpo.worker.Worker._lost
+    real_finish, real_fail, real_requeue = (
+        hpo.worker.loop._finish,
+        hpo.worker.loop._fail,
+        hpo.worker.loop.requeue,
+    )
+    real_sweep, real_lost = hpo.worker.heartbeat.sweep_stale, hpo.worker.loop.Worker._lost
     real_ask = optuna.Study.ask
-    real_install = hpo.worker.StopSignal.install
+    real_install = hpo.worker.loop.StopSignal.install
 
     def install_signals(self: Any) -> None:
         real_install(self)
@@ -189,14 +193,14 @@ def install(log: EventLog, step_s: float) -> None:
         log("asked", trial=trial._trial_id, number=trial.number)
         return trial
 
-    hpo.worker.run_trial = run_trial
-    hpo.worker._finish = finish
-    hpo.worker._fail = fail
-    hpo.worker.requeue = requeue
-    hpo.heartbeat.sweep_stale = sweep_stale
-    hpo.worker.Worker._lost = lost  # type: ignore[method-assign]
+    hpo.worker.loop.run_trial = run_trial
+    hpo.worker.loop._finish = finish
+    hpo.worker.loop._fail = fail
+    hpo.worker.loop.requeue = requeue
+    hpo.worker.heartbeat.sweep_stale = sweep_stale
+    hpo.worker.loop.Worker._lost = lost  # type: ignore[method-assign]
     optuna.Study.ask = ask  # type: ignore[method-assign]
-    hpo.worker.StopSignal.install = install_signals  # type: ignore[method-assign]
+    hpo.worker.loop.StopSignal.install = install_signals  # type: ignore[method-assign]
 
 
 def main(argv: list[str]) -> int:

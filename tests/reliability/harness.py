@@ -38,7 +38,7 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.spec import parse_spec
+from hpo.spec.model import parse_spec
 from hpo.store import normalize_postgres_url, open_storage
 from hpo.study import create_study
 from tests.reliability._stub_worker import ENV_EVENTS, ENV_PROC, ENV_STEP_S

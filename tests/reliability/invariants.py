@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo import records
 from hpo.records import FAIL_REASON, REQUEST_KEY, REQUEUE_OF_KEY, RETRY_HISTORY
-from hpo.worker import SURPLUS_REASON
+from hpo.worker.loop import SURPLUS_REASON
 from tests.reliability.faultrunner import InjectedFault
 from tests.reliability.faults import FaultKind
 

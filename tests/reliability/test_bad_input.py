@@ -13,7 +13,7 @@ import yaml
 
 from hpo.cli import main as hpo_main
 from hpo.store import open_storage
-from tests.hpo.test_worker import tiny_spec
+from tests.hpo.worker.test_loop import tiny_spec
 
 Mutation = Callable[[dict[str, Any], Path], None]
 

@@ -12,10 +12,10 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from hpo.spec import parse_spec
+from hpo.spec.model import parse_spec
 from hpo.store import normalize_postgres_url, open_storage
 from hpo.study import create_study
-from tests.hpo.test_worker import _logs, start_worker, tiny_spec
+from tests.hpo.worker.test_loop import _logs, start_worker, tiny_spec
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.spec import parse_spec
+from hpo.spec.model import parse_spec
 from hpo.store import RetryingStorage, is_transient, open_storage
 from hpo.study import create_study
 
@@ -98,7 +98,7 @@ def test_non_connection_errors_are_not_retried() -> None:
 def test_study_completes_through_a_postgres_restart(
     postgres_url: str, tmp_path: Path, tiny_bert_dir: Path, synthetic_csv: Path
 ) -> None:
-    from tests.hpo.test_worker import _logs, start_worker, tiny_spec
+    from tests.hpo.worker.test_loop import _logs, start_worker, tiny_spec
 
     data = tiny_spec(tiny_bert_dir, synthetic_csv, budget={"n_trials": 6})
     data["train"]["epochs"] = 10

@@ -12,11 +12,11 @@ import pytest
 from optuna.trial import TrialState
 
 import trainer
-from hpo.spec import parse_spec
+from hpo.spec.model import parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study
-from hpo.worker import Worker, WorkerError, WorkerOptions
-from tests.hpo.test_worker import tiny_spec
+from hpo.worker.loop import Worker, WorkerError, WorkerOptions
+from tests.hpo.worker.test_loop import tiny_spec
 
 
 def _study(tmp_path: Path, model: Path, csv: Path, **overrides: Any) -> tuple[str, str]:

@@ -122,7 +122,7 @@ def test_workers_in_containers_with_default_options_draw_different_params(
 ) -> None:
     """Every worker is PID 1 of its own namespace, as in containers; with default options
     each still draws its own sampler stream (the harness checks that no two chains drew the
-    same params). See also tests/hpo/test_leases.py, which compares first draws directly."""
+    same params). See also tests/hpo/store/test_leases.py, which compares first draws directly."""
     config = HarnessConfig(
         backend="journal",
         kinds=frozenset(),

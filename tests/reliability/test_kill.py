@@ -14,10 +14,10 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo import records
-from hpo.spec import parse_spec
+from hpo.spec.model import parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study
-from tests.hpo.test_worker import _logs, start_worker, tiny_spec
+from tests.hpo.worker.test_loop import _logs, start_worker, tiny_spec
 
 HEARTBEAT = ["--heartbeat-s", "1", "--grace-s", "4"]
 

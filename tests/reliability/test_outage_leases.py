@@ -10,10 +10,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.heartbeat import Heartbeat
-from hpo.spec import parse_spec
+from hpo.spec.model import parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study, load_study
+from hpo.worker.heartbeat import Heartbeat
 from tests.reliability.faultproxy import FaultProxy
 
 BEAT_S, GRACE_S = 1, 3

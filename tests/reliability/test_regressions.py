@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 import pytest
 from optuna.study import StudyDirection
 
-from hpo.spec import parse_spec
+from hpo.spec.model import parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study
-from hpo.worker import Worker, WorkerOptions
+from hpo.worker.loop import Worker, WorkerOptions
 from tests.reliability.faultproxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,8 +78,8 @@ def test_a_sweeper_held_up_by_a_stalled_network_fails_no_live_trial_when_it_is_b
     the trials whose heartbeats had been stalled with it (found by the harness, seed 2)."""
     from optuna.trial import TrialState
 
-    from hpo.heartbeat import sweep_stale
     from hpo.study import load_study
+    from hpo.worker.heartbeat import sweep_stale
 
     leases: dict[str, Any] = {"heartbeat_interval_s": 1, "grace_period_s": 2}
     direct = open_storage(postgres_url, **leases)
@@ -159,8 +159,8 @@ def test_a_sweeper_that_waited_for_the_journal_lock_fails_no_live_trial(
     beats were still queued (harness, journal seed 12)."""
     from optuna.trial import TrialState
 
-    from hpo.heartbeat import sweep_stale
     from hpo.study import load_study
+    from hpo.worker.heartbeat import sweep_stale
 
     url = str(tmp_path / "journal.log")
     leases: dict[str, Any] = {"heartbeat_interval_s": 1, "grace_period_s": 2}
@@ -247,7 +247,7 @@ def test_a_worker_whose_tell_was_stored_but_its_reply_lost_keeps_its_trial() -> 
     from optuna.trial import TrialState
 
     from hpo.store import RetryingStorage
-    from hpo.worker import _finish
+    from hpo.worker.loop import _finish
 
     class LosesFirstTellReply(optuna.storages.InMemoryStorage):
         lost = False
@@ -327,8 +327,8 @@ def test_a_worker_told_to_stop_during_an_outage_stops_now_and_its_trial_is_reque
     assert took_s < 10, f"the stop took {took_s:.1f} s\n{log.read_text()}"
     assert "not retrying: this process is stopping" in log.read_text()
     # Any worker's sweep fails and re-queues it once the database is back.
-    from hpo.heartbeat import sweep_stale
     from hpo.study import load_study
+    from hpo.worker.heartbeat import sweep_stale
 
     storage = open_storage(
         postgres_url, heartbeat_interval_s=config.heartbeat_s, grace_period_s=config.grace_s

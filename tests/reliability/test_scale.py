@@ -21,7 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.spec import StudySpec, parse_spec
+from hpo.spec.model import StudySpec, parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study
 from tests.hpo.conftest import MINIMAL_SPEC, unique_name
@@ -35,7 +35,7 @@ RUN_TIMEOUT_S = 240.0
 
 def _no_training(trial: optuna.Trial, spec: StudySpec, context: Any) -> float:
     """``run_trial`` without the model: suggest the spec's params, report, maybe prune."""
-    from hpo.space import suggest
+    from hpo.spec.space import suggest
 
     params = suggest(trial, spec.search.space)
     score = float(params["dropout"])
@@ -59,7 +59,7 @@ class _Problems(logging.Handler):
 
 def _worker_main(url: str, study_name: str, index: int, out_dir: str) -> None:
     """One forked worker: the real ``Worker`` loop with the training replaced."""
-    import hpo.worker
+    import hpo.worker.loop
     from hpo.store import CONNECTIONS, RETRIES
 
     root = logging.getLogger()
@@ -74,13 +74,13 @@ def _worker_main(url: str, study_name: str, index: int, out_dir: str) -> None:
         # No trainer at all: neither the training nor the start-up precision probe (which
         # imports torch: 200 copies of it do not fit in this machine's memory).
         with (
-            mock.patch.object(hpo.worker, "run_trial", _no_training),
-            mock.patch.object(hpo.worker, "_check_precision", lambda *_: "fp32"),
+            mock.patch.object(hpo.worker.loop, "run_trial", _no_training),
+            mock.patch.object(hpo.worker.loop, "_check_precision", lambda *_: "fp32"),
         ):
-            options = hpo.worker.WorkerOptions(
+            options = hpo.worker.loop.WorkerOptions(
                 storage_url=url, study_name=study_name, stream=index, worker_id=f"w{index}"
             )
-            summary = hpo.worker.Worker(options).run()
+            summary = hpo.worker.loop.Worker(options).run()
         result["summary"] = [summary.completed, summary.pruned, summary.failed]
         result["stop_reason"] = summary.stop_reason
     except BaseException:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from hpo.store import open_storage
-from tests.hpo.test_worker import tiny_spec
+from tests.hpo.worker.test_loop import tiny_spec
 
 PASSWORD = "Sup3r-s3cret-pw"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.test_cv import HP, RecordingReporter, config_for
+from tests.trainer.helpers import HP, RecordingReporter, config_for
 from trainer import ConfigError, train_final
 
 

@@ -12,8 +12,9 @@ import torch
 
 from tests.conftest import make_trainer_config, write_synthetic_csv
 from trainer import Hyperparams
-from trainer.cv import Prepared, prepare, train_fold
+from trainer.fold import train_fold
 from trainer.loss import class_weights
+from trainer.prepare import Prepared, prepare
 
 HP = Hyperparams(lr=5e-3, dropout=0.0, l1=0.0, l2=0.0, epochs=1, batch_size=8, warmup_ratio=0.0)
 
@@ -46,7 +47,7 @@ def _imbalanced_csv(path: Path, n_pos: int = 96, n_neg: int = 24) -> Path:
 def test_a_folds_weights_come_from_its_training_rows_not_the_held_out_ones(
     tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trainer.cv
+    import trainer.fold
 
     csv = _imbalanced_csv(tmp_path / "d.csv", n_pos=60, n_neg=60)
     config = make_trainer_config(tiny_bert_dir, csv, tmp_path / "tokens")
@@ -60,13 +61,13 @@ def test_a_folds_weights_come_from_its_training_rows_not_the_held_out_ones(
         base.examples, base.tokens, base.pretrained, [(train_idx, held_idx)], base.device
     )
     seen: list[Any] = []
-    real_step_loss = trainer.cv._step_loss
+    real_step_loss = trainer.fold._step_loss
 
     def spy(*args: Any, class_weight: torch.Tensor | None = None, **kwargs: Any) -> Any:
         seen.append(class_weight)
         return real_step_loss(*args, class_weight=class_weight, **kwargs)
 
-    monkeypatch.setattr(trainer.cv, "_step_loss", spy)
+    monkeypatch.setattr(trainer.fold, "_step_loss", spy)
     train_fold(dataclasses.replace(HP, class_weights="balanced"), config, prepared, 0)
     assert seen and all(w is seen[0] for w in seen)
     # neg is class 0: 60 / (2 * 15) = 2.0; pos: 60 / (2 * 45) = 2/3. All rows would give 1, 1.
@@ -83,9 +84,11 @@ def test_balanced_weights_change_the_training_loss_on_imbalanced_data(
     csv = _imbalanced_csv(tmp_path / "d.csv")
     config = make_trainer_config(tiny_bert_dir, csv, tmp_path / "tokens")
     prepared = prepare(config)
-    plain = train_fold(HP, config, prepared, 0)
-    again = train_fold(HP, config, prepared, 0)
-    balanced = train_fold(dataclasses.replace(HP, class_weights="balanced"), config, prepared, 0)
+    plain = train_fold(HP, config, prepared, 0).result
+    again = train_fold(HP, config, prepared, 0).result
+    balanced = train_fold(
+        dataclasses.replace(HP, class_weights="balanced"), config, prepared, 0
+    ).result
     assert plain.metrics["train_loss"] == again.metrics["train_loss"]  # deterministic
     assert balanced.metrics["train_loss"] != pytest.approx(plain.metrics["train_loss"], rel=1e-3)
 
@@ -93,7 +96,7 @@ def test_balanced_weights_change_the_training_loss_on_imbalanced_data(
 def test_the_weighted_loss_is_the_weighted_mean_cross_entropy(tiny_bert_dir: Path) -> None:
     import torch.nn.functional as F
 
-    from trainer.cv import _step_loss
+    from trainer.fold import _step_loss
     from trainer.model import build_model, load_pretrained
     from trainer.regularization import penalized_weights
 

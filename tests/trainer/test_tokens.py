@@ -13,7 +13,7 @@ import torch
 
 from trainer import DataConfig, load_examples
 from trainer.data import Examples
-from trainer.model import load_pretrained
+from trainer.model import build_model, load_pretrained
 from trainer.tokens import (
     collate,
     length_bucketed_batches,
@@ -188,3 +188,91 @@ def test_untruncated_lengths_are_cached_and_match_the_tokenizer(
     monkeypatch.setattr(type(tokenizer), "__call__", lambda *a, **k: pytest.fail("re-tokenized"))
     again, from_cache = token_lengths(tokenizer, examples, tmp_path)
     assert from_cache and again.tolist() == expected
+
+
+def test_compact_vocabulary_keeps_rows_and_renumbers_special_ids(tiny_bert_dir: Path) -> None:
+    from trainer.tokens import compact_vocabulary
+
+    pretrained = load_pretrained(str(tiny_bert_dir))
+    table = "bert.embeddings.word_embeddings.weight"
+    pad = pretrained.config.pad_token_id
+    # Ids 0..4 are the special tokens, pad among them; keep a few ordinary ones.
+    compact = compact_vocabulary(pretrained, np.array([9, 7, 20, 7]))
+    assert compact is not None
+    cut, lookup = compact
+    kept = np.flatnonzero(lookup >= 0)
+    assert list(kept) == sorted({7, 9, 20, pad})
+    assert cut.config.vocab_size == len(kept)
+    assert cut.config.pad_token_id == lookup[pad]
+    torch.testing.assert_close(cut.state_dict[table], pretrained.state_dict[table][kept])
+    assert pretrained.config.vocab_size == 28  # the cached checkpoint is left as it was
+    model = build_model(cut, num_labels=2, label_names=("a", "b"), dropout=0.0, seed=0)
+    assert model.bert.embeddings.word_embeddings.padding_idx == lookup[pad]
+
+
+def test_compact_vocabulary_keeps_the_padding_id_where_positions_count_from_it(
+    tiny_bert_dir: Path,
+) -> None:
+    """CamemBERT-like: pad is 1 and id 0 never occurs; RoBERTa-style positions start at
+    padding_idx + 1, so renumbering the pad would shift every position."""
+    import copy
+
+    from trainer.errors import ModelError
+    from trainer.model import Pretrained
+    from trainer.tokens import compact_vocabulary
+
+    pretrained = load_pretrained(str(tiny_bert_dir))
+    config = copy.deepcopy(pretrained.config)
+    config.pad_token_id = 3
+    shifted = Pretrained(pretrained.path, config, pretrained.state_dict, pretrained.tokenizer)
+    compact = compact_vocabulary(shifted, np.array([3, 9, 20]), 3)
+    assert compact is not None
+    cut, lookup = compact
+    assert lookup[3] == 3 and cut.config.pad_token_id == 3
+    assert list(np.flatnonzero(lookup >= 0)) == [0, 1, 2, 3, 9, 20]
+    with pytest.raises(ModelError, match="token id 28"):
+        compact_vocabulary(pretrained, np.array([3, 28]), 0)
+
+
+def test_a_roberta_style_model_gives_the_same_logits_on_the_compact_vocabulary() -> None:
+    """CamemBERT: pad 1, id 0 unused, positions counted from padding_idx."""
+    from transformers import CamembertConfig, CamembertForSequenceClassification
+
+    from trainer.model import Pretrained
+    from trainer.tokens import compact_vocabulary
+
+    config = CamembertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=40,
+        bos_token_id=5,
+        eos_token_id=6,
+        pad_token_id=1,
+    )
+    torch.manual_seed(0)
+    source = CamembertForSequenceClassification(config)
+    state = {k: v.detach().clone() for k, v in source.state_dict().items() if "roberta." in k}
+    full = Pretrained("tiny-camembert", config, state, None)
+    sequences = [np.array([5, 10, 11, 12, 6]), np.array([5, 20, 21, 6])]
+    compact = compact_vocabulary(full, np.union1d(np.concatenate(sequences), [1]), 1)
+    assert compact is not None
+    cut, lookup = compact
+
+    def logits(pretrained: Pretrained, rows: list[np.ndarray], pad: int) -> torch.Tensor:
+        model = build_model(pretrained, num_labels=2, label_names=("a", "b"), dropout=0.0, seed=0)
+        ids = torch.full((len(rows), max(map(len, rows))), pad)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.from_numpy(row)
+            mask[i, : len(row)] = 1
+        with torch.no_grad():
+            return model.eval()(input_ids=ids, attention_mask=mask).logits
+
+    expected = logits(full, sequences, 1)
+    torch.testing.assert_close(
+        logits(cut, [lookup[s] for s in sequences], int(lookup[1])), expected
+    )
+    assert cut.config.vocab_size < config.vocab_size

@@ -1,0 +1,141 @@
+"""Samplers by name: a table of constructors, each seeded from the spec."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from hpo.spec.space import grid_values
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hpo.spec.model import SamplerSpec, SearchSpace
+
+GRID_DEFAULT_POINTS = 3
+
+# Options the spec may set per sampler: the constructor's keyword arguments, minus the ones we
+# set ourselves (seed, search space) or that take Python callables.
+_RESERVED = {
+    "self",
+    "seed",
+    "search_space",
+    "constraints_func",
+    "independent_sampler",
+    "gamma",
+    "weights",
+}
+
+
+def _tpe(seed: int, space: SearchSpace, options: Mapping[str, Any]) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    # Multivariate TPE models interactions (lr x l2); constant liar keeps parallel workers from
+    # proposing the same point while their trials are still running.
+    kwargs: dict[str, Any] = {"multivariate": True, "constant_liar": True, "n_startup_trials": 5}
+    kwargs.update(options)
+    return optuna.samplers.TPESampler(seed=seed, **kwargs)
+
+
+def _gp(seed: int, space: SearchSpace, options: Mapping[str, Any]) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    kwargs: dict[str, Any] = {"n_startup_trials": 5}
+    kwargs.update(options)
+    return optuna.samplers.GPSampler(seed=seed, **kwargs)
+
+
+def _random(
+    seed: int, space: SearchSpace, options: Mapping[str, Any]
+) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=seed, **options)
+
+
+def _qmc(seed: int, space: SearchSpace, options: Mapping[str, Any]) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    kwargs: dict[str, Any] = {"scramble": True, "warn_asynchronous_seeding": False}
+    kwargs.update(options)
+    # Optuna marks QMCSampler experimental since 3.0; the warning repeated in every worker log
+    # line after line (the curve-table build) and says nothing a user can act on.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.QMCSampler(seed=seed, **kwargs)
+
+
+def _grid(seed: int, space: SearchSpace, options: Mapping[str, Any]) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        """Optuna's grid sampler minus its ``study.stop()`` call, which raises outside
+        ``optimize()``; our worker checks ``is_exhausted`` itself."""
+
+        def after_trial(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    n_points = int(options.get("n_points", GRID_DEFAULT_POINTS))
+    grid = {name: grid_values(param, n_points) for name, param in space.items()}
+    return AskTellGridSampler(grid, seed=seed)
+
+
+SamplerFactory = Callable[[int, "SearchSpace", Mapping[str, Any]], "optuna.samplers.BaseSampler"]
+
+SAMPLERS: dict[str, SamplerFactory] = {
+    "tpe": _tpe,
+    "gp": _gp,
+    "random": _random,
+    "qmc": _qmc,
+    "grid": _grid,
+}
+
+_SAMPLER_CLASSES = {
+    "tpe": "TPESampler",
+    "gp": "GPSampler",
+    "random": "RandomSampler",
+    "qmc": "QMCSampler",
+}
+
+
+def allowed_sampler_options(name: str) -> set[str]:
+    """The option names the spec may give to sampler ``name``."""
+    if name == "grid":
+        return {"n_points"}
+    import optuna
+
+    cls = getattr(optuna.samplers, _SAMPLER_CLASSES[name])
+    return set(inspect.signature(cls.__init__).parameters) - _RESERVED
+
+
+def check_sampler_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first option that sampler ``name`` does not take."""
+    allowed = allowed_sampler_options(name)
+    for key in options:
+        if key not in allowed:
+            raise ValueError(
+                f"options.{key}: unknown option for sampler {name!r}; "
+                f"expected one of {sorted(allowed)}"
+            )
+    if name == "grid" and "n_points" in options:
+        n_points = options["n_points"]
+        if not isinstance(n_points, int) or isinstance(n_points, bool) or n_points < 1:
+            raise ValueError(f"options.n_points: {n_points!r}: expected an integer >= 1")
+
+
+def make_sampler(
+    spec: SamplerSpec, space: SearchSpace, *, stream: int = 0
+) -> optuna.samplers.BaseSampler:
+    """Build the sampler the spec names.
+
+    Args:
+        spec: sampler name, seed and options.
+        space: the search space (the grid sampler enumerates it).
+        stream: which random stream this worker draws from. Workers that share a study must
+            use different streams, or their random start-up trials would coincide; the seed is
+            derived from (``spec.seed``, ``stream``), so a rerun with the same workers repeats.
+    """
+    seed = (spec.seed * 1_000_003 + stream) % 2**31
+    return SAMPLERS[spec.name](seed, space, spec.options)
