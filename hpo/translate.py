@@ -13,11 +13,12 @@ from typing import Any
 from hpo.spec.model import StudySpec
 from hpo.study import step_grid
 from trainer.config import DataConfig, Hyperparams, Precision, TrainerConfig
+from trainer.seeds import derive_seed
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
     """The training seed of a trial: a pure function of (study seed, trial number)."""
-    return (study_seed * 1_000_003 + trial_number * 7_919 + 17) % 2**31
+    return derive_seed(study_seed, 7_919 * trial_number + 17)
 
 
 def hyperparams_for(spec: StudySpec, params: Mapping[str, Any], seed: int) -> Hyperparams:

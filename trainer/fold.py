@@ -35,6 +35,7 @@ from trainer.model import build_model, freeze_lower
 from trainer.optim import linear_warmup_decay, make_optimizer
 from trainer.prepare import Prepared
 from trainer.regularization import Penalized, add_penalty_gradient, penalized_weights
+from trainer.seeds import fold_seed
 from trainer.tokens import iterate, length_bucketed_batches, sorted_batches
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ def _train_fold(
 
     train_idx, held_idx = prepared.folds[fold]
     grid = config.step_grid(hparams.epochs)
-    seed = hparams.seed * 1_000 + fold
+    seed = fold_seed(hparams.seed, fold)
     model = build_model(
         prepared.pretrained,
         num_labels=len(prepared.examples.label_names),

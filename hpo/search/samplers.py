@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hpo.spec.space import grid_values
+from trainer.seeds import derive_seed
 
 if TYPE_CHECKING:
     import optuna
@@ -137,5 +138,5 @@ def make_sampler(
             use different streams, or their random start-up trials would coincide; the seed is
             derived from (``spec.seed``, ``stream``), so a rerun with the same workers repeats.
     """
-    seed = (spec.seed * 1_000_003 + stream) % 2**31
+    seed = derive_seed(spec.seed, stream)
     return SAMPLERS[spec.name](seed, space, spec.options)

@@ -41,6 +41,7 @@ from hpo.study import load_study
 from hpo.worker.heartbeat import INTERRUPTED_REASON, Heartbeat, requeue
 from hpo.worker.objective import TrialContext, run_trial
 from trainer.config import Precision
+from trainer.seeds import derive_seed
 
 if TYPE_CHECKING:
     import optuna
@@ -168,7 +169,7 @@ def _resumed_stream(storage: optuna.storages.BaseStorage, options: WorkerOptions
         study_id = storage.get_study_id_from_name(options.study_name)
     except KeyError:
         return options.stream
-    return options.stream + 1_000_003 * storage.get_n_trials(study_id)
+    return derive_seed(storage.get_n_trials(study_id), options.stream)
 
 
 def random_stream() -> int:

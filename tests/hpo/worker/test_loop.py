@@ -18,6 +18,7 @@ import pytest
 from optuna.trial import TrialState
 from optuna_dashboard import get_note
 
+from hpo.local.launch import worker_command
 from hpo.spec.model import parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study, load_study
@@ -68,21 +69,7 @@ def tiny_spec(model_dir: Path, data_csv: Path, **overrides: Any) -> dict[str, An
 def start_worker(study: str, storage_url: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hpo.cli",
-                "worker",
-                "--study",
-                study,
-                "--storage",
-                storage_url,
-                "--device",
-                "cpu",
-                "--threads",
-                "1",
-                *extra,
-            ],
+            [*worker_command(study, device="cpu", threads=1), "--storage", storage_url, *extra],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO,
