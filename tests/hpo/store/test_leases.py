@@ -728,3 +728,16 @@ def test_a_trials_request_id_is_found_through_an_index_not_a_scan_of_every_study
             )
         )
     assert "ix_hpo_trial_system_attributes_lookup" in plan, plan
+
+
+def test_stale_running_trial_is_failed_by_heartbeat(
+    storage_url: str, spec_dict: dict[str, Any]
+) -> None:
+    storage = open_storage(storage_url, heartbeat_interval_s=1, grace_period_s=1)
+    create_study(parse_spec(spec_dict), storage)
+    study = optuna.load_study(study_name=spec_dict["name"], storage=storage)
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    time.sleep(2.5)  # the worker "died": no more heartbeats
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[0].state == TrialState.FAIL
