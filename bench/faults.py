@@ -90,6 +90,7 @@ def _summarize(result: Any) -> dict[str, Any]:
         "seconds": round(result.ended_at - result.started_at, 1),
         "faults": {k.value: n for k, n in sorted(result.fault_counts().items(), key=str)},
         "lost_acks_fired": result.lost_acks_fired,
+        "lost_acks_after": result.lost_acks_after,
         "studies": len(result.studies),
         "trials": trials,
         "finished": finished,
@@ -176,9 +177,11 @@ def render(results: dict[str, Any], command: str) -> str:
         "lost_acks_fired",
     ]
     minutes = 0.0
+    lost_after: Counter[str] = Counter()
     for s in segments:
         faults.update(s["faults"])
         totals.update({k: s[k] for k in keys})
+        lost_after.update(s.get("lost_acks_after", {}))  # recorded since 2026-11-30
         minutes += s["seconds"] / 60
     lines = [
         f"{run_date()}; {machine_line()}; {results.get('load', '')}",
@@ -214,7 +217,14 @@ def render(results: dict[str, Any], command: str) -> str:
         f"Faults injected, {sum(faults.values())} in all (fewest of one kind: "
         f"{min(faults.values(), default=0)}): "
         + ", ".join(f"{k} {n}" for k, n in sorted(faults.items()))
-        + f" (lost acks that fired: {totals['lost_acks_fired']}).",
+        + f" (lost acks that fired: {totals['lost_acks_fired']}"
+        + (
+            "; by the write whose COMMIT lost its reply: "
+            + ", ".join(f"`{k}` {n}" for k, n in sorted(lost_after.items()))
+            if lost_after
+            else ""
+        )
+        + ").",
         "",
         "| invariant | result |",
         "|---|---:|",

@@ -153,6 +153,9 @@ class FaultProxy:
         self._blackholed = False
         self._latency_s = 0.0
         self._lose_pattern: bytes | None = None
+        self._lose_after: bytes | None = None  # only a link that sent this loses its reply
+        self._lose_armed: set[_Link] = set()
+        self._lost_after: Counter[str] = Counter()  # fired lost acks by what armed them
         self._links: dict[_Link, threading.Thread] = {}
         self._counts: Counter[FaultKind] = Counter()
         self._acceptor: threading.Thread | None = None
@@ -305,23 +308,36 @@ class FaultProxy:
             self._cond.notify_all()
         return n_closed
 
-    def lose_next_reply(self, pattern: bytes = b"COMMIT") -> None:
+    def lose_next_reply(self, pattern: bytes = b"COMMIT", *, after: bytes | None = None) -> None:
         """Arm a lost ack for the next client message containing ``pattern`` (any case).
 
         That message reaches the server; the proxy waits for the server's reply, drops it and
         resets both sides: the server did the work, the client sees a connection error. The
         pattern is matched within one received chunk (a short statement is one chunk).
+
+        ``after``: only on a connection that sent a message containing ``after`` since its last
+        ROLLBACK, so the COMMIT whose reply is lost is that of a chosen kind of write (a trial's
+        creation, a state change, a re-queued copy) rather than whichever commits next.
         """
-        if not pattern:
-            raise ValueError(f"pattern must not be empty, got {pattern!r}")
+        if not pattern or after == b"":
+            raise ValueError(f"patterns must not be empty, got {pattern!r}, {after!r}")
         with self._cond:
             self._lose_pattern = pattern.lower()
+            self._lose_after = after.lower() if after else None
+            self._lose_armed.clear()
+
+    @property
+    def lost_acks_after(self) -> dict[str, int]:
+        """Fired lost acks by the ``after`` pattern that armed them (``"any"`` without one)."""
+        with self._cond:
+            return dict(self._lost_after)
 
     def cancel_lost_reply(self) -> bool:
         """Disarm ``lose_next_reply``; True if it was still armed (never fired)."""
         with self._cond:
             armed = self._lose_pattern is not None
-            self._lose_pattern = None
+            self._lose_pattern = self._lose_after = None
+            self._lose_armed.clear()
             return armed
 
     # -- internals ---------------------------------------------------------------------------
@@ -399,6 +415,7 @@ class FaultProxy:
             link.release()
             with self._cond:
                 self._links.pop(link, None)
+                self._lose_armed.discard(link)
 
     def _pump(self, link: _Link, upstream: socket.socket) -> bool:
         """Forward bytes both ways; True on an orderly end (one side closed)."""
@@ -425,8 +442,9 @@ class FaultProxy:
                     self._send(link, client, b"N")  # no TLS: keep the SQL readable
                 else:
                     link.startup = False
-                    if self._take_lose_pattern(data):
-                        self._lose_reply(link, upstream, data)
+                    target = self._take_lose_pattern(link, data)
+                    if target is not None:
+                        self._lose_reply(link, upstream, data, target)
                         return False
                     self._send(link, upstream, data)
 
@@ -442,12 +460,26 @@ class FaultProxy:
             if self._latency_s > 0:
                 self._cond.wait_for(lambda: link.closed or self._closing, self._latency_s)
 
-    def _take_lose_pattern(self, data: bytes) -> bool:
+    def _take_lose_pattern(self, link: _Link, data: bytes) -> str | None:
+        """What armed the lost ack if ``data`` is the message whose reply is to be lost."""
         with self._cond:
-            if self._lose_pattern is None or self._lose_pattern not in data.lower():
-                return False
-            self._lose_pattern = None
-            return True
+            if self._lose_pattern is None:
+                return None
+            low = data.lower()
+            after = self._lose_after
+            if after is not None:
+                if link not in self._lose_armed:
+                    if after in low:
+                        self._lose_armed.add(link)
+                    return None
+                if b"rollback" in low:  # that operation ended without a commit
+                    self._lose_armed.discard(link)
+                    return None
+            if self._lose_pattern not in low:
+                return None
+            self._lose_pattern = self._lose_after = None
+            self._lose_armed.clear()
+            return "any" if after is None else after.decode(errors="replace")
 
     def _send(self, link: _Link, sock: socket.socket, data: bytes) -> None:
         """Send all of ``data``, polling so that a peer that stopped reading (a frozen
@@ -462,7 +494,7 @@ class FaultProxy:
                 except BlockingIOError:
                     continue
 
-    def _lose_reply(self, link: _Link, upstream: socket.socket, data: bytes) -> None:
+    def _lose_reply(self, link: _Link, upstream: socket.socket, data: bytes, target: str) -> None:
         """Forward ``data``, swallow the server's reply, then reset both sides."""
         self._send(link, upstream, data)
         deadline = time.monotonic() + self._reply_timeout_s
@@ -478,6 +510,7 @@ class FaultProxy:
         if replied:  # counted before the reset: the client may look the moment it sees it
             with self._cond:
                 self._counts[FaultKind.LOST_ACK] += 1
+                self._lost_after[target] += 1
             log.info("fault proxy dropped the reply to %r", data[5:80])
         else:
             log.warning("fault proxy saw no reply to drop for %r", data[5:80])

@@ -29,6 +29,18 @@ log = logging.getLogger(__name__)
 
 # Proxy faults that one undo ends together: a restarted proxy and a refusing one both admit.
 _UNDONE_AS = {FaultKind.PROXY_RESTART: FaultKind.REFUSE}
+# Lost acks take turns among these: whichever COMMIT comes next (mostly beats and reports,
+# which are idempotent anyway), and the COMMIT of each write a retry must not repeat: a trial's
+# creation (ask), a pop of a waiting trial, a state change (tell, or the owner's FAIL), a
+# sweeper's FAIL, a re-queued copy. ``FaultProxy.lost_acks_after`` counts which fired.
+LOST_ACK_TARGETS: tuple[bytes | None, ...] = (
+    None,
+    b"insert into trials (number, study_id, state, datetime_start)",
+    b"update trials set state = 'running'",
+    b"set state = cast(",
+    b"update trials t set state = 'fail'",
+    b"hpo:requeue_of",
+)
 
 
 @dataclass
@@ -129,6 +141,7 @@ class FaultRunner:
         self._actions: list[tuple[float, int, bool, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._holds: dict[FaultKind, int] = {}
+        self._lost_acks = itertools.count()
         self._pg_thread: threading.Thread | None = None
         self._thread = threading.Thread(target=self._run, name="fault-runner", daemon=True)
         self._injected: list[InjectedFault] = []
@@ -287,6 +300,9 @@ class FaultRunner:
         self._pg_thread = threading.Thread(target=cycle, name="fault-pg-restart", daemon=True)
         self._pg_thread.start()
 
+    def _next_lost_ack_target(self) -> bytes | None:
+        return LOST_ACK_TARGETS[next(self._lost_acks) % len(LOST_ACK_TARGETS)]
+
     def _start_proxy_fault(self, event: FaultEvent) -> None:
         proxy = self._proxy
         assert proxy is not None
@@ -302,7 +318,7 @@ class FaultRunner:
             FaultKind.PROXY_RESTART: proxy.crash,
             FaultKind.BLACKHOLE: proxy.blackhole,
             FaultKind.LATENCY: lambda: proxy.latency(self._latency_s),
-            FaultKind.LOST_ACK: proxy.lose_next_reply,
+            FaultKind.LOST_ACK: lambda: proxy.lose_next_reply(after=self._next_lost_ack_target()),
         }
         record = self._record(event)
         starts[kind]()

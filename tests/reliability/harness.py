@@ -465,6 +465,8 @@ class HarnessResult:
     procs: list[WorkerProc]
     violations: list[str] = field(default_factory=list)
     lost_acks_fired: int = 0
+    # Fired lost acks by the statement that armed them (``faultrunner.LOST_ACK_TARGETS``).
+    lost_acks_after: dict[str, int] = field(default_factory=dict)
 
     def fault_counts(self) -> Counter[FaultKind]:
         return Counter(f.kind for f in self.injected)
@@ -562,6 +564,7 @@ def run_harness(
         pool.kill_hung()
         ended_at = time.time()
         lost_acks = store.proxy.counts.get(FaultKind.LOST_ACK, 0) if store.proxy else 0
+        lost_after = store.proxy.lost_acks_after if store.proxy else {}
     finally:
         pool.close()
         store.close()
@@ -575,6 +578,7 @@ def run_harness(
         studies=runs,
         procs=list(pool.procs),
         lost_acks_fired=lost_acks,
+        lost_acks_after=lost_after,
     )
     _check(result, store, pool.events_dir)
     return result

@@ -146,6 +146,41 @@ def test_latency_delays_each_round_trip(proxy: FaultProxy, postgres_url: str) ->
 
 
 @pytest.mark.postgres
+def test_a_targeted_lost_ack_hits_only_the_commit_of_that_write(
+    proxy: FaultProxy, postgres_url: str
+) -> None:
+    """The soak's lost acks mostly hit beats and reports; aimed at one kind of write, the
+    reply lost is that write's COMMIT, on the connection that made it, not the next one."""
+    table = f"lost_ack_{uuid.uuid4().hex[:8]}"
+    direct = _connect(postgres_url)
+    direct.autocommit = True
+    with direct.cursor() as cur:
+        cur.execute(f"CREATE TABLE {table} (x int)")
+    try:
+        bystander, writer = (_connect(proxy.url_for(postgres_url)) for _ in range(2))
+        proxy.lose_next_reply(after=b"values (7)")
+        with writer.cursor() as cur:
+            cur.execute(f"INSERT INTO {table} VALUES (7)")  # armed; its COMMIT comes later
+        with bystander.cursor() as cur:
+            cur.execute(f"INSERT INTO {table} VALUES (1)")
+        bystander.commit()  # another connection's COMMIT goes through
+        with bystander.cursor() as cur:
+            cur.execute("SELECT 1")
+        bystander.rollback()
+        with pytest.raises(psycopg2.OperationalError):
+            writer.commit()
+        with direct.cursor() as cur:
+            cur.execute(f"SELECT x FROM {table} ORDER BY x")
+            assert cur.fetchall() == [(1,), (7,)]
+        assert proxy.lost_acks_after == {"values (7)": 1}
+        assert not proxy.cancel_lost_reply()
+    finally:
+        with direct.cursor() as cur:
+            cur.execute(f"DROP TABLE {table}")
+        direct.close()
+
+
+@pytest.mark.postgres
 def test_lost_ack_commits_on_the_server_while_the_client_sees_an_error(
     proxy: FaultProxy, postgres_url: str
 ) -> None:
