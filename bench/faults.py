@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -141,6 +142,12 @@ def run_segment(
             report = RESULTS.with_name(f"faults_soak_{backend}_{seed}.txt")
             report.write_text(result.describe())
             summary["report"] = str(report.relative_to(ROOT))
+            # The workers' logs and event files are the evidence: keep them past the segment.
+            kept = Path(tempfile.gettempdir()) / f"hpo-soak-{backend}-{seed}-evidence"
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(tmp, kept, ignore=shutil.ignore_patterns("*.db", "*.log.lock"))
+            summary["evidence"] = str(kept)
+            logger.warning("segment %s-%d: violations; worker logs kept in %s", backend, seed, kept)
     return summary
 
 
