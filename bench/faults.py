@@ -123,8 +123,10 @@ def _save(results: dict[str, Any]) -> None:
 def run_segment(
     backend: str, seed: int, minutes: float, gaps: tuple[float, float], postgres_url: str
 ) -> dict[str, Any]:
+    from tests.reliability import faultrunner
     from tests.reliability.harness import quiet_optuna, run_harness
 
+    faultrunner.LOST_ACK_TARGETS = faultrunner.AIMED_LOST_ACKS  # lost acks on every kind of write
     config = _config(backend, seed, minutes, gaps)
     with tempfile.TemporaryDirectory(prefix=f"hpo-soak-{backend}-") as tmp:
         with quiet_optuna():

@@ -29,18 +29,19 @@ log = logging.getLogger(__name__)
 
 # Proxy faults that one undo ends together: a restarted proxy and a refusing one both admit.
 _UNDONE_AS = {FaultKind.PROXY_RESTART: FaultKind.REFUSE}
-# Lost acks take turns among these: whichever COMMIT comes next (mostly beats and reports,
-# which are idempotent anyway), and the COMMIT of each write a retry must not repeat: a trial's
-# creation (ask), a pop of a waiting trial, a state change (tell, or the owner's FAIL), a
-# sweeper's FAIL, a re-queued copy. ``FaultProxy.lost_acks_after`` counts which fired.
-LOST_ACK_TARGETS: tuple[bytes | None, ...] = (
+# Lost acks take turns among these. By default whichever COMMIT comes next (mostly beats and
+# reports, which are idempotent anyway); the soak (``bench.faults``) sets ``AIMED_LOST_ACKS``:
+# also the COMMIT of each write a retry must not repeat. ``FaultProxy.lost_acks_after`` counts
+# which fired.
+AIMED_LOST_ACKS: tuple[bytes | None, ...] = (
     None,
-    b"insert into trials (number, study_id, state, datetime_start)",
-    b"update trials set state = 'running'",
-    b"set state = cast(",
-    b"update trials t set state = 'fail'",
-    b"hpo:requeue_of",
+    b"insert into trials (number, study_id, state, datetime_start)",  # a trial's creation
+    b"update trials set state = 'running'",  # a pop of a waiting trial
+    b"set state = cast(",  # a tell, or the owner's FAIL
+    b"update trials t set state = 'fail'",  # a sweeper's FAIL
+    b"hpo:requeue_of",  # a re-queued copy
 )
+LOST_ACK_TARGETS: tuple[bytes | None, ...] = (None,)
 
 
 @dataclass
