@@ -101,6 +101,15 @@ def _summarize(result: Any) -> dict[str, Any]:
         "finished_twice": twice,
         "budget_overshoot": overshoot,
         "hangs": sum(1 for run in result.studies if run.hang),
+        # Studies that outlived the study timeout under faults and were finished after them.
+        "slowed": [
+            [
+                round(run.quiet_after_s),
+                None if run.recovered_in_s is None else round(run.recovered_in_s, 1),
+            ]
+            for run in result.studies
+            if run.quiet_after_s is not None
+        ],
         "live_wrongly_failed": counts["live_wrongly_failed"],
         "workers": len(result.procs),
         "violations": result.violations[:50],
@@ -247,6 +256,24 @@ def render(results: dict[str, Any], command: str) -> str:
         f"{totals['studies']} studies, {totals['finished']} trials finished, "
         f"{totals['requeued']} lost trials re-queued carrying {totals['folds_carried']} "
         f"finished folds, {totals['workers']} worker processes (respawns included).",
+    ]
+    slowed = [(key, q, r) for key, s in results["segments"].items() for q, r in s.get("slowed", [])]
+    lines += [
+        "",
+        "Liveness is judged once the faults stop, as in Jepsen: a study that has not met its "
+        "budget 600 s after it began has the schedule stopped (every fault ended, killed "
+        "workers respawned) and must then finish within 60 s, or it is a hang. "
+        + (
+            f"Studies that needed it: {len(slowed)} ("
+            + "; ".join(
+                f"{key}: stopped {q} s in, "
+                + (f"budget met {r:g} s later" if r is not None else "never met")
+                for key, q, r in slowed
+            )
+            + ")."
+            if slowed
+            else "No study needed it."
+        ),
     ]
     bad = [s for s in segments if s["n_violations"]]
     for s in bad:

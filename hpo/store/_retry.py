@@ -131,7 +131,9 @@ class Backoff:
                     self.timeout_s,
                 )
         # Jitter: workers refused together must not come back together.
-        ceiling = _MAX_REFUSED_DELAY_S if refused else self.max_delay_s
+        # Never past max_delay_s: a live worker must be back within a heartbeat of the store's
+        # return (see hpo.worker.heartbeat.SETTLE_BEATS), connection limit or not.
+        ceiling = min(_MAX_REFUSED_DELAY_S, self.max_delay_s) if refused else self.max_delay_s
         delay_s = min(self._delay_s * random.uniform(0.5, 1.5), ceiling)
         RETRIES.waited_s += delay_s
         self._sleep(delay_s)
@@ -161,7 +163,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
 
     ``reachable_for_s()`` says how long the store has answered without a break (no error, no
     operation stalled longer than ``max_delay_s``): a sweeper judges other workers' leases
-    only after a full grace period of it (see ``hpo.worker.heartbeat.sweep_stale``).
+    only after two heartbeats of it (see ``hpo.worker.heartbeat.sweep_stale``).
     """
 
     def __init__(

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -89,6 +89,12 @@ class HarnessConfig:
     ``rare_gap_s`` on average; PostgreSQL restarts disturb everyone on the server).
     ``pid_namespace`` runs each worker as PID 1 of its own PID namespace, as containers do.
 
+    Liveness is judged once the faults stop, as in Jepsen: progress while the store is down
+    most of the time is not promised by any rule a worker can follow. A study that has not met
+    its budget ``study_timeout_s`` after it began has the faults stopped (each active one ended,
+    killed workers respawned) and must then meet it within ``recovery_s``; one that does is
+    reported as slowed (``StudyRun.quiet_after_s``), one that does not as a hang.
+
     ``kinds`` must be among ``BACKEND_KINDS[backend]``. ``FaultKind.PG_RESTART`` restarts the
     store's server, whatever it is: on ``postgresql`` the PostgreSQL cluster is stopped for
     the event's duration and started again; on ``grpc`` the ``hpo proxy`` process is killed
@@ -115,6 +121,7 @@ class HarnessConfig:
     rare_gap_s: float = 120.0
     max_retry: int = 3
     study_timeout_s: float = 300.0
+    recovery_s: float = 60.0
     exit_timeout_s: float = 120.0
     pid_namespace: bool = False
 
@@ -449,6 +456,10 @@ class StudyRun:
     done_at: float | None = None
     hang: str = ""
     check: StudyCheck | None = None
+    # Set when the study outlived its timeout and the faults were stopped for it: seconds
+    # from its start to the stop, and from the stop to its budget (None: not met).
+    quiet_after_s: float | None = None
+    recovered_in_s: float | None = None
 
 
 @dataclass
@@ -501,7 +512,19 @@ class HarnessResult:
         lines += [f"  skipped: {e}" for e in self.skipped]
         for run in self.studies:
             counts = dict(run.check.counts) if run.check else {}
-            lines.append(f"study {run.name} at {run.started_at - t0:.1f}s: {run.hang} {counts}")
+            quiet = (
+                f" (faults stopped {run.quiet_after_s:.0f} s in; budget met "
+                + (
+                    f"{run.recovered_in_s:.0f} s later)"
+                    if run.recovered_in_s is not None
+                    else "never)"
+                )
+                if run.quiet_after_s is not None
+                else ""
+            )
+            lines.append(
+                f"study {run.name} at {run.started_at - t0:.1f}s: {run.hang}{quiet} {counts}"
+            )
         lines.append(f"violations ({len(self.violations)}):")
         lines += [f"  {v}" for v in self.violations]
         involved = [
@@ -552,7 +575,7 @@ def run_harness(
         ).start()
         try:
             while True:
-                _finish_study(runs[-1], config, store, pool)
+                _finish_study(runs[-1], config, store, pool, quiesce=runner.stop)
                 if runner.join(0):
                     break
                 runs.append(_begin_study(next(names), config, store, pool))
@@ -593,13 +616,20 @@ def _begin_study(
 
 
 def _finish_study(
-    run: StudyRun, config: HarnessConfig, store: StoreUnderTest, pool: WorkerPool
+    run: StudyRun,
+    config: HarnessConfig,
+    store: StoreUnderTest,
+    pool: WorkerPool,
+    *,
+    quiesce: Callable[[], object],
 ) -> None:
-    """Wait until the study met its budget and its workers exited; a study that does not, in
-    time, is a hang (its workers are killed)."""
+    """Wait until the study met its budget and its workers exited. Past ``study_timeout_s``
+    the faults are stopped (``quiesce``) and the study gets ``recovery_s`` more; a study that
+    does not finish then is a hang (its workers are killed)."""
     started = time.monotonic()
     met_at: float | None = None
     idle_since: float | None = None
+    quiet_at: float | None = None
     while True:
         time.sleep(1.0)
         now = time.monotonic()
@@ -612,6 +642,8 @@ def _finish_study(
                 continue
             if finished >= config.n_trials:
                 met_at = now
+                if quiet_at is not None:
+                    run.recovered_in_s = now - quiet_at
         if met_at is not None and not running:
             run.done_at = time.time()
             return
@@ -627,8 +659,18 @@ def _finish_study(
             if idle_since is not None and now - idle_since > config.outage_s[1] + 15:
                 run.hang = "stalled: every worker exited before the budget was met"
                 break
-            if now - started > config.study_timeout_s:
-                run.hang = f"budget not met after {config.study_timeout_s:.0f} s"
+            if quiet_at is None and now - started > config.study_timeout_s:
+                log.warning(
+                    "study %s: budget not met after %.0f s: faults stopped", run.name, now - started
+                )
+                quiesce()
+                quiet_at = time.monotonic()
+                run.quiet_after_s = quiet_at - started
+            elif quiet_at is not None and now - quiet_at > config.recovery_s:
+                run.hang = (
+                    f"budget not met {config.recovery_s:.0f} s after the faults stopped "
+                    f"({run.quiet_after_s:.0f} s into the study)"
+                )
                 break
     log.warning("study %s: %s", run.name, run.hang)
     pool.kill_hung(run.name)

@@ -71,6 +71,38 @@ def test_an_operation_answered_late_counts_as_a_break_in_reachability() -> None:
 
 
 @pytest.mark.postgres
+def test_a_dead_workers_trial_is_failed_once_the_sweepers_store_answered_for_two_heartbeats(
+    proxy: FaultProxy, postgres_url: str, spec_dict: dict[str, Any]
+) -> None:
+    """On a flapping network a sweeper that waited for a full grace period of quiet judged no
+    one for minutes: the soak's seed 3006 held the study's last three slots with dead workers'
+    trials for 4.5 minutes. Every live worker is back within a heartbeat of the store's return
+    (its retry delay is capped at one), so two heartbeats of quiet are evidence enough."""
+    from optuna.trial import TrialState
+
+    from hpo.study import load_study
+    from hpo.worker.heartbeat import sweep_stale
+
+    leases: dict[str, Any] = {"heartbeat_interval_s": 1, "grace_period_s": 4}
+    direct = open_storage(postgres_url, **leases)
+    create_study(parse_spec(spec_dict), direct)
+    owner, _ = load_study(direct, spec_dict["name"])
+    sweeper, _ = load_study(open_storage(proxy.url_for(postgres_url), **leases), spec_dict["name"])
+    dead = owner.ask()  # its worker dies at once: it never beats
+    time.sleep(3.0)
+    proxy.refuse()  # the sweeper's store goes away for a second ...
+    threading.Timer(1.0, proxy.admit).start()
+    suspects: dict[int, float] = {}
+    assert sweep_stale(sweeper, suspects=suspects, confirm_s=1.0) == []  # ... and is back
+    state = direct.get_trial(dead._trial_id).state  # type: ignore[attr-defined]
+    assert state == TrialState.RUNNING  # back for less than two heartbeats: no judging
+    time.sleep(2.2)
+    assert sweep_stale(sweeper, suspects=suspects, confirm_s=1.0) == []  # suspected only
+    time.sleep(1.1)  # back for 3.3 s: two heartbeats and more, still under a grace period
+    assert sweep_stale(sweeper, suspects=suspects, confirm_s=1.0) == [dead.number]
+
+
+@pytest.mark.postgres
 def test_a_sweeper_held_up_by_a_stalled_network_fails_no_live_trial_when_it_is_back(
     proxy: FaultProxy, postgres_url: str, spec_dict: dict[str, Any]
 ) -> None:
