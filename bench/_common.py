@@ -1,4 +1,5 @@
-"""What every benchmark shares: the machine line, the date, and updating one BENCHMARKS.md section.
+"""What every benchmark shares: the machine line, the date, updating one BENCHMARKS.md section,
+running a contender in a fresh offline process (``run_child``) and timing a trial's first step.
 
 Each benchmark owns one ``## `` section of BENCHMARKS.md, found by its heading, and replaces
 only that section, under a file lock, so benchmarks run at the same time do not clobber each
@@ -8,13 +9,18 @@ other. Plots go to ``bench/figures/`` beside it.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import platform
 import re
 import statistics
 import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
@@ -77,6 +83,15 @@ def replace_section(document: str, heading: str, section: str) -> str:
     return head + section.rstrip("\n") + "\n" + ("\n" + tail if tail else "")
 
 
+def section_body(command: str, facts: Sequence[str], doc: str | None, *parts: str) -> str:
+    """A benchmark's section: the command that reproduces it; one line of what the run was
+    (date, machine, then ``facts``); the module docstring's description (what follows its first
+    two paragraphs: title and usage); then ``parts``. Blank lines between."""
+    run = "; ".join([f"Run {run_date()}", machine_line(), *facts])
+    description = (doc or "").split("\n\n", 2)[2].strip() if doc else ""
+    return "\n\n".join([f"`{command}`", f"{run}.", description, *parts]).rstrip() + "\n"
+
+
 def update_section(heading: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     """Write ``## heading`` + ``body`` into ``path``, replacing that section only (locked)."""
     section = f"## {heading}\n\n{body.strip()}\n"
@@ -87,3 +102,51 @@ def update_section(heading: str, body: str, path: Path = BENCHMARKS_MD) -> None:
         tmp = path.with_suffix(".md.tmp")
         tmp.write_text(replace_section(existing, heading, section))
         tmp.replace(path)
+
+
+# No hub at run time: every model and dataset a bench uses is installed as a package.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    """This process's environment, offline, plus ``extra``."""
+    return {**os.environ, **OFFLINE_ENV, **extra}
+
+
+def run_child(module: str, args: Sequence[str]) -> Any:
+    """``python -m module args --json FILE`` in a fresh process, offline, from the repository
+    root (a contender measured cold, with nothing another contender imported or warmed); the
+    JSON it wrote to FILE. Its output goes nowhere; a failure raises."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, "-m", module, *args, "--json", out.name]
+        subprocess.run(command, check=True, env=offline_env(), stdout=subprocess.DEVNULL, cwd=ROOT)
+        return json.loads(Path(out.name).read_text())
+
+
+class FirstStep:
+    """Records when this process next starts a forward pass and an optimizer step.
+
+    Set up before the trial starts: the first forward is the first training batch's (both
+    trainers evaluate only after an epoch), so ``forward_at - start`` is the setup and
+    ``at - start`` adds one batch's forward and backward. Both hooks remove themselves once
+    they fired.
+    """
+
+    def __init__(self) -> None:
+        from torch.nn.modules.module import register_module_forward_pre_hook
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        self.forward_at: float | None = None
+        self.at: float | None = None
+        self._forward = register_module_forward_pre_hook(self._on_forward)
+        self._step = register_optimizer_step_pre_hook(self._on_step)
+
+    def _on_forward(self, *_: Any) -> None:
+        if self.forward_at is None:
+            self.forward_at = time.perf_counter()
+            self._forward.remove()
+
+    def _on_step(self, *_: Any) -> None:
+        if self.at is None:
+            self.at = time.perf_counter()
+            self._step.remove()

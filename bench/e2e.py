@@ -56,6 +56,7 @@ from bench._common import (
     load_average,
     machine_line,
     median,
+    offline_env,
     run_date,
     update_section,
 )
@@ -161,16 +162,12 @@ def study_spec(
 
 def single_thread_env() -> dict[str, str]:
     """The environment every contender's processes get: one thread, offline."""
-    return {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
+    return offline_env(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
 
 
 def hpo_command(*args: str) -> list[str]:
@@ -221,44 +218,27 @@ def _hf_model_init(dropout: float | None) -> Any:
 
 def _hf_dataset(tokenizer: Any, frame: Any) -> Any:
     """Tokenized ``datasets.Dataset`` (input_ids, attention_mask, labels), unpadded."""
-    import datasets
+    from bench._hf import tokenized
 
-    data = datasets.Dataset.from_dict(
-        {"text": list(frame["text"]), "labels": [LABELS.index(c) for c in frame["category"]]}
-    )
-    return data.map(
-        lambda batch: tokenizer(batch["text"], truncation=True, max_length=MAX_SEQ_LEN),
-        batched=True,
-        remove_columns=["text"],
-    )
+    labels = [LABELS.index(c) for c in frame["category"]]
+    return tokenized(tokenizer, list(frame["text"]), labels, MAX_SEQ_LEN)
 
 
 def _hf_args(output_dir: Path, *, seed: int, evaluate: bool, **overrides: Any) -> Any:
-    from transformers import TrainingArguments
+    from bench._hf import training_args
 
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=EPOCHS,
-        per_device_train_batch_size=BATCH_SIZE,
-        per_device_eval_batch_size=EVAL_BATCH_SIZE,
-        warmup_steps=WARMUP_RATIO,  # a float below 1 is a ratio of the training steps
-        eval_strategy="epoch" if evaluate else "no",
-        save_strategy="no",
-        logging_strategy="epoch",
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=True,
-        dataloader_num_workers=0,
+    return training_args(
+        str(output_dir),
+        epochs=EPOCHS,
+        batch_size=BATCH_SIZE,
+        eval_batch_size=EVAL_BATCH_SIZE,
+        warmup_ratio=WARMUP_RATIO,
         seed=seed,
+        evaluate=evaluate,
+        logging_strategy="epoch",
+        dataloader_num_workers=0,
         **overrides,
     )
-
-
-def _accuracy(eval_pred: Any) -> dict[str, float]:
-    import numpy as np
-
-    logits, labels = eval_pred
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
 
 
 def hf_search(work: Path, budget_s: float, n_trials: int) -> None:
@@ -270,6 +250,7 @@ def hf_search(work: Path, budget_s: float, n_trials: int) -> None:
     from sklearn.model_selection import train_test_split
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
 
+    from bench._hf import accuracy
     from trainer.resources import resolve_local
 
     torch.set_num_threads(1)
@@ -302,7 +283,7 @@ def hf_search(work: Path, budget_s: float, n_trials: int) -> None:
         eval_dataset=_hf_dataset(tokenizer, held),
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=_accuracy,
+        compute_metrics=accuracy,
     )
     # Only the store is ours (to read the trials back); sampler and pruner stay Optuna's.
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / "journal.log")))

@@ -26,15 +26,14 @@ import argparse
 import json
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench._common import ROOT, machine_line, median, run_date, update_section
+from bench._common import median, section_body, update_section
+from bench._common import run_child as run_child_process
 
 logger = logging.getLogger("bench.gpu_throughput")
 
@@ -110,6 +109,7 @@ def make_data(rows: int, model_dir: str, path: Path) -> None:
 def run_ours(
     model_dir: str, data: Path, rows: int, epochs: int, device: str, compile_: bool
 ) -> list[dict[str, float]]:
+    from bench._hf import release_memory
     from trainer.config import DataConfig, Hyperparams, TrainerConfig
     from trainer.device import peak_memory_mb, reset_peak_memory
     from trainer.fold import train_fold
@@ -141,7 +141,7 @@ def run_ours(
     for _ in range(2):
         started = time.perf_counter()
         prepared = PREPARED.get(config)
-        _release_memory()  # the last trial's model, so the peak is this trial's own
+        release_memory()  # the last trial's model, so the peak is this trial's own
         reset_peak_memory(prepared.device)
         result = train_fold(hparams, config, prepared, 0).result
         trials.append(
@@ -161,117 +161,46 @@ def run_ours(
 def run_hf(
     model_dir: str, data: Path, rows: int, epochs: int, device: str
 ) -> list[dict[str, float]]:
-    import torch
-    from datasets import Dataset
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
+    from transformers import AutoTokenizer
 
+    from bench._hf import timed_trials, tokenized, training_args
     from trainer.config import DataConfig
     from trainer.data import load_examples, make_folds
 
     examples = load_examples(DataConfig(source=str(data), text=("text",), label="label"))
     train_idx, held_idx = make_folds(examples.labels, 2, 0, source=examples.source)[0]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-
-    def dataset(indices: Any) -> Any:
-        texts = [examples.texts[0][i] for i in indices]
-        encoded = tokenizer(texts, truncation=True, max_length=SEQ_LEN)
-        return Dataset.from_dict({**encoded, "labels": examples.labels[indices].tolist()})
-
-    train_set, eval_set = dataset(train_idx), dataset(held_idx)
-    cuda = device.startswith("cuda")
-
-    class EpochTimer(TrainerCallback):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.began = 0.0
-            self.train_s = 0.0
-            self.accuracy = float("nan")
-
-        def on_epoch_begin(self, *_: Any, **__: Any) -> None:
-            if cuda:
-                torch.cuda.synchronize()
-            self.began = time.perf_counter()
-
-        def on_epoch_end(self, *_: Any, **__: Any) -> None:
-            if cuda:
-                torch.cuda.synchronize()
-            self.train_s += time.perf_counter() - self.began
-
-        def on_evaluate(self, *_: Any, metrics: dict[str, float], **__: Any) -> None:
-            self.accuracy = metrics.get("eval_accuracy", float("nan"))
-
-    def accuracy(prediction: Any) -> dict[str, float]:
-        hits = prediction.predictions.argmax(-1) == prediction.label_ids
-        return {"accuracy": float(hits.mean())}
-
-    trials = []
+    train_set, eval_set = (
+        tokenized(
+            tokenizer,
+            [examples.texts[0][i] for i in indices],
+            examples.labels[indices].tolist(),
+            SEQ_LEN,
+        )
+        for indices in (train_idx, held_idx)
+    )
     with tempfile.TemporaryDirectory() as out_dir:
-        for _ in range(2):
-            timer = EpochTimer()
-            started = time.perf_counter()
-            _release_memory()  # accelerate's forward wrapper keeps the last model in a cycle
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model_dir,
-                num_labels=len(examples.label_names),
-                hidden_dropout_prob=SETTINGS["dropout"],
-                attention_probs_dropout_prob=SETTINGS["dropout"],
-            )
-            args = TrainingArguments(
-                output_dir=out_dir,
-                per_device_train_batch_size=SETTINGS["batch_size"],
-                per_device_eval_batch_size=SETTINGS["eval_batch_size"],
-                num_train_epochs=epochs,
-                learning_rate=SETTINGS["lr"],
-                warmup_steps=SETTINGS["warmup_ratio"],  # a float < 1 is a ratio (transformers 5)
-                max_grad_norm=SETTINGS["max_grad_norm"],
+        return timed_trials(
+            model_dir,
+            num_labels=len(examples.label_names),
+            dropout=SETTINGS["dropout"],
+            tokenizer=tokenizer,
+            train_set=train_set,
+            eval_set=eval_set,
+            args=lambda: training_args(
+                out_dir,
+                epochs=epochs,
+                batch_size=SETTINGS["batch_size"],
+                eval_batch_size=SETTINGS["eval_batch_size"],
+                warmup_ratio=SETTINGS["warmup_ratio"],
                 seed=SETTINGS["seed"],
-                eval_strategy="epoch",
-                save_strategy="no",
-                report_to="none",
-                disable_tqdm=True,
-                use_cpu=not cuda,
-                bf16=cuda,
-                tf32=cuda or None,
-            )
-            hf = Trainer(
-                model=model,
-                args=args,
-                train_dataset=train_set,
-                eval_dataset=eval_set,
-                data_collator=DataCollatorWithPadding(tokenizer),
-                compute_metrics=accuracy,
-                callbacks=[timer],
-            )
-            hf.train()
-            trials.append(
-                {
-                    "train_examples": len(train_idx) * epochs,
-                    "train_s": timer.train_s,
-                    "wall_s": time.perf_counter() - started,
-                    "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan"),
-                    "accuracy": timer.accuracy,
-                }
-            )
-            del hf, model
-    return trials
-
-
-def _release_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+                device=device,
+                bf16=device.startswith("cuda"),
+                learning_rate=SETTINGS["lr"],
+                max_grad_norm=SETTINGS["max_grad_norm"],
+            ),
+            device=device,
+        )
 
 
 def flops_per_example(model_dir: str) -> float:
@@ -306,14 +235,10 @@ def child(args: argparse.Namespace) -> None:
 def run_child(
     contender: str, model_dir: str, data: Path, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, "-m", "bench.gpu_throughput", "--child", contender]
-        command += ["--model-dir", model_dir, "--data", str(data), "--rows", str(args.rows)]
-        command += ["--epochs", str(args.epochs), "--device", args.device, "--json", out.name]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
-        trials: list[dict[str, Any]] = json.loads(Path(out.name).read_text())
-        return trials
+    command = ["--child", contender, "--model-dir", model_dir, "--data", str(data)]
+    command += ["--rows", str(args.rows), "--epochs", str(args.epochs), "--device", args.device]
+    trials: list[dict[str, Any]] = run_child_process("bench.gpu_throughput", command)
+    return trials
 
 
 def device_name(device: str) -> str:
@@ -410,13 +335,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"python -m bench.gpu_throughput --rows {args.rows} --epochs {args.epochs} "
             f"--out {args.out}"
         )
-        body = (
-            f"`{command}`\n\nRun {run_date()}; {name}; {machine_line()}; peak bf16 "
-            f"{peak / 1e12 if peak else float('nan'):.0f} TFLOP/s; "
-            f"{time.monotonic() - started:.0f} s in all.\n\n"
-            + (__doc__ or "").split("\n\n", 2)[2].strip()
-            + f"\n\n{table}\n\n{'; '.join(headlines)}.\n"
-        )
+        facts = [
+            name,
+            f"peak bf16 {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s",
+            f"{time.monotonic() - started:.0f} s in all",
+        ]
+        body = section_body(command, facts, __doc__, table, f"{'; '.join(headlines)}.")
         update_section(HEADING, body, args.out)
 
 

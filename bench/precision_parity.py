@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench._common import ROOT, load_average, machine_line, run_date, update_section
+from bench._common import ROOT, load_average, section_body, update_section
 from trainer import Precision
 
 logger = logging.getLogger("bench.precision_parity")
@@ -271,12 +271,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"`{name}`: " + ", ".join(f"{k} {v:g}" for k, v in configs[name].items())
             for name in chosen
         )
-        body = (
-            f"`{command}`\n\nRun {run_date()}; {machine_line()}; {args.threads} torch threads; "
-            f"{load}; {sum(r['wall_s'] for r in runs):.0f} s of runs in all.\n\n"
-            + (__doc__ or "").split("\n\n", 2)[2].strip()
-            + f"\n\nConfigurations: {points}.\n\n{table}\n\n{summary}\n"
-        )
+        facts = [
+            f"{args.threads} torch threads",
+            load,
+            f"{sum(r['wall_s'] for r in runs):.0f} s of runs in all",
+        ]
+        body = section_body(command, facts, __doc__, f"Configurations: {points}.", table, summary)
         update_section(HEADING, body, args.out)
 
 

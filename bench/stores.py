@@ -27,11 +27,8 @@ import datetime as dt
 import logging
 import math
 import multiprocessing as mp
-import platform
 import queue as queue_module
-import re
 import statistics
-import subprocess
 import tempfile
 import time
 import warnings
@@ -42,7 +39,7 @@ from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench._common import update_section
+from bench._common import machine_line, run_date, update_section
 
 if TYPE_CHECKING:
     import optuna
@@ -323,21 +320,6 @@ def render_table(runs: dict[tuple[str, int], list[RunResult]], workers: Sequence
     return "\n".join(lines)
 
 
-def machine_line() -> str:
-    """nproc, CPU model, Python, Optuna and SQLAlchemy versions of this machine."""
-    import optuna
-    import sqlalchemy
-
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    cpu = match.group(1).strip() if match else platform.processor() or platform.machine()
-    return (
-        f"nproc {nproc}, CPU {cpu}, Python {platform.python_version()}, "
-        f"Optuna {optuna.__version__}, SQLAlchemy {sqlalchemy.__version__}"
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the CLI, run every contender interleaved, print the table, update ``--out``."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -351,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    date = subprocess.run(["date", "-u"], capture_output=True, text=True, check=False).stdout
+    date = run_date()
     started = time.monotonic()
     runs: dict[tuple[str, int], list[RunResult]] = collections.defaultdict(list)
     for repeat in range(args.repeats):
@@ -384,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         body = (
             f"`python -m bench.stores --workers {workers} --seconds {args.seconds:g} "
             f"--repeats {args.repeats} --out {args.out}`\n\n"
-            f"Run {date.strip()}; {machine_line()}.\n\n{table}\n"
+            f"Run {date}; {machine_line()}.\n\n{table}\n"
         )
         update_section(HEADING, body, args.out)
         logger.info("wrote %s", args.out)

@@ -37,8 +37,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -46,7 +44,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from bench._common import FIGURES, load_average, machine_line, median, run_date, update_section
+from bench._common import (
+    FIGURES,
+    FirstStep,
+    load_average,
+    median,
+    section_body,
+    update_section,
+)
+from bench._common import run_child as run_child_process
 from trainer import Precision
 
 if TYPE_CHECKING:
@@ -90,35 +96,6 @@ CONTENDERS: dict[str, Contender] = {
     "hf-bf16-grouped": Contender("hf", "bf16", group_by_length=True),
     "ours+l1l2": Contender("ours", "fp32", penalties=True),
 }
-
-
-class FirstStep:
-    """Records when this process next starts a forward pass and an optimizer step.
-
-    Set up before the trial starts: the first forward is the first training batch's (both
-    trainers evaluate only after an epoch), so ``forward_at - start`` is the setup and
-    ``step_at - start`` adds one batch's forward and backward. Both hooks remove themselves
-    once they fired.
-    """
-
-    def __init__(self) -> None:
-        from torch.nn.modules.module import register_module_forward_pre_hook
-        from torch.optim.optimizer import register_optimizer_step_pre_hook
-
-        self.forward_at: float | None = None
-        self.at: float | None = None
-        self._forward = register_module_forward_pre_hook(self._on_forward)
-        self._step = register_optimizer_step_pre_hook(self._on_step)
-
-    def _on_forward(self, *_: Any) -> None:
-        if self.forward_at is None:
-            self.forward_at = time.perf_counter()
-            self._forward.remove()
-
-    def _on_step(self, *_: Any) -> None:
-        if self.at is None:
-            self.at = time.perf_counter()
-            self._step.remove()
 
 
 def _data(rows: int) -> tuple[Any, Any]:
@@ -197,103 +174,46 @@ def run_hf(
     rows: int, epochs: int, bf16: bool, out_dir: str, group_by_length: bool = False
 ) -> list[dict[str, Any]]:
     """Two trials of ``transformers.Trainer`` on the same fold, as its docs set it up."""
-    import numpy as np
-    from datasets import Dataset
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
+    from transformers import AutoTokenizer
 
+    from bench._hf import timed_trials, tokenized, training_args
     from trainer.model import resolve_model_ref
 
     path = resolve_model_ref(MODEL)
     _, (examples, (train_idx, held_idx)) = _data(rows)
     tokenizer = AutoTokenizer.from_pretrained(path)
-
-    def dataset(indices: np.ndarray) -> Any:
-        texts = [examples.texts[0][i] for i in indices]
-        encoded = tokenizer(texts, truncation=True, max_length=SETTINGS["max_seq_len"])
-        return Dataset.from_dict({**encoded, "labels": examples.labels[indices].tolist()})
-
-    train_set, eval_set = dataset(train_idx), dataset(held_idx)
-
-    class EpochTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.began = 0.0
-            self.train_s = 0.0
-            self.last_eval_end = 0.0
-            self.accuracy = float("nan")
-
-        def on_epoch_begin(self, *_: Any, **__: Any) -> None:
-            self.began = time.perf_counter()
-
-        def on_epoch_end(self, *_: Any, **__: Any) -> None:
-            self.train_s += time.perf_counter() - self.began
-
-        def on_evaluate(self, *_: Any, **kwargs: Any) -> None:
-            self.last_eval_end = time.perf_counter()
-            self.accuracy = kwargs["metrics"].get("eval_accuracy", float("nan"))
-
-    def accuracy(prediction: Any) -> dict[str, float]:
-        hits = prediction.predictions.argmax(-1) == prediction.label_ids
-        return {"accuracy": float(hits.mean())}
-
-    trials = []
-    for _ in range(2):
-        first = FirstStep()
-        timer = EpochTimer()
-        started = time.perf_counter()
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=2,
-            hidden_dropout_prob=SETTINGS["dropout"],
-            attention_probs_dropout_prob=SETTINGS["dropout"],
+    train_set, eval_set = (
+        tokenized(
+            tokenizer,
+            [examples.texts[0][i] for i in indices],
+            examples.labels[indices].tolist(),
+            SETTINGS["max_seq_len"],
         )
-        args = TrainingArguments(
-            output_dir=out_dir,
-            per_device_train_batch_size=SETTINGS["batch_size"],
-            per_device_eval_batch_size=SETTINGS["eval_batch_size"],
-            num_train_epochs=epochs,
-            learning_rate=SETTINGS["lr"],
-            warmup_steps=SETTINGS["warmup_ratio"],  # a float < 1 is a ratio (transformers 5)
-            max_grad_norm=SETTINGS["max_grad_norm"],
+        for indices in (train_idx, held_idx)
+    )
+    trials = timed_trials(
+        str(path),
+        num_labels=2,
+        dropout=SETTINGS["dropout"],
+        tokenizer=tokenizer,
+        train_set=train_set,
+        eval_set=eval_set,
+        args=lambda: training_args(
+            out_dir,
+            epochs=epochs,
+            batch_size=SETTINGS["batch_size"],
+            eval_batch_size=SETTINGS["eval_batch_size"],
+            warmup_ratio=SETTINGS["warmup_ratio"],
             seed=SETTINGS["seed"],
-            eval_strategy="epoch",
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            use_cpu=True,
             bf16=bf16,
+            learning_rate=SETTINGS["lr"],
+            max_grad_norm=SETTINGS["max_grad_norm"],
             train_sampling_strategy="group_by_length" if group_by_length else "random",
-        )
-        hf = Trainer(
-            model=model,
-            args=args,
-            train_dataset=train_set,
-            eval_dataset=eval_set,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=accuracy,
-            callbacks=[timer],
-        )
-        hf.train()
-        assert first.at is not None and first.forward_at is not None
-        trials.append(
-            {
-                "train_examples": len(train_idx) * epochs,
-                "train_tokens": sum(len(ids) for ids in train_set["input_ids"]) * epochs,
-                "train_s": timer.train_s,
-                "setup_s": first.forward_at - started,
-                "first_step_s": first.at - started,
-                "wall_s": timer.last_eval_end - started,
-                "accuracy": timer.accuracy,
-                "optim": str(args.optim),
-            }
-        )
-    return trials
+        ),
+        first_step=True,
+    )
+    tokens = sum(len(ids) for ids in train_set["input_ids"]) * epochs
+    return [{**trial, "train_tokens": tokens} for trial in trials]
 
 
 def training_work(rows: int, epochs: int, cache_dir: str) -> tuple[float, int]:
@@ -340,21 +260,13 @@ def profile_child(rows: int, epochs: int, threads: int, cache_dir: str) -> list[
     return [asdict(profile) for profile in profiles]
 
 
-def _command(name: str, args: argparse.Namespace, cache_dir: str, out: str) -> list[str]:
-    command = [sys.executable, "-m", "bench.trainer_speed", "--rows", str(args.rows)]
-    command += ["--epochs", str(args.epochs), "--threads", str(args.threads)]
-    command += ["--cache-dir", cache_dir, "--json", out]
-    return command + (["--profile"] if name == "profile" else ["--child", name])
-
-
 def run_child(name: str, args: argparse.Namespace, cache_dir: str) -> list[dict[str, Any]]:
     """Contender ``name``'s trials (or, for ``profile``, the profiles) from a fresh process."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        command = _command(name, args, cache_dir, out.name)
-        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
-        trials: list[dict[str, Any]] = json.loads(Path(out.name).read_text())
-        return trials
+    command = ["--rows", str(args.rows), "--epochs", str(args.epochs)]
+    command += ["--threads", str(args.threads), "--cache-dir", cache_dir]
+    command += ["--profile"] if name == "profile" else ["--child", name]
+    trials: list[dict[str, Any]] = run_child_process("bench.trainer_speed", command)
+    return trials
 
 
 def render(
@@ -582,15 +494,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         optim = next(
             (runs[0][0]["optim"] for name, runs in results.items() if "optim" in runs[0][0]), "?"
         )
-        body = (
-            f"`{command}`\n\nRun {run_date()}; {machine_line()}; {args.threads} torch threads; "
+        facts = [
+            f"{args.threads} torch threads",
             f"load average during the runs {min(loads):.1f}–{max(loads):.1f} "
-            f"(now {load_average()}); {time.monotonic() - started:.0f} s in all. "
-            f"Hugging Face's optimizer: `{optim}` (its default).\n\n"
-            + (__doc__ or "").split("\n\n", 2)[2].strip()
-            + f"\n\n{table}\n\n{summary}\n\n{work}\n\n{profile}\n\n"
-            f"![trainer throughput]({figure.relative_to(args.out.parent.resolve())})\n"
-        )
+            f"(now {load_average()})",
+            f"{time.monotonic() - started:.0f} s in all. "
+            f"Hugging Face's optimizer: `{optim}` (its default)",
+        ]
+        picture = f"![trainer throughput]({figure.relative_to(args.out.parent.resolve())})"
+        body = section_body(command, facts, __doc__, table, summary, work, profile, picture)
         update_section(HEADING, body, args.out)
 
 

@@ -27,8 +27,6 @@ import itertools
 import json
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,9 +39,9 @@ from bench._common import (
     FIGURES,
     ROOT,
     load_average,
-    machine_line,
     median,
-    run_date,
+    run_child,
+    section_body,
     update_section,
 )
 
@@ -303,13 +301,9 @@ def _create(store: str, url: str, trials: int) -> str:
 
 def run_store(store: str, url: str, trials: int, threads: int) -> dict[str, Any]:
     name = _create(store, url, trials)
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, "-m", "bench.trial_overhead", "--child", store]
-        command += ["--url", url, "--study", name, "--threads", str(threads), "--json", out.name]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        spawned = time.time()
-        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
-        result: dict[str, Any] = json.loads(Path(out.name).read_text())
+    spawned = time.time()
+    command = ["--child", store, "--url", url, "--study", name, "--threads", str(threads)]
+    result: dict[str, Any] = run_child("bench.trial_overhead", command)
     result["spawned"] = spawned
     return result
 
@@ -444,15 +438,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(table)
     if args.out:
         command = f"python -m bench.trial_overhead --trials {args.trials} --out {args.out}"
-        body = (
-            f"`{command}`\n\nRun {run_date()}; {machine_line()}; {args.threads} torch threads; "
-            f"load average now {load_average()}; {time.monotonic() - started:.0f} s in all.\n\n"
-            + (__doc__ or "").split("\n\n", 2)[2].strip()
-            + f"\n\n{table}\n"
-        )
+        facts = [
+            f"{args.threads} torch threads",
+            f"load average now {load_average()}",
+            f"{time.monotonic() - started:.0f} s in all",
+        ]
         figure = FIGURES / "trial_overhead.png"
         plot(rows, figure)
-        body += f"\n![trial setup and overhead]({figure.relative_to(args.out.parent.resolve())})\n"
+        picture = f"![trial setup and overhead]({figure.relative_to(args.out.parent.resolve())})"
+        body = section_body(command, facts, __doc__, table, picture)
         update_section(HEADING, body, args.out)
 
 
