@@ -76,6 +76,22 @@ def training_args(
     )
 
 
+def settings_args(output_dir: str, settings: dict[str, Any], *, epochs: int, **kw: Any) -> Any:
+    """``training_args`` from a bench's ``SETTINGS`` (batch_size, eval_batch_size, lr,
+    warmup_ratio, max_grad_norm, seed); ``kw`` as for ``training_args``."""
+    return training_args(
+        output_dir,
+        epochs=epochs,
+        batch_size=settings["batch_size"],
+        eval_batch_size=settings["eval_batch_size"],
+        warmup_ratio=settings["warmup_ratio"],
+        seed=settings["seed"],
+        learning_rate=settings["lr"],
+        max_grad_norm=settings["max_grad_norm"],
+        **kw,
+    )
+
+
 def _epoch_timer(cuda: bool) -> Any:
     """A ``TrainerCallback`` that sums the time inside training epochs (evaluation excluded)
     and keeps the last evaluation's accuracy and end time."""

@@ -163,7 +163,7 @@ def run_hf(
 ) -> list[dict[str, float]]:
     from transformers import AutoTokenizer
 
-    from bench._hf import timed_trials, tokenized, training_args
+    from bench._hf import settings_args, timed_trials, tokenized
     from trainer.config import DataConfig
     from trainer.data import load_examples, make_folds
 
@@ -187,17 +187,8 @@ def run_hf(
             tokenizer=tokenizer,
             train_set=train_set,
             eval_set=eval_set,
-            args=lambda: training_args(
-                out_dir,
-                epochs=epochs,
-                batch_size=SETTINGS["batch_size"],
-                eval_batch_size=SETTINGS["eval_batch_size"],
-                warmup_ratio=SETTINGS["warmup_ratio"],
-                seed=SETTINGS["seed"],
-                device=device,
-                bf16=device.startswith("cuda"),
-                learning_rate=SETTINGS["lr"],
-                max_grad_norm=SETTINGS["max_grad_norm"],
+            args=lambda: settings_args(
+                out_dir, SETTINGS, epochs=epochs, device=device, bf16=device.startswith("cuda")
             ),
             device=device,
         )

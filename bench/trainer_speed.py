@@ -176,7 +176,7 @@ def run_hf(
     """Two trials of ``transformers.Trainer`` on the same fold, as its docs set it up."""
     from transformers import AutoTokenizer
 
-    from bench._hf import timed_trials, tokenized, training_args
+    from bench._hf import settings_args, timed_trials, tokenized
     from trainer.model import resolve_model_ref
 
     path = resolve_model_ref(MODEL)
@@ -198,16 +198,11 @@ def run_hf(
         tokenizer=tokenizer,
         train_set=train_set,
         eval_set=eval_set,
-        args=lambda: training_args(
+        args=lambda: settings_args(
             out_dir,
+            SETTINGS,
             epochs=epochs,
-            batch_size=SETTINGS["batch_size"],
-            eval_batch_size=SETTINGS["eval_batch_size"],
-            warmup_ratio=SETTINGS["warmup_ratio"],
-            seed=SETTINGS["seed"],
             bf16=bf16,
-            learning_rate=SETTINGS["lr"],
-            max_grad_norm=SETTINGS["max_grad_norm"],
             train_sampling_strategy="group_by_length" if group_by_length else "random",
         ),
         first_step=True,
