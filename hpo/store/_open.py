@@ -255,7 +255,7 @@ def _open_rdb(
         describe=f"store {mask_url(url)}",
         outage_timeout_s=outage_timeout_s,
         # Back within a heartbeat of an outage's end: a live trial must beat again well before
-        # a sweeper that came back first may judge it (hpo.worker.heartbeat.SETTLE_BEATS).
+        # a sweeper that came back first may judge it (hpo.worker.heartbeat.sweep_stale).
         max_delay_s=float(interval),
     )
 

@@ -132,7 +132,7 @@ class Backoff:
                 )
         # Jitter: workers refused together must not come back together.
         # Never past max_delay_s: a live worker must be back within a heartbeat of the store's
-        # return (see hpo.worker.heartbeat.SETTLE_BEATS), connection limit or not.
+        # return (see hpo.worker.heartbeat.sweep_stale), connection limit or not.
         ceiling = min(_MAX_REFUSED_DELAY_S, self.max_delay_s) if refused else self.max_delay_s
         delay_s = min(self._delay_s * random.uniform(0.5, 1.5), ceiling)
         RETRIES.waited_s += delay_s
@@ -163,7 +163,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
 
     ``reachable_for_s()`` says how long the store has answered without a break (no error, no
     operation stalled longer than ``max_delay_s``): a sweeper judges other workers' leases
-    only after two heartbeats of it (see ``hpo.worker.heartbeat.sweep_stale``).
+    only after a full grace period of it (see ``hpo.worker.heartbeat.sweep_stale``).
     """
 
     def __init__(
@@ -182,6 +182,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         self._sleep = sleep
         self._lock = threading.RLock()
         self._reachable_since = time.monotonic()
+        self._asked = self._reachable_since
 
     def reachable_for_s(self) -> float:
         """Seconds since this store last recovered from an outage (or was opened)."""
@@ -197,7 +198,9 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         # Plain try/finally rather than three context managers: this runs on every store call.
         SHIELD.enter()
         try:
+            asked = time.monotonic()  # a wait for the other thread's operation is a stall too
             with self._lock:
+                self._asked = asked
                 began = begin_request()
                 try:
                     return self._call_unlocked(name, *args, **kwargs)
@@ -221,39 +224,42 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         # Our own operations (not Optuna's API) live on the store under Optuna's trial cache.
         target = self._inner if hasattr(self._inner, name) else self._store()
         method = getattr(target, name)
-        began = time.monotonic()
         backoff = Backoff(
             self._describe,
             timeout_s=self._outage_timeout_s,
             max_delay_s=self._max_delay_s,
             sleep=self._sleep,
         )
-        while True:
-            try:
-                result = method(*args, **kwargs)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                if backoff.started is not None and name == "set_trial_state_values":
-                    trial = self._call_unlocked("get_trial", args[0])  # retried too
-                    state = kwargs["state"] if "state" in kwargs else args[1]
-                    if _finished_by_us(trial, state):
-                        self._recovered(backoff, began)
-                        return True  # our own write committed before its reply was lost
-                raise
-            except Exception as e:
-                if not is_transient(e):
+        try:
+            while True:
+                try:
+                    result = method(*args, **kwargs)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    if backoff.started is not None and name == "set_trial_state_values":
+                        trial = self._call_unlocked("get_trial", args[0])  # retried too
+                        state = kwargs["state"] if "state" in kwargs else args[1]
+                        if _finished_by_us(trial, state):
+                            backoff.succeeded()
+                            return True  # our own write committed before its reply was lost
                     raise
-                mark_retried()
-                backoff.failed(e)
-                continue
-            self._recovered(backoff, began)
-            return result
+                except Exception as e:
+                    if not is_transient(e):
+                        raise
+                    mark_retried()
+                    backoff.failed(e)
+                    continue
+                backoff.succeeded()
+                return result
+        finally:
+            self._after(backoff)
 
-    def _recovered(self, backoff: Backoff, began: float) -> None:
-        """After an operation: an outage (errors), or a stall (a partition answers nothing, so
-        an operation just hangs until it heals), restarts the reachability clock."""
-        backoff.succeeded()
+    def _after(self, backoff: Backoff) -> None:
+        """After an operation, however it ended (an answer, or an error such as ``NoSlotLeft``
+        that came after riding out an outage): an outage (errors), or a stall (a partition
+        answers nothing, so an operation just hangs until it heals; or the wait for this
+        process's other thread's operation), restarts the reachability clock."""
         now = time.monotonic()
-        if backoff.started is not None or now - began > self._max_delay_s:
+        if backoff.started is not None or now - self._asked > self._max_delay_s:
             self._reachable_since = now
 
     # Heartbeat support follows the inner store's.

@@ -27,11 +27,6 @@ STALE_REASON = "heartbeat stale"
 INTERRUPTED_REASON = "interrupted"
 # Failures that lose a lease: the trial itself was fine, so it is re-queued.
 LEASE_LOST_REASONS = (STALE_REASON, INTERRUPTED_REASON)
-# How long a sweeper's own store must have answered, in heartbeats, before it judges leases.
-# During an outage every store call is retried at least once a heartbeat (the retry delay is
-# capped at the heartbeat interval, see hpo.store.open_storage), so a live owner beats within
-# one heartbeat of the store's return; the second is margin for that beat's own round trip.
-SETTLE_BEATS = 2
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retry: int = DEFAULT_MAX_RETRY) -> bool:
@@ -81,14 +76,17 @@ def sweep_stale(
     A trial is stale when its lease lapsed: silent for the grace period (see the store). Its
     failure is one guarded transition with its reason, so of several sweepers exactly one
     wins and only the winner re-queues it. Liveness is judged with evidence: a sweeper whose
-    own store connection came back less than ``SETTLE_BEATS`` heartbeats ago (at most a grace
-    period) does not judge anyone (during an outage nobody could beat, and every live worker
-    beats again within one heartbeat of its return), nor after an operation of its own was held
-    up past a heartbeat interval (a stalled network raises nothing, but held everyone's beats up
-    as long), and PostgreSQL judges no lease within a grace period of its own restart. Settling
-    for two heartbeats rather than a grace period matters when the store flaps: found by the
-    soak (seed 3006), where the network was never up for a grace period plus a confirmation for
-    4.5 minutes and three dead workers' trials held the last budget slots all that time.
+    own store connection came back less than a grace period ago does not judge anyone (during
+    an outage nobody could beat, and every live worker beats again within one heartbeat of
+    its return), nor after an operation of its own was held up past a heartbeat interval (a
+    stalled network raises nothing, but held everyone's beats up as long), and PostgreSQL
+    judges no lease within a grace period of its own restart.
+
+    A grace period, not less: the retry delay is capped at a heartbeat, but one attempt is not
+    (a SYN resent after 1, 3 and 7 s on a network that drops packets, a 10 s connect timeout),
+    so a live owner may be back seconds after a lucky sweeper. The price: on a store that never
+    stays up for a grace period, a dead worker's trial waits until it does (the soak's seed 3006
+    held three such trials for 4.5 minutes of a store up only in short windows).
 
     With ``suspects`` (kept by the caller between sweeps), a trial found stale is failed only
     when it is still stale ``confirm_s`` after a sweep first found it: a beat that queued behind
@@ -98,10 +96,8 @@ def sweep_stale(
     repair_requeues(study)  # no liveness judged: those trials are failed already
     storage: Any = study._storage
     grace_s = storage.get_grace_period_s()
-    interval_s = storage.get_heartbeat_interval() or grace_s
-    settle_s = min(grace_s, SETTLE_BEATS * interval_s)
     reachable_for_s = getattr(storage, "reachable_for_s", lambda: float("inf"))
-    if reachable_for_s() < settle_s:
+    if reachable_for_s() < grace_s:
         if suspects is not None:
             suspects.clear()  # found before the break: judge them afresh, a heartbeat apart
         return []
@@ -113,7 +109,7 @@ def sweep_stale(
             del suspects[trial_id]  # it beat again: alive
         stale = [t for t in stale if now - suspects.setdefault(t, now) >= confirm_s]
     for trial_id in stale:
-        if reachable_for_s() < settle_s:  # the listing itself was held up: no evidence now
+        if reachable_for_s() < grace_s:  # the listing itself was held up: no evidence now
             break
         if storage.fail_if_stale(trial_id, {records.FAIL_REASON: STALE_REASON}):
             trial = storage.get_trial(trial_id)
