@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hpo import records
@@ -69,7 +70,11 @@ def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retry: int = DEFAULT
 
 
 def sweep_stale(
-    study: optuna.Study, *, suspects: dict[int, float] | None = None, confirm_s: float = 0.0
+    study: optuna.Study,
+    *,
+    suspects: dict[int, float] | None = None,
+    confirm_s: float = 0.0,
+    between: Callable[[], None] | None = None,
 ) -> list[int]:
     """Fail and re-queue the study's stale trials; returns the numbers this call failed.
 
@@ -92,6 +97,10 @@ def sweep_stale(
     when it is still stale ``confirm_s`` after a sweep first found it: a beat that queued behind
     a stall the sweeper did not itself wait for (a frozen journal writer, a slow store) lands
     within one heartbeat of the stall's end, and clears it.
+
+    ``between`` is called after each trial this sweep failed and re-queued (four store calls or
+    more): the sweeper's own heartbeat thread beats there when it is due, so a sweep of many
+    stale trials does not silence its own trial.
     """
     repair_requeues(study)  # no liveness judged: those trials are failed already
     storage: Any = study._storage
@@ -116,6 +125,8 @@ def sweep_stale(
             logger.warning("trial %d was silent for %.0f s: failed", trial.number, grace_s)
             requeue(study, trial)
             failed.append(trial.number)
+            if between is not None:
+                between()
     return failed
 
 
@@ -157,6 +168,7 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="hpo-heartbeat", daemon=True)
         self._sweeping = threading.Lock()  # one sweep at a time (main loop and this thread)
         self._suspects: dict[int, float] = {}
+        self._beaten_at = 0.0
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -175,6 +187,7 @@ class Heartbeat:
     def _beat(self, trial_id: int) -> None:
         import optuna
 
+        self._beaten_at = time.monotonic()
         try:
             self._study._storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -186,13 +199,25 @@ class Heartbeat:
         except Exception as e:  # a missed beat is retried next tick; the grace period covers it
             logger.warning("heartbeat for trial id %d failed: %s", trial_id, error_summary(e))
 
+    def _beat_if_due(self) -> None:
+        """Beat for the current trial if the last beat was half an interval ago or more."""
+        with self._lock:
+            trial_id = self._trial_id
+        if trial_id is not None and time.monotonic() - self._beaten_at >= self._interval_s / 2:
+            self._beat(trial_id)
+
     def sweep(self) -> None:
         """Fail and re-queue trials found stale on two sweeps a heartbeat apart (see
         ``sweep_stale``); skipped while another thread of this worker sweeps."""
         if not self._sweeping.acquire(blocking=False):
             return
         try:
-            sweep_stale(self._study, suspects=self._suspects, confirm_s=self._interval_s)
+            sweep_stale(
+                self._study,
+                suspects=self._suspects,
+                confirm_s=self._interval_s,
+                between=self._beat_if_due,
+            )
         except Exception as e:
             logger.warning("stale-trial sweep failed: %s", error_summary(e))
         finally:

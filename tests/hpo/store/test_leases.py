@@ -605,6 +605,37 @@ def test_a_sweep_held_up_past_half_an_interval_is_followed_by_a_beat(
     assert events[:3] == ["beat", "sweep", "beat"]
 
 
+def test_a_sweep_of_many_stale_trials_beats_for_the_sweepers_own_trial_in_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each failed trial costs a sweep four store calls or more: twenty of them at 50 ms each
+    outlast a 4 s grace period, and the sweeper's own trial fell silent meanwhile (review of
+    the exactly-once change)."""
+    import hpo.worker.heartbeat as heartbeat
+
+    events: list[str] = []
+
+    class Storage:
+        def record_heartbeat(self, trial_id: int) -> None:
+            events.append("beat")
+
+    class Study:
+        _storage = Storage()
+
+    def long_sweep(*_: Any, between: Any, **__: Any) -> list[int]:
+        for _ in range(3):
+            events.append("fail")
+            time.sleep(0.6)  # past half the 1 s interval
+            between()
+        return []
+
+    monkeypatch.setattr(heartbeat, "sweep_stale", long_sweep)
+    beat = heartbeat.Heartbeat(Study(), interval_s=1)  # type: ignore[arg-type]
+    beat._trial_id = 7
+    beat.sweep()
+    assert events == ["fail", "beat"] * 3
+
+
 def test_a_non_finite_cv_score_fails_the_trial_with_its_reason(
     tmp_path: Path, spec_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
