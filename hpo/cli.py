@@ -332,15 +332,13 @@ def proxy(
     port: Annotated[int, typer.Option(help="Port.")] = 13000,
 ) -> None:
     """Serve Optuna's gRPC storage proxy in front of the store (workers use grpc://host:port)."""
-    import optuna
-
-    from hpo.store import mask_url, open_storage, resolve_storage_url
+    from hpo.store import mask_url, open_storage, resolve_storage_url, serve_proxy
 
     url = resolve_storage_url(storage)
     # The proxy serves every worker through one store: it keeps its one database connection.
     store = open_storage(url, keep_connection=True)
     typer.echo(f"gRPC storage proxy for {mask_url(url)} on {host}:{port}", err=True)
-    optuna.storages.run_grpc_proxy_server(store, host=host, port=port)
+    serve_proxy(store, host=host, port=port)
 
 
 def main(argv: list[str] | None = None) -> int:

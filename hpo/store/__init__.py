@@ -1,6 +1,8 @@
 """The study store: a URL in, an Optuna storage out, with heartbeats, retries and no leaked
 password. Read the package in the order ``_base``'s docstring gives."""
 
+from typing import TYPE_CHECKING
+
 from hpo.store._base import (
     BUDGET_KEY,
     CONNECTIONS,
@@ -31,12 +33,18 @@ from hpo.store._open import (
     storage_kind,
 )
 
+if TYPE_CHECKING:
+    from hpo.store._grpc import serve_proxy
+    from hpo.store._postgres import LeanPostgresStorage
+    from hpo.store._retry import RETRIES, Backoff, RetryingStorage
+
 # Heavy names (they import Optuna and SQLAlchemy) load on first use, so ``import hpo`` stays fast.
 _LAZY = {
     "RETRIES": "hpo.store._retry",
     "Backoff": "hpo.store._retry",
     "RetryingStorage": "hpo.store._retry",
     "LeanPostgresStorage": "hpo.store._postgres",
+    "serve_proxy": "hpo.store._grpc",
 }
 
 
@@ -78,5 +86,6 @@ __all__ = [
     "normalize_postgres_url",
     "open_storage",
     "resolve_storage_url",
+    "serve_proxy",
     "storage_kind",
 ]
