@@ -88,7 +88,7 @@ def section_body(command: str, facts: Sequence[str], doc: str | None, *parts: st
     (date, machine, then ``facts``); the module docstring's description (what follows its first
     two paragraphs: title and usage); then ``parts``. Blank lines between."""
     run = "; ".join([f"Run {run_date()}", machine_line(), *facts])
-    description = (doc or "").split("\n\n", 2)[2].strip() if doc else ""
+    description = doc.split("\n\n", 2)[2].strip() if doc else ""
     return "\n\n".join([f"`{command}`", f"{run}.", description, *parts]).rstrip() + "\n"
 
 

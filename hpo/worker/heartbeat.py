@@ -229,10 +229,8 @@ class Heartbeat:
                 trial_id = self._trial_id
             if trial_id is not None:
                 self._beat(trial_id)
-            began = time.monotonic()
             self.sweep()
-            if trial_id is not None and time.monotonic() - began > self._interval_s / 2:
-                # The sweep was held up (a re-queue waiting for the study's lock, which a frozen
-                # worker may hold until the server ends its session): beat again now, or our
-                # own silence would reach a grace period plus an interval.
-                self._beat(trial_id)
+            # A sweep held up (a re-queue waiting for the study's lock, which a frozen worker may
+            # hold until the server ends its session) is followed by a beat now, or our own
+            # silence would reach a grace period plus an interval.
+            self._beat_if_due()

@@ -575,14 +575,8 @@ def test_a_beat_for_a_trial_failed_elsewhere_is_refused_and_renews_nothing(
     engine.dispose()
 
 
-def test_a_sweep_held_up_past_half_an_interval_is_followed_by_a_beat(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A sweep whose re-queue waited for the study's lock (held by a frozen worker until the
-    server ends its session) delayed the sweeper's own next beat by as long: its silence
-    reached grace plus an interval, and a third worker failed its live trial."""
-    import hpo.worker.heartbeat as heartbeat
-
+def _beat_recorder() -> tuple[list[str], Any]:
+    """A study whose store only records that a beat happened, in a shared list of events."""
     events: list[str] = []
 
     class Storage:
@@ -592,13 +586,26 @@ def test_a_sweep_held_up_past_half_an_interval_is_followed_by_a_beat(
     class Study:
         _storage = Storage()
 
+    return events, Study()
+
+
+def test_a_sweep_held_up_past_half_an_interval_is_followed_by_a_beat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sweep whose re-queue waited for the study's lock (held by a frozen worker until the
+    server ends its session) delayed the sweeper's own next beat by as long: its silence
+    reached grace plus an interval, and a third worker failed its live trial."""
+    import hpo.worker.heartbeat as heartbeat
+
+    events, study = _beat_recorder()
+
     def slow_sweep(*_: Any, **__: Any) -> list[int]:
         events.append("sweep")
         time.sleep(0.6)  # past half the 1 s interval
         return []
 
     monkeypatch.setattr(heartbeat, "sweep_stale", slow_sweep)
-    beat = heartbeat.Heartbeat(Study(), interval_s=1)  # type: ignore[arg-type]
+    beat = heartbeat.Heartbeat(study, interval_s=1)
     beat._trial_id = 7
     with beat:
         time.sleep(1.8)
@@ -613,14 +620,7 @@ def test_a_sweep_of_many_stale_trials_beats_for_the_sweepers_own_trial_in_betwee
     the exactly-once change)."""
     import hpo.worker.heartbeat as heartbeat
 
-    events: list[str] = []
-
-    class Storage:
-        def record_heartbeat(self, trial_id: int) -> None:
-            events.append("beat")
-
-    class Study:
-        _storage = Storage()
+    events, study = _beat_recorder()
 
     def long_sweep(*_: Any, between: Any, **__: Any) -> list[int]:
         for _ in range(3):
@@ -630,7 +630,7 @@ def test_a_sweep_of_many_stale_trials_beats_for_the_sweepers_own_trial_in_betwee
         return []
 
     monkeypatch.setattr(heartbeat, "sweep_stale", long_sweep)
-    beat = heartbeat.Heartbeat(Study(), interval_s=1)  # type: ignore[arg-type]
+    beat = heartbeat.Heartbeat(study, interval_s=1)
     beat._trial_id = 7
     beat.sweep()
     assert events == ["fail", "beat"] * 3
