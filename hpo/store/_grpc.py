@@ -128,7 +128,26 @@ class HeartbeatGrpcStorageProxy(GrpcStorageProxy, AttrHeartbeat):
     def fail_if_stale(self, trial_id: int, user_attrs: dict[str, Any]) -> bool:
         """Fail a stale trial with ``user_attrs`` (its reason) written first. The state change is
         guarded by the store behind the proxy (a finished trial is never failed again); the
-        attributes and the state are two calls, as Optuna's gRPC API has no transaction."""
+        attributes and the state are two calls, as Optuna's gRPC API has no transaction.
+
+        The trial is read again first and left alone if it beat since it was judged stale: the
+        sweep lists every running trial and fails the stale ones one by one, and an owner whose
+        connection came back in between (a healed partition) would otherwise lose its live trial
+        to a judgement that was already out of date. What remains is one round trip between this
+        read and the failing write, which Optuna's gRPC API cannot close (it has no conditional
+        write)."""
+        with self._seen_lock:
+            seen = self._seen.get(trial_id)
+        try:
+            current = self.get_trial(trial_id)
+        except KeyError:
+            return False
+        if (
+            seen is None
+            or current.state != TrialState.RUNNING
+            or current.system_attrs.get(HEARTBEAT_KEY) != seen[0]
+        ):
+            return False
         try:
             for key, value in user_attrs.items():
                 self.set_trial_user_attr(trial_id, key, value)

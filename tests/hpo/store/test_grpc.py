@@ -142,3 +142,31 @@ def test_workers_ride_out_a_restart_of_hpo_proxy(
         done.set()
         thread.join(timeout=60)
     assert values == [0.5, 0.75]
+
+
+def test_a_trial_that_beat_after_the_sweep_listed_it_is_not_failed_through_hpo_proxy(
+    postgres_url: str, spec_dict: dict[str, Any]
+) -> None:
+    """A sweep lists every running trial, then fails the stale ones one by one; an owner whose
+    connection came back in between keeps its trial (review of the exactly-once change)."""
+    from hpo.store._grpc import HeartbeatGrpcStorageProxy
+
+    with running_proxy(postgres_url) as url:
+        host, port = url.removeprefix("grpc://").split(":")
+        sweeper = HeartbeatGrpcStorageProxy(
+            host=host, port=int(port), heartbeat_interval_s=1, grace_period_s=1
+        )
+        create_study(parse_spec(spec_dict), open_storage(url))
+        study, _ = load_study(open_storage(url), spec_dict["name"])
+        back, dead = study.ask(), study.ask()
+        study_id = sweeper.get_study_id_from_name(spec_dict["name"])
+        assert sweeper._get_stale_trial_ids(study_id) == []  # first seen now
+        time.sleep(1.5)
+        assert sorted(sweeper._get_stale_trial_ids(study_id)) == sorted(
+            [back._trial_id, dead._trial_id]
+        )
+        study._storage.record_heartbeat(back._trial_id)  # its owner is back
+        assert not sweeper.fail_if_stale(back._trial_id, {"reason": "silent"})
+        assert sweeper.fail_if_stale(dead._trial_id, {"reason": "silent"})
+        states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states == {back.number: TrialState.RUNNING, dead.number: TrialState.FAIL}
