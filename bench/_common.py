@@ -1,5 +1,6 @@
 """What every benchmark shares: the machine line, the date, updating one BENCHMARKS.md section,
-running a contender in a fresh offline process (``run_child``) and timing a trial's first step.
+running a contender in a fresh offline process (``run_child``), many processes from one start
+line (``StartLine``), a figure written to a file (``figure``) and timing a trial's first step.
 
 Each benchmark owns one ``## `` section of BENCHMARKS.md, found by its heading, and replaces
 only that section, under a file lock, so benchmarks run at the same time do not clobber each
@@ -8,17 +9,21 @@ other. Plots go to ``bench/figures/`` beside it.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import fcntl
 import json
+import logging
 import os
 import platform
+import queue as queue_module
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +86,29 @@ def replace_section(document: str, heading: str, section: str) -> str:
     tail = document[following + 1 :] if following >= 0 else ""
     head = document[:start].rstrip("\n") + "\n\n"
     return head + section.rstrip("\n") + "\n" + ("\n" + tail if tail else "")
+
+
+def command_line(
+    module: str, parser: argparse.ArgumentParser, args: argparse.Namespace, *hidden: str
+) -> str:
+    """``python -m module`` with every option of ``args`` that is not at its default, as a
+    reader reruns it; internal options (help suppressed) and ``hidden`` ones (a database URL
+    may carry a password) are left out."""
+    parts = [f"python -m {module}"]
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS or action.dest in hidden:
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            parts.append(flag)
+        elif isinstance(value, list | tuple):  # one comma-separated token when not nargs
+            parts.append(f"{flag} {(' ' if action.nargs else ',').join(map(str, value))}")
+        else:
+            parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    return " ".join(parts)
 
 
 def section_body(command: str, facts: Sequence[str], doc: str | None, *parts: str) -> str:
@@ -150,3 +178,118 @@ class FirstStep:
         if self.at is None:
             self.at = time.perf_counter()
             self._step.remove()
+
+
+class StartLine:
+    """Many benchmark processes that get ready (import, open the store, load the study), start
+    their window at one common instant, and report back through one queue.
+
+    The parent makes one, passes it to every process it starts, and calls ``run``; each process
+    calls ``ready`` once it can start (it returns the common start time, or None when the
+    process could not get ready or no start came) and ``report`` when its window is over. Other
+    messages may share the queue (``put``/``get``); ``run`` reads past them.
+    """
+
+    def __init__(self, context: Any) -> None:
+        self._results = context.Queue()
+        self._start = context.Event()
+        self._at = context.Value("d", 0.0)
+
+    def put(self, kind: str, payload: Any) -> None:
+        self._results.put((kind, payload))
+
+    def get(self, timeout_s: float) -> tuple[str, Any]:
+        kind, payload = self._results.get(timeout=timeout_s)
+        return kind, payload
+
+    def ready(self, ok: bool, timeout_s: float) -> float | None:
+        """In a benchmark process: say whether it got ready; wait for the start line, then for
+        its instant. The start time (``time.time()``), or None: report what you have and end."""
+        self.put("ready", ok)
+        if not ok or not self._start.wait(timeout_s):
+            return None
+        return self.wait_for_start()
+
+    def wait_for_start(self) -> float:
+        """The start time, once it has come (in a process that does not report)."""
+        self._start.wait()
+        time.sleep(max(0.0, self._at.value - time.time()))
+        return float(self._at.value)
+
+    def report(self, result: Any) -> None:
+        self.put("result", result)
+
+    def run(
+        self,
+        processes: Sequence[Any],
+        seconds: float,
+        *,
+        ready_timeout_s: float,
+        finish_grace_s: float,
+        start_delay_s: float,
+    ) -> tuple[list[Any], int, float]:
+        """Start ``processes``, wait until all are ready (or ``ready_timeout_s``), set the start
+        line ``start_delay_s`` ahead, and collect their reports until all have reported, all
+        exited, or ``finish_grace_s`` after the window. Returns the reports, how many got
+        ready, and the start time. The processes are left to the caller to join."""
+        for process in processes:
+            process.start()
+        reports: list[Any] = []
+        ready = self._collect(processes, reports, "ready", time.time() + ready_timeout_s)
+        self._at.value = time.time() + start_delay_s
+        self._start.set()
+        until = self._at.value + seconds + finish_grace_s
+        self._collect(processes, reports, "result", until)
+        return reports, ready, float(self._at.value)
+
+    def _collect(
+        self, processes: Sequence[Any], reports: list[Any], wanted: str, until: float
+    ) -> int:
+        """Read messages until every process sent ``wanted``, all exited, or ``until`` passed;
+        every report read (also an early one from a process that could not get ready) is kept.
+        Returns how many ``wanted`` messages were read."""
+        count = len(reports) if wanted == "result" else 0
+        while count < len(processes) and time.time() < until:
+            try:
+                kind, payload = self.get(1.0)
+            except queue_module.Empty:
+                if not any(process.is_alive() for process in processes):
+                    break
+                continue
+            if kind == "result":
+                reports.append(payload)
+            if kind == wanted:
+                count += 1
+        return count
+
+
+def end_all(processes: Sequence[Any], grace_s: float, label: str) -> None:
+    """Join ``processes``, giving them ``grace_s`` in all; kill the ones still running."""
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(timeout=max(0.1, deadline - time.monotonic()))
+        if process.is_alive():  # only ever a process the benchmark started
+            logging.getLogger("bench").warning(
+                "%s: process %d still running after %.0f s; killed", label, process.pid, grace_s
+            )
+            process.kill()
+            process.join(timeout=5)
+
+
+@contextlib.contextmanager
+def figure(path: Path, *args: Any, dpi: int = 110, **kwargs: Any) -> Iterator[Any]:
+    """``matplotlib.pyplot.subplots(*args, **kwargs)`` off screen; yields ``(fig, axes)`` and
+    saves the figure to ``path`` (its folder made) at ``dpi`` when the block ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*args, **kwargs)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)

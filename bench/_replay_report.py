@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench._common import machine_line, median, percentile, update_section
+from bench._common import figure, machine_line, median, percentile, update_section
 from bench._surrogate import Surrogate, loo_fidelity
 
 if TYPE_CHECKING:
@@ -717,46 +717,37 @@ PLOT_FLOOR = 0.02  # points: a log axis cannot show a regret of 0
 
 def plot(surrogate: Surrogate, runs: Sequence[Run], path: Path, budget: float) -> None:
     """Median regret vs compute per contender (log y, points), IQR shaded for the main ones."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     best = reference(surrogate, runs)
     by = _by(runs)
     grid = np.linspace(budget / 100, budget, 100)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, mine in by.items():
-        per = [[regret_at_compute(r, c, best) for r in mine.values()] for c in grid]
-        mid, low, high = (
-            np.maximum(np.array([stat(v) for v in per]) * 100, PLOT_FLOOR)
-            for stat in (median, lambda v: percentile(v, 25), lambda v: percentile(v, 75))
+    with figure(path, figsize=(8, 5), dpi=100) as (_fig, ax):
+        for name, mine in by.items():
+            per = [[regret_at_compute(r, c, best) for r in mine.values()] for c in grid]
+            mid, low, high = (
+                np.maximum(np.array([stat(v) for v in per]) * 100, PLOT_FLOOR)
+                for stat in (median, lambda v: percentile(v, 25), lambda v: percentile(v, 75))
+            )
+            x = grid / budget
+            main = name in BANDS
+            (line,) = ax.plot(
+                x,
+                np.where(np.isfinite(mid), mid, np.nan),
+                label=name,
+                linewidth=2.0 if main else 1.2,
+                linestyle="-" if main else "--",
+            )
+            ok = np.isfinite(low) & np.isfinite(high)
+            if main:
+                ax.fill_between(x[ok], low[ok], high[ok], color=line.get_color(), alpha=0.12)
+        ax.set_yscale("log")
+        ax.set_xlabel("compute spent (share of the budget: 60 unpruned trials)")
+        ax.set_ylabel(f"regret of the incumbent (accuracy points; {PLOT_FLOOR} = 0)")
+        ax.set_title(
+            f"Replay ({surrogate.kind} surrogate): median of {len(next(iter(by.values())))} "
+            "seeds, IQR shaded for solid lines"
         )
-        x = grid / budget
-        main = name in BANDS
-        (line,) = ax.plot(
-            x,
-            np.where(np.isfinite(mid), mid, np.nan),
-            label=name,
-            linewidth=2.0 if main else 1.2,
-            linestyle="-" if main else "--",
-        )
-        ok = np.isfinite(low) & np.isfinite(high)
-        if main:
-            ax.fill_between(x[ok], low[ok], high[ok], color=line.get_color(), alpha=0.12)
-    ax.set_yscale("log")
-    ax.set_xlabel("compute spent (share of the budget: 60 unpruned trials)")
-    ax.set_ylabel(f"regret of the incumbent (accuracy points; {PLOT_FLOOR} = 0)")
-    ax.set_title(
-        f"Replay ({surrogate.kind} surrogate): median of {len(next(iter(by.values())))} "
-        "seeds, IQR shaded for solid lines"
-    )
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
 
 
 def write(text: str, out: Path, surrogate: Surrogate, runs: Sequence[Run], budget: float) -> None:

@@ -36,7 +36,6 @@ import collections
 import logging
 import multiprocessing as mp
 import os
-import queue as queue_module
 import random
 import socket
 import time
@@ -48,6 +47,10 @@ from typing import Any
 
 from bench._common import (
     FIGURES,
+    StartLine,
+    command_line,
+    end_all,
+    figure,
     load_average,
     machine_line,
     median,
@@ -178,9 +181,7 @@ def _worker(
     proxy_port: int | None,
     index: int,
     seconds: float,
-    start: Any,
-    start_at: Any,
-    results: Any,
+    line: StartLine,
 ) -> None:
     """One benchmark process: open, load, wait for the start line, loop for the window."""
     import optuna
@@ -201,12 +202,11 @@ def _worker(
         result.ready = True
     except Exception as e:
         result.errors[f"open: {_cause(e)}"] += 1
-    results.put(("ready", result.ready))
-    if not result.ready or not start.wait(READY_TIMEOUT_S + 60):
-        results.put(("result", result))
+    started = line.ready(result.ready, READY_TIMEOUT_S + 60)
+    if started is None:
+        line.report(result)
         return
-    time.sleep(max(0.0, start_at.value - time.time()))
-    deadline = start_at.value + seconds
+    deadline = started + seconds
     counter.reset()
     cpu_started = time.process_time()
     while time.time() < deadline:
@@ -219,10 +219,10 @@ def _worker(
             result.trials += 1
     result.cpu_s = time.process_time() - cpu_started
     result.statements, result.commits = counter.statements, counter.commits
-    results.put(("result", result))
+    line.report(result)
 
 
-def _proxy_server(url: str, port: int, start: Any, start_at: Any, stop: Any, results: Any) -> None:
+def _proxy_server(url: str, port: int, line: StartLine, stop: Any) -> None:
     """``hpo proxy`` in a process that also counts its SQL and CPU from the start line on."""
     import optuna
     from optuna.storages._grpc.server import make_server
@@ -235,15 +235,14 @@ def _proxy_server(url: str, port: int, start: Any, start_at: Any, stop: Any, res
     counter = _Counter(storage.inner._backend.engine)  # type: ignore[attr-defined]
     server = make_server(storage, "127.0.0.1", port)
     server.start()
-    results.put(("proxy-ready", True))
-    start.wait()
-    time.sleep(max(0.0, start_at.value - time.time()))
+    line.put("proxy-ready", True)
+    line.wait_for_start()
     counter.reset()
     cpu_started = time.process_time()
     stop.wait()  # set once every worker has reported
     cpu_s = time.process_time() - cpu_started
     server.stop(grace=1.0)
-    results.put(("proxy", (counter.statements, counter.commits, cpu_s)))
+    line.put("proxy", (counter.statements, counter.commits, cpu_s))
 
 
 def _free_port() -> int:
@@ -281,66 +280,32 @@ def run_once(context: Any, contender: str, workers: int, url: str, seconds: floa
     _vacuum(url)
     name = f"bench-coord-{contender}-{workers}-{time.time_ns()}"
     _create_study(url, name)
-    results = context.Queue()
-    start = context.Event()
-    start_at = context.Value("d", 0.0)
+    line = StartLine(context)
     proxy_port = None
     proxy = None
     stop_proxy = context.Event()
     if contender == "proxy":
         proxy_port = _free_port()
-        proxy = context.Process(
-            target=_proxy_server, args=(url, proxy_port, start, start_at, stop_proxy, results)
-        )
+        proxy = context.Process(target=_proxy_server, args=(url, proxy_port, line, stop_proxy))
         proxy.start()
-        message, _ = results.get(timeout=READY_TIMEOUT_S)
+        message, _ = line.get(READY_TIMEOUT_S)
         assert message == "proxy-ready", message
     procs = [
-        context.Process(
-            target=_worker,
-            args=(contender, url, name, proxy_port, i, seconds, start, start_at, results),
-        )
+        context.Process(target=_worker, args=(contender, url, name, proxy_port, i, seconds, line))
         for i in range(workers)
     ]
-    for proc in procs:
-        proc.start()
-    ready = 0
-    reported: list[ProcessResult] = []
-    deadline = time.time() + READY_TIMEOUT_S
-    while ready + len(reported) < workers and time.time() < deadline:
-        try:
-            message, payload = results.get(timeout=1.0)
-        except queue_module.Empty:
-            continue
-        if message == "ready":
-            ready += 1
-        elif message == "result":
-            reported.append(payload)
-    start_at.value = time.time() + START_DELAY_S
-    start.set()
-    deadline = start_at.value + seconds + FINISH_GRACE_S
+    reported, _, _ = line.run(
+        procs,
+        seconds,
+        ready_timeout_s=READY_TIMEOUT_S,
+        finish_grace_s=FINISH_GRACE_S,
+        start_delay_s=START_DELAY_S,
+    )
     proxy_counts = (0, 0, 0.0)
-    while len(reported) < workers and time.time() < deadline:
-        try:
-            message, payload = results.get(timeout=1.0)
-        except queue_module.Empty:
-            if not any(p.is_alive() for p in procs):
-                break
-            continue
-        if message == "result":
-            reported.append(payload)
     if proxy is not None:
         stop_proxy.set()
-        message, proxy_counts = results.get(timeout=60)
-        proxy.join(timeout=30)
-    for proc in [*procs, *([proxy] if proxy else [])]:
-        proc.join(timeout=10)
-        if proc.is_alive():  # only ever a process started above
-            logger.warning(
-                "%s N=%d: process %d still running; killed", contender, workers, proc.pid
-            )
-            proc.kill()
-            proc.join()
+        message, proxy_counts = line.get(60)
+    end_all([*procs, *([proxy] if proxy else [])], 30, f"{contender} N={workers}")
     trials = sum(r.trials for r in reported)
     per_trial = max(trials, 1)
     asks = [x for r in reported for x in r.ask_ms]
@@ -491,44 +456,35 @@ def render_cold(times: dict[str, list[tuple[float, float]]]) -> str:
 
 def plot(runs: dict[tuple[str, int], list[Run]], workers: Sequence[int], path: Path) -> None:
     """Trials/s and ask p99 against the number of workers, one line per contender."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for contender in CONTENDERS:
-        ns = [n for n in workers if runs.get((contender, n))]
-        if not ns:
-            continue
-        left.plot(
-            ns,
-            [median([r.trials_per_s for r in runs[(contender, n)]]) for n in ns],
-            "o-",
-            label=contender,
-        )
-        right.plot(
-            ns,
-            [median([r.ask_p99_ms for r in runs[(contender, n)]]) for n in ns],
-            "o-",
-            label=contender,
-        )
-    for axis, title in (
-        (left, "trials/s (higher is better)"),
-        (right, "ask p99 ms (lower is better)"),
-    ):
-        axis.set_xscale("log")
-        axis.set_xticks(list(workers), [str(n) for n in workers])
-        axis.set_xlabel("worker processes")
-        axis.set_title(title)
-        axis.grid(True, alpha=0.3)
-        axis.legend()
-    right.set_yscale("log")
-    fig.suptitle("PostgreSQL coordination, no training (2 shared cores)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(11, 4.2)) as (fig, (left, right)):
+        for contender in CONTENDERS:
+            ns = [n for n in workers if runs.get((contender, n))]
+            if not ns:
+                continue
+            left.plot(
+                ns,
+                [median([r.trials_per_s for r in runs[(contender, n)]]) for n in ns],
+                "o-",
+                label=contender,
+            )
+            right.plot(
+                ns,
+                [median([r.ask_p99_ms for r in runs[(contender, n)]]) for n in ns],
+                "o-",
+                label=contender,
+            )
+        for axis, title in (
+            (left, "trials/s (higher is better)"),
+            (right, "ask p99 ms (lower is better)"),
+        ):
+            axis.set_xscale("log")
+            axis.set_xticks(list(workers), [str(n) for n in workers])
+            axis.set_xlabel("worker processes")
+            axis.set_title(title)
+            axis.grid(True, alpha=0.3)
+            axis.legend()
+        right.set_yscale("log")
+        fig.suptitle("PostgreSQL coordination, no training (2 shared cores)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -598,12 +554,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     figure = FIGURES / "coordination.png"
     plot(runs, args.workers, figure)
-    command = (
-        f"python -m bench.coordination --workers {' '.join(map(str, args.workers))} "
-        f"--proxy-workers {' '.join(map(str, args.proxy_workers))} --seconds {args.seconds:g} "
-        f"--seconds-per-worker {args.seconds_per_worker:g} --rounds {args.rounds} "
-        f"--cold-rounds {args.cold_rounds}"
-    )
+    command = command_line("bench.coordination", parser, args, "url", "notes")
     body = SECTION_TEMPLATE.format(
         command=command,
         date=run_date(),

@@ -53,6 +53,8 @@ from bench._common import (
     BENCHMARKS_MD,
     FIGURES,
     ROOT,
+    command_line,
+    figure,
     load_average,
     machine_line,
     median,
@@ -616,56 +618,47 @@ def _median_acc(entry: dict[str, Any]) -> float | None:
 
 def plot(results: dict[str, Any], path: Path) -> None:
     """Best-so-far search score vs wall time, and held-out accuracy of the retrained winners."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     colors = {"ours": "tab:blue", "hf": "tab:orange", "random": "tab:green"}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), width_ratios=(3, 2))
-    for name in CONTENDERS:
-        entry = results["contenders"][name]
-        curve = entry["best_curve"]
-        if not curve:
-            continue
-        xs = [x for x, _ in curve] + [entry["search_wall_s"]]
-        ys = [y for _, y in curve] + [curve[-1][1]]
-        # C is dashed and A wide, so that A stays visible where they coincide
-        left.step(
-            xs,
-            ys,
-            where="post",
-            color=colors[name],
-            label=TITLES[name],
-            linestyle="--" if name == "random" else "-",
-            linewidth=3.0 if name == "ours" else 1.5,
+    with figure(path, 1, 2, figsize=(12, 4.5), width_ratios=(3, 2)) as (_fig, (left, right)):
+        for name in CONTENDERS:
+            entry = results["contenders"][name]
+            curve = entry["best_curve"]
+            if not curve:
+                continue
+            xs = [x for x, _ in curve] + [entry["search_wall_s"]]
+            ys = [y for _, y in curve] + [curve[-1][1]]
+            # C is dashed and A wide, so that A stays visible where they coincide
+            left.step(
+                xs,
+                ys,
+                where="post",
+                color=colors[name],
+                label=TITLES[name],
+                linestyle="--" if name == "random" else "-",
+                linewidth=3.0 if name == "ours" else 1.5,
+            )
+            left.plot(xs[:-1], ys[:-1], "o", color=colors[name], markersize=4)
+        left.axvline(results["budget_s"], color="grey", linestyle="--", linewidth=1)
+        left.set_xlim(left=0)
+        left.set_xlabel("wall time since start (s); dashed: budget")
+        left.set_ylabel("best search score (A, C: 3-fold CV mean; B: 20% split)")
+        left.set_title("Best accuracy so far during search")
+        left.legend(fontsize=7, loc="best")
+        left.grid(alpha=0.3)
+        names = [n for n in CONTENDERS if results["contenders"][n]["retrain"]]
+        medians = [_median_acc(results["contenders"][n]) or 0.0 for n in names]
+        right.bar(names, medians, color=[colors[n] for n in names], alpha=0.7)
+        for i, name in enumerate(names):
+            accs = [r["accuracy"] for r in results["contenders"][name]["retrain"]]
+            right.plot([i] * len(accs), accs, "k.", markersize=6)
+            right.text(i, medians[i], f"{medians[i]:.3f}", ha="center", va="bottom", fontsize=9)
+        low = min(
+            (r["accuracy"] for n in names for r in results["contenders"][n]["retrain"]), default=0
         )
-        left.plot(xs[:-1], ys[:-1], "o", color=colors[name], markersize=4)
-    left.axvline(results["budget_s"], color="grey", linestyle="--", linewidth=1)
-    left.set_xlim(left=0)
-    left.set_xlabel("wall time since start (s); dashed: budget")
-    left.set_ylabel("best search score (A, C: 3-fold CV mean; B: 20% split)")
-    left.set_title("Best accuracy so far during search")
-    left.legend(fontsize=7, loc="best")
-    left.grid(alpha=0.3)
-    names = [n for n in CONTENDERS if results["contenders"][n]["retrain"]]
-    medians = [_median_acc(results["contenders"][n]) or 0.0 for n in names]
-    right.bar(names, medians, color=[colors[n] for n in names], alpha=0.7)
-    for i, name in enumerate(names):
-        accs = [r["accuracy"] for r in results["contenders"][name]["retrain"]]
-        right.plot([i] * len(accs), accs, "k.", markersize=6)
-        right.text(i, medians[i], f"{medians[i]:.3f}", ha="center", va="bottom", fontsize=9)
-    low = min(
-        (r["accuracy"] for n in names for r in results["contenders"][n]["retrain"]), default=0
-    )
-    right.set_ylim(max(0.0, low - 0.05), min(1.0, max(medians, default=1.0) + 0.03))
-    right.set_ylabel(f"held-out accuracy ({results['data']['heldout_rows']} rows)")
-    right.set_title("Retrained winners (bar: median; dots: seeds)")
-    right.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        right.set_ylim(max(0.0, low - 0.05), min(1.0, max(medians, default=1.0) + 0.03))
+        right.set_ylabel(f"held-out accuracy ({results['data']['heldout_rows']} rows)")
+        right.set_title("Retrained winners (bar: median; dots: seeds)")
+        right.grid(axis="y", alpha=0.3)
 
 
 def render(results: dict[str, Any], figure: Path) -> str:
@@ -881,7 +874,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "retrain_s": sum(r["train_s"] for r in lane.retrain),
         }
     results = {
-        "command": command_line(args),
+        "command": command_line(
+            "bench.e2e", build_parser(), args, "work_dir", "out", "figure", "from_results"
+        ),
         "date": run_date(),
         "machine": machine_line(),
         "work_dir": str(work),
@@ -899,18 +894,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     results["reading"] = reading(results)
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
     return results
-
-
-def command_line(args: argparse.Namespace) -> str:
-    """The command that reproduces this run (options at their defaults left out)."""
-    parts = ["python -m bench.e2e", f"--budget-s {args.budget_s:g}"]
-    defaults = build_parser().parse_args([])
-    for option in ("search_rows", "heldout_rows", "data_seed", "hf_trials", "seeds"):
-        value = getattr(args, option)
-        if value != getattr(defaults, option):
-            shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
-            parts.append(f"--{option.replace('_', '-')} {shown}")
-    return " ".join(parts)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench._common import ROOT, load_average, machine_line, run_date, update_section
+from bench._common import ROOT, command_line, load_average, machine_line, run_date, update_section
 
 logger = logging.getLogger("bench.faults")
 
@@ -353,12 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     while args.min_per_kind and _fewest(results) < args.min_per_kind:
         _run_planned(results, "postgresql", seed, args.minutes, gaps, args.postgres_url)
         seed += 1
-    command = (
-        f"python -m bench.faults --segments {args.segments} --minutes {args.minutes:g} "
-        f"--journal-minutes {args.journal_minutes:g} --gap {args.gap:g} "
-        f"--restart-gap {args.restart_gap:g} --seed {args.seed}"
-        + (f" --min-per-kind {args.min_per_kind}" if args.min_per_kind else "")
-    )
+    command = command_line("bench.faults", parser, args, "postgres_url", "fresh")
     update_section(HEADING, render(results, command))
     total = sum(s["n_violations"] for s in results["segments"].values())
     print(f"{len(results['segments'])} segments, {total} violations")

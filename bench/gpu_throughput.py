@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench._common import median, section_body, update_section
+from bench._common import command_line, median, section_body, update_section
 from bench._common import run_child as run_child_process
 
 logger = logging.getLogger("bench.gpu_throughput")
@@ -322,10 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(table)
     print("; ".join(headlines))
     if args.out:
-        command = (
-            f"python -m bench.gpu_throughput --rows {args.rows} --epochs {args.epochs} "
-            f"--out {args.out}"
-        )
+        command = command_line("bench.gpu_throughput", parser, args)
         facts = [
             name,
             f"peak bf16 {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s",

@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench._common import ROOT, load_average, section_body, update_section
+from bench._common import ROOT, command_line, load_average, section_body, update_section
 from trainer import Precision
 
 logger = logging.getLogger("bench.precision_parity")
@@ -255,12 +255,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(table)
     print(summary)
     if args.out:
-        command = (
-            f"python -m bench.precision_parity --rows {args.rows} --folds {args.folds} "
-            f"--epochs {args.epochs} --seeds {' '.join(map(str, args.seeds))} --out {args.out}"
-        )
-        if chosen != list(configs):
-            command += f" --configs {' '.join(chosen)}"
+        command = command_line("bench.precision_parity", parser, args, "results", "cache_dir")
         load = (
             f"load average during the new runs {min(loads):.1f}–{max(loads):.1f} (now "
             f"{load_average()})"

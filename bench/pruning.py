@@ -53,6 +53,7 @@ from typing import Any
 from bench._common import (
     FIGURES,
     ROOT,
+    figure,
     load_average,
     machine_line,
     median,
@@ -206,39 +207,35 @@ def function_table(
 
 def plot(payload: Mapping[str, Any], path: Path) -> None:
     """Median regret vs fidelity steps spent, one panel per function, log y."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     functions = payload["functions"]
     budget = payload["settings"]["budget_steps"]
     grid = list(range(payload["settings"]["n_steps"], budget + 1, 10))
     n_cols = 3
     n_rows = math.ceil(len(functions) / n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(13, 4 * n_rows), squeeze=False)
-    for ax, (name, info) in zip(axes.flat, functions.items(), strict=False):
-        for pruner in PRUNERS:
-            mine = [r for r in payload["runs"] if r["function"] == name and r["pruner"] == pruner]
-            per_budget = [[regret_at(r, b, info["optimum"]) for r in mine] for b in grid]
-            mid = [median(v) for v in per_budget]
-            low = [percentile(v, 25) for v in per_budget]
-            high = [percentile(v, 75) for v in per_budget]
-            (line,) = ax.plot(grid, mid, label=pruner)
-            ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.12)
-        ax.set_yscale("log")
-        ax.set_title(f"{name} (ρ first/full {info['rho_first_full']:.2f})")
-        ax.set_xlabel("fidelity steps spent")
-        ax.set_ylabel("regret of incumbent")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(functions) :]:
-        ax.set_visible(False)
-    fig.suptitle(f"Median over {payload['settings']['seeds']} seeds, IQR shaded")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, n_rows, n_cols, figsize=(13, 4 * n_rows), squeeze=False, dpi=100) as (
+        fig,
+        axes,
+    ):
+        for ax, (name, info) in zip(axes.flat, functions.items(), strict=False):
+            for pruner in PRUNERS:
+                mine = [
+                    r for r in payload["runs"] if r["function"] == name and r["pruner"] == pruner
+                ]
+                per_budget = [[regret_at(r, b, info["optimum"]) for r in mine] for b in grid]
+                mid = [median(v) for v in per_budget]
+                low = [percentile(v, 25) for v in per_budget]
+                high = [percentile(v, 75) for v in per_budget]
+                (line,) = ax.plot(grid, mid, label=pruner)
+                ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.12)
+            ax.set_yscale("log")
+            ax.set_title(f"{name} (ρ first/full {info['rho_first_full']:.2f})")
+            ax.set_xlabel("fidelity steps spent")
+            ax.set_ylabel("regret of incumbent")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        for ax in list(axes.flat)[len(functions) :]:
+            ax.set_visible(False)
+        fig.suptitle(f"Median over {payload['settings']['seeds']} seeds, IQR shaded")
 
 
 def geometric_mean(values: Sequence[float]) -> float:

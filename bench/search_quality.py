@@ -77,6 +77,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench._common import (
     FIGURES,
+    figure,
     load_average,
     machine_line,
     median,
@@ -563,34 +564,25 @@ def ablation_table(runs: Sequence[Run], present: Sequence[str], n_trials: int) -
 
 def plot_family(family: str, runs: Sequence[Run], path: Path) -> None:
     """Median normalized regret vs trials (log y), IQR shaded, one line per contender."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in CONTENDERS:
-        mine = [r.normalized for r in runs if r.contender == name]
-        if not mine:
-            continue
-        n_trials = len(mine[0])
-        xs = list(range(1, n_trials + 1))
-        per_trial = [[max(curve[t], PLOT_FLOOR) for curve in mine] for t in range(n_trials)]
-        mid = [median(v) for v in per_trial]
-        low = [percentile(v, 25) for v in per_trial]
-        high = [percentile(v, 75) for v in per_trial]
-        (line,) = ax.plot(xs, mid, label=f"{name} (n={len(mine)})")
-        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
-    ax.set_yscale("log")
-    ax.set_xlabel("trials")
-    ax.set_ylabel("normalized regret (1 = median config, 0 = optimum)")
-    ax.set_title(f"{FAMILIES[family]}: median over datasets x seeds, IQR shaded")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, figsize=(7, 4.5)) as (_fig, ax):
+        for name in CONTENDERS:
+            mine = [r.normalized for r in runs if r.contender == name]
+            if not mine:
+                continue
+            n_trials = len(mine[0])
+            xs = list(range(1, n_trials + 1))
+            per_trial = [[max(curve[t], PLOT_FLOOR) for curve in mine] for t in range(n_trials)]
+            mid = [median(v) for v in per_trial]
+            low = [percentile(v, 25) for v in per_trial]
+            high = [percentile(v, 75) for v in per_trial]
+            (line,) = ax.plot(xs, mid, label=f"{name} (n={len(mine)})")
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
+        ax.set_yscale("log")
+        ax.set_xlabel("trials")
+        ax.set_ylabel("normalized regret (1 = median config, 0 = optimum)")
+        ax.set_title(f"{FAMILIES[family]}: median over datasets x seeds, IQR shaded")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
 
 
 def write_section(

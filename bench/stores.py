@@ -25,21 +25,24 @@ import argparse
 import collections
 import datetime as dt
 import logging
-import math
 import multiprocessing as mp
-import queue as queue_module
 import statistics
 import tempfile
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from bench._common import machine_line, run_date, update_section
+from bench._common import (
+    StartLine,
+    command_line,
+    end_all,
+    percentile,
+    section_body,
+    update_section,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -138,14 +141,7 @@ def open_store(kind: str, directory: Path) -> optuna.storages.BaseStorage:
     raise ValueError(f"unknown store kind {kind!r}; expected one of {KINDS}")
 
 
-def _worker(
-    kind: str,
-    directory: str,
-    seconds: float,
-    start: EventType,
-    start_at: Any,
-    results: Any,
-) -> None:
+def _worker(kind: str, directory: str, seconds: float, line: StartLine) -> None:
     """One benchmark process: open, wait for the start line, loop until the window closes."""
     import optuna
 
@@ -163,12 +159,11 @@ def _worker(
         result.ready = True
     except Exception as e:
         result.add_error(e)
-    results.put(("ready", result.ready))
-    if not result.ready or not start.wait(READY_TIMEOUT_S + 60):
-        results.put(("result", result))
+    started = line.ready(result.ready, READY_TIMEOUT_S + 60)
+    if started is None:
+        line.report(result)
         return
-    deadline = start_at.value + seconds
-    time.sleep(max(0.0, start_at.value - time.time()))
+    deadline = started + seconds
     ours = kind.startswith("ours-")
     while time.time() < deadline:
         try:
@@ -185,42 +180,7 @@ def _worker(
             result.add_error(e)
     result.retries = retry_counter.count
     result.finished = True
-    results.put(("result", result))
-
-
-def _percentile_ms(sorted_values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile (nearest rank) of ``sorted_values`` in ms; NaN when empty."""
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
-    return sorted_values[index] * 1e3
-
-
-def _collect(
-    results: Any,
-    procs: Sequence[BaseProcess],
-    reported: list[WorkerResult],
-    wanted: str,
-    until: float,
-) -> int:
-    """Read messages until every process sent ``wanted``, all exited, or ``until`` passed.
-
-    Every ``result`` message read (also one sent early by a process that failed to open the
-    store) is appended to ``reported``. Returns how many ``wanted`` messages were read.
-    """
-    count = len(reported) if wanted == "result" else 0
-    while count < len(procs) and time.time() < until:
-        try:
-            message, payload = results.get(timeout=1.0)
-        except queue_module.Empty:
-            if not any(proc.is_alive() for proc in procs):
-                break
-            continue
-        if message == "result":
-            reported.append(payload)
-        if message == wanted:
-            count += 1
-    return count
+    line.report(result)
 
 
 def run_once(kind: str, processes: int, seconds: float) -> RunResult:
@@ -232,45 +192,27 @@ def run_once(kind: str, processes: int, seconds: float) -> RunResult:
         storage = open_store(kind, directory)
         optuna.create_study(study_name=STUDY_NAME, storage=storage)
         ctx = mp.get_context("spawn")
-        results = ctx.Queue()
-        start = ctx.Event()
-        start_at = ctx.Value("d", 0.0)
+        line = StartLine(ctx)
         procs = [
-            ctx.Process(
-                target=_worker,
-                args=(kind, str(directory), seconds, start, start_at, results),
-                daemon=True,
-            )
+            ctx.Process(target=_worker, args=(kind, str(directory), seconds, line), daemon=True)
             for _ in range(processes)
         ]
-        for proc in procs:
-            proc.start()
-        reported: list[WorkerResult] = []
-        ready = _collect(results, procs, reported, "ready", time.time() + READY_TIMEOUT_S)
+        reported, ready, started = line.run(
+            procs,
+            seconds,
+            ready_timeout_s=READY_TIMEOUT_S,
+            finish_grace_s=FINISH_GRACE_S,
+            start_delay_s=START_DELAY_S,
+        )
         if ready < processes:
             logger.warning("%s N=%d: only %d processes got ready", kind, processes, ready)
-        start_at.value = time.time() + START_DELAY_S
-        start.set()
-        window_end = start_at.value + seconds
-        _collect(results, procs, reported, "result", window_end + FINISH_GRACE_S)
-        exit_deadline = time.monotonic() + EXIT_GRACE_S
-        for proc in procs:
-            proc.join(timeout=max(0.1, exit_deadline - time.monotonic()))
-            if proc.is_alive():  # only ever one of the processes started above
-                logger.warning(
-                    "%s N=%d: process %d still running %.0f s after reporting; terminated",
-                    kind,
-                    processes,
-                    proc.pid,
-                    EXIT_GRACE_S,
-                )
-                proc.terminate()
-                proc.join(timeout=5)
+        end_all(procs, EXIT_GRACE_S, f"{kind} N={processes}")
+        window_end = started + seconds
         final = optuna.load_study(study_name=STUDY_NAME, storage=open_store(kind, directory))
         trials = final.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     end = dt.datetime.fromtimestamp(window_end)
     in_window = sum(1 for t in trials if t.datetime_complete and t.datetime_complete <= end)
-    latencies = sorted(x for r in reported for x in r.ask_latencies_s)
+    latencies = [x for r in reported for x in r.ask_latencies_s]
     errors: collections.Counter[str] = collections.Counter()
     first_error: dict[str, str] = {}
     for r in reported:
@@ -282,8 +224,8 @@ def run_once(kind: str, processes: int, seconds: float) -> RunResult:
         processes=processes,
         trials_per_s=in_window / seconds,
         complete_after_window=len(trials) - in_window,
-        ask_p50_ms=_percentile_ms(latencies, 0.50),
-        ask_p99_ms=_percentile_ms(latencies, 0.99),
+        ask_p50_ms=percentile(latencies, 50) * 1e3,
+        ask_p99_ms=percentile(latencies, 99) * 1e3,
         errors=errors,
         first_error=first_error,
         retries=sum(r.retries for r in reported),
@@ -333,7 +275,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    date = run_date()
     started = time.monotonic()
     runs: dict[tuple[str, int], list[RunResult]] = collections.defaultdict(list)
     for repeat in range(args.repeats):
@@ -362,13 +303,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = render_table(runs, args.workers)
     print(table)
     if args.out:
-        workers = " ".join(map(str, args.workers))
-        body = (
-            f"`python -m bench.stores --workers {workers} --seconds {args.seconds:g} "
-            f"--repeats {args.repeats} --out {args.out}`\n\n"
-            f"Run {date}; {machine_line()}.\n\n{table}\n"
-        )
-        update_section(HEADING, body, args.out)
+        command = command_line("bench.stores", parser, args)
+        update_section(HEADING, section_body(command, [], __doc__, table), args.out)
         logger.info("wrote %s", args.out)
 
 

@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from bench._common import (
     FIGURES,
     FirstStep,
+    command_line,
+    figure,
     load_average,
     median,
     section_body,
@@ -354,27 +356,19 @@ def summarize(head: dict[str, float], auto: Precision | None) -> str:
 
 
 def plot(results: dict[str, list[list[dict[str, Any]]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(results)
-    fig, (speed_ax, wall_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, name in enumerate(names):
-        speed = [t["train_examples"] / t["train_s"] for run in results[name] for t in run]
-        walls = [run[1]["wall_s"] for run in results[name]]
-        speed_ax.scatter([i] * len(speed), speed, alpha=0.6)
-        speed_ax.bar(i, median(speed), alpha=0.3)
-        wall_ax.scatter([i] * len(walls), walls, alpha=0.6)
-        wall_ax.bar(i, median(walls), alpha=0.3)
-    for ax, label in ((speed_ax, "train examples/s"), (wall_ax, "wall per warm trial (s)")):
-        ax.set_xticks(range(len(names)), names, rotation=20)
-        ax.set_ylabel(label)
-    fig.suptitle("MiniLM-L6 on Rotten Tomatoes, CPU: bars = medians, dots = trials")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with figure(path, 1, 2, figsize=(11, 4), dpi=100) as (fig, (speed_ax, wall_ax)):
+        for i, name in enumerate(names):
+            speed = [t["train_examples"] / t["train_s"] for run in results[name] for t in run]
+            walls = [run[1]["wall_s"] for run in results[name]]
+            speed_ax.scatter([i] * len(speed), speed, alpha=0.6)
+            speed_ax.bar(i, median(speed), alpha=0.3)
+            wall_ax.scatter([i] * len(walls), walls, alpha=0.6)
+            wall_ax.bar(i, median(walls), alpha=0.3)
+        for ax, label in ((speed_ax, "train examples/s"), (wall_ax, "wall per warm trial (s)")):
+            ax.set_xticks(range(len(names)), names, rotation=20)
+            ax.set_ylabel(label)
+        fig.suptitle("MiniLM-L6 on Rotten Tomatoes, CPU: bars = medians, dots = trials")
 
 
 def contender_list(text: str) -> list[str]:
@@ -480,12 +474,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.out:
         figure = FIGURES / "trainer_speed.png"
         plot(results, figure)
-        command = (
-            f"python -m bench.trainer_speed --rows {args.rows} --epochs {args.epochs} "
-            f"--repeats {args.repeats} --out {args.out}"
-        )
-        if args.contenders != list(CONTENDERS):
-            command += f" --contenders {','.join(args.contenders)}"
+        command = command_line("bench.trainer_speed", parser, args)
         optim = next(
             (runs[0][0]["optim"] for name, runs in results.items() if "optim" in runs[0][0]), "?"
         )

@@ -38,6 +38,8 @@ from typing import Any
 from bench._common import (
     FIGURES,
     ROOT,
+    command_line,
+    figure,
     load_average,
     median,
     run_child,
@@ -372,42 +374,34 @@ def render(rows: dict[str, dict[str, float]]) -> str:
 
 def plot(rows: dict[str, dict[str, float]], path: Path) -> None:
     """Left: a fresh process's way to its first training step; right: per-trial overhead."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (setup_ax, share_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
-    stages = (
-        ("imports", "to_imported_s"),
-        ("open store + load study", "to_loaded_s"),
-        ("1st ask", "to_handed_out_s"),
-        ("data, weights, model", "fresh_s"),
-    )
-    names = list(rows)
-    for y, name in enumerate(names):
-        left = 0.0
-        for i, (label, key) in enumerate(stages):
-            width = rows[name][key] - left
-            setup_ax.barh(y, width, left=left, color=f"C{i}", label=label if y == 0 else None)
-            left = rows[name][key]
-        setup_ax.barh(
-            y + 0.4,
-            rows[name]["warm_setup_s"],
-            height=0.3,
-            color="k",
-            label="warm trial: handed out → 1st forward" if y == 0 else None,
+    with figure(path, 1, 2, figsize=(11, 3.6), dpi=100) as (fig, (setup_ax, share_ax)):
+        stages = (
+            ("imports", "to_imported_s"),
+            ("open store + load study", "to_loaded_s"),
+            ("1st ask", "to_handed_out_s"),
+            ("data, weights, model", "fresh_s"),
         )
-    setup_ax.set_yticks(range(len(names)), names)
-    setup_ax.set_xlabel("seconds from process start to 1st training forward")
-    setup_ax.legend(fontsize=7, loc="lower right")
-    share_ax.bar(names, [100 * rows[n]["share"] for n in names], color="C4")
-    share_ax.set_ylabel("store + sampler + pruner, % of trial time")
-    share_ax.axhline(1.0, color="k", linestyle=":", linewidth=1)
-    fig.suptitle("Demo study, one worker: trial setup and coordination overhead")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+        names = list(rows)
+        for y, name in enumerate(names):
+            left = 0.0
+            for i, (label, key) in enumerate(stages):
+                width = rows[name][key] - left
+                setup_ax.barh(y, width, left=left, color=f"C{i}", label=label if y == 0 else None)
+                left = rows[name][key]
+            setup_ax.barh(
+                y + 0.4,
+                rows[name]["warm_setup_s"],
+                height=0.3,
+                color="k",
+                label="warm trial: handed out → 1st forward" if y == 0 else None,
+            )
+        setup_ax.set_yticks(range(len(names)), names)
+        setup_ax.set_xlabel("seconds from process start to 1st training forward")
+        setup_ax.legend(fontsize=7, loc="lower right")
+        share_ax.bar(names, [100 * rows[n]["share"] for n in names], color="C4")
+        share_ax.set_ylabel("store + sampler + pruner, % of trial time")
+        share_ax.axhline(1.0, color="k", linestyle=":", linewidth=1)
+        fig.suptitle("Demo study, one worker: trial setup and coordination overhead")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -437,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = render(rows)
     print(table)
     if args.out:
-        command = f"python -m bench.trial_overhead --trials {args.trials} --out {args.out}"
+        command = command_line("bench.trial_overhead", parser, args, "postgres")
         facts = [
             f"{args.threads} torch threads",
             f"load average now {load_average()}",
