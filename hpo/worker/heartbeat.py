@@ -9,6 +9,7 @@ so a dead worker's trial is re-queued within the grace period even if nobody ask
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -75,6 +76,7 @@ def sweep_stale(
     suspects: dict[int, float] | None = None,
     confirm_s: float = 0.0,
     between: Callable[[], None] | None = None,
+    awake_for_s: Callable[[], float] | None = None,
 ) -> list[int]:
     """Fail and re-queue the study's stale trials; returns the numbers this call failed.
 
@@ -98,6 +100,10 @@ def sweep_stale(
     a stall the sweeper did not itself wait for (a frozen journal writer, a slow store) lands
     within one heartbeat of the stall's end, and clears it.
 
+    ``awake_for_s`` says how long this process has run without a freeze (see ``Heartbeat``): a
+    process stopped (SIGSTOP, a paused VM) through an outage makes no store call in it, so its
+    store's clock saw no break; it judges no one until it has been awake a grace period.
+
     ``between`` is called after each trial this sweep failed and re-queued (four store calls or
     more): the sweeper's own heartbeat thread beats there when it is due, so a sweep of many
     stale trials does not silence its own trial.
@@ -105,7 +111,12 @@ def sweep_stale(
     repair_requeues(study)  # no liveness judged: those trials are failed already
     storage: Any = study._storage
     grace_s = storage.get_grace_period_s()
-    reachable_for_s = getattr(storage, "reachable_for_s", lambda: float("inf"))
+    store_reachable_for_s = getattr(storage, "reachable_for_s", lambda: float("inf"))
+    awake = awake_for_s or (lambda: float("inf"))
+
+    def reachable_for_s() -> float:
+        return float(min(store_reachable_for_s(), awake()))
+
     if reachable_for_s() < grace_s:
         if suspects is not None:
             suspects.clear()  # found before the break: judge them afresh, a heartbeat apart
@@ -169,6 +180,11 @@ class Heartbeat:
         self._sweeping = threading.Lock()  # one sweep at a time (main loop and this thread)
         self._suspects: dict[int, float] = {}
         self._beaten_at = 0.0
+        # Freeze detection, on a clock that also runs while the machine sleeps: when the
+        # thread began its wait for the next tick (None while it beats and sweeps), and when
+        # this process last came back from a freeze.
+        self._waiting_since: float | None = _awake_clock()
+        self._awake_since = -math.inf
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -199,6 +215,22 @@ class Heartbeat:
         except Exception as e:  # a missed beat is retried next tick; the grace period covers it
             logger.warning("heartbeat for trial id %d failed: %s", trial_id, error_summary(e))
 
+    def _check_awake(self) -> None:
+        """A tick two intervals overdue means this process was frozen (SIGSTOP, a paused or
+        suspended VM) or its thread starved: it may have slept through an outage every worker
+        saw, so it judges no lease for a grace period from now (review of the exactly-once
+        change: a sweeper stopped through a blackhole woke and failed a live trial whose
+        owner's retry was still in flight)."""
+        waiting_since = self._waiting_since
+        now = _awake_clock()
+        if waiting_since is not None and now - waiting_since > 2 * self._interval_s:
+            if now - self._awake_since > self._interval_s:
+                logger.info(
+                    "this worker was frozen for %.0f s: judging no lease for a grace period",
+                    now - waiting_since - self._interval_s,
+                )
+            self._awake_since = now
+
     def _beat_if_due(self) -> None:
         """Beat for the current trial if the last beat was half an interval ago or more."""
         with self._lock:
@@ -209,6 +241,7 @@ class Heartbeat:
     def sweep(self) -> None:
         """Fail and re-queue trials found stale on two sweeps a heartbeat apart (see
         ``sweep_stale``); skipped while another thread of this worker sweeps."""
+        self._check_awake()
         if not self._sweeping.acquire(blocking=False):
             return
         try:
@@ -217,6 +250,7 @@ class Heartbeat:
                 suspects=self._suspects,
                 confirm_s=self._interval_s,
                 between=self._beat_if_due,
+                awake_for_s=lambda: _awake_clock() - self._awake_since,
             )
         except Exception as e:
             logger.warning("stale-trial sweep failed: %s", error_summary(e))
@@ -224,7 +258,12 @@ class Heartbeat:
             self._sweeping.release()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        while True:
+            self._waiting_since = _awake_clock()
+            if self._stop.wait(self._interval_s):
+                return
+            self._check_awake()
+            self._waiting_since = None
             with self._lock:
                 trial_id = self._trial_id
             if trial_id is not None:
@@ -234,3 +273,10 @@ class Heartbeat:
             # hold until the server ends its session) is followed by a beat now, or our own
             # silence would reach a grace period plus an interval.
             self._beat_if_due()
+
+
+def _awake_clock() -> float:
+    """Seconds on a clock that runs on while the process is stopped or the machine suspended
+    (``CLOCK_BOOTTIME`` where there is one; ``time.monotonic()`` stops during suspend)."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
