@@ -59,6 +59,17 @@ BASELINES = "baselines"
 # ... and system attributes.
 BUDGET_KEY = "hpo:budget"  # n_trials: running + finished trials never exceed it
 LEASE_KEY = "hpo:lease"  # the heartbeat interval and grace period every worker uses
+_LEASE_CLAIM_PREFIX = "hpo:lease_claim:"  # a starting worker's proposal, before LEASE_KEY is set
+
+
+def lease_claim_key(terms: list[Any]) -> str:
+    """The study system attribute in which a starting worker claims ``terms`` for the study."""
+    return _LEASE_CLAIM_PREFIX + ":".join(map(str, terms))
+
+
+def lease_claims(attrs: dict[str, Any]) -> list[str]:
+    """The claim keys standing in a study's system attributes (withdrawn ones left out)."""
+    return sorted(k for k, v in attrs.items() if k.startswith(_LEASE_CLAIM_PREFIX) and v is True)
 
 
 def fold_key(fold: int) -> str:

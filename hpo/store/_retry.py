@@ -288,6 +288,14 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
             trial = self._call("get_trial", trial_id)
             return bool(trial.system_attrs.get(FINISH_KEY) == request)
 
+    def heartbeat_place(self) -> str:
+        """Where this store's heartbeats go and are judged from: PostgreSQL and SQLite judge the
+        ``trial_heartbeats`` table, the journal file and ``hpo proxy`` clients a trial system
+        attribute. Workers of one study must agree, or each fails the others' live trials."""
+        from optuna.storages import RDBStorage
+
+        return "table" if isinstance(self._store(), RDBStorage) else "attribute"
+
     def _store(self) -> Any:
         """The store itself, under Optuna's trial cache if there is one."""
         return getattr(self._inner, "_backend", self._inner)

@@ -474,22 +474,57 @@ class Worker:
 
 
 def _agree_lease_terms(study: optuna.Study, options: WorkerOptions) -> None:
-    """Every worker of a study beats and judges leases on the same terms: the first worker
-    records its ``--heartbeat-s``/``--grace-s`` with the study, and a worker asking for others
-    refuses to start (a sweeper with a shorter grace period would fail the live trials of a
-    worker that beats less often)."""
-    mine = [int(options.heartbeat_interval_s), int(options.grace_period_s)]
+    """Every worker of a study beats and judges leases on the same terms, in the same place:
+    the first workers record their ``--heartbeat-s``/``--grace-s`` and where their heartbeats
+    go with the study, and a worker asking for others refuses to start (a sweeper with a
+    shorter grace period, or one that judges a heartbeat table the others do not write, would
+    fail their live trials).
+
+    Workers starting together agree through claims: each writes a claim for its terms, then
+    reads every claim; one that finds only its own terms claimed records them, one that finds
+    others withdraws its claim and refuses. Of two starting with different terms, at least
+    the one that reads second sees the other's claim (review of the exactly-once change: a
+    read-then-write let both start)."""
     storage = study._storage
-    if storage.get_study_system_attrs(study._study_id).get(LEASE_KEY) is None:
-        storage.set_study_system_attr(study._study_id, LEASE_KEY, mine)
-    agreed = storage.get_study_system_attrs(study._study_id).get(LEASE_KEY)
-    if agreed is not None and list(agreed) != mine:
+    place = getattr(storage, "heartbeat_place", lambda: "attribute")()
+    mine = [int(options.heartbeat_interval_s), int(options.grace_period_s), place]
+    study_id = study._study_id
+    agreed = storage.get_study_system_attrs(study_id).get(LEASE_KEY)
+    if agreed is None:
+        claim = records.lease_claim_key(mine)
+        storage.set_study_system_attr(study_id, claim, True)
+        attrs = storage.get_study_system_attrs(study_id)
+        rivals = [c for c in records.lease_claims(attrs) if c != claim]
+        agreed = attrs.get(LEASE_KEY)
+        if agreed is None and rivals:
+            storage.set_study_system_attr(study_id, claim, False)
+            raise WorkerError(
+                f"study {study.study_name!r}: another worker starting now asks for other lease "
+                f"terms ({', '.join(rivals)}); this one asked for --heartbeat-s {mine[0]} "
+                f"--grace-s {mine[1]} ({place} heartbeats). Start every worker with the same "
+                "terms."
+            )
+        if agreed is None:
+            storage.set_study_system_attr(study_id, LEASE_KEY, mine)
+            agreed = mine
+    if list(agreed[:2]) != mine[:2]:
         raise WorkerError(
             f"study {study.study_name!r}: its workers beat every {agreed[0]} s with a "
             f"{agreed[1]} s grace period; this worker asked for --heartbeat-s {mine[0]} "
             f"--grace-s {mine[1]}. Use the study's terms (every worker judges the others' "
             "leases by its own)."
         )
+    if len(agreed) > 2 and agreed[2] != place:
+        theirs = _PLACES.get(str(agreed[2]), str(agreed[2]))
+        raise WorkerError(
+            f"study {study.study_name!r}: its workers record heartbeats in the store's {theirs}; "
+            f"this worker's store records them in its {_PLACES[place]}, "
+            "which those workers do not read (and it would not read theirs). Reach the study "
+            "the same way from every worker: all through `hpo proxy` (grpc://) or all directly."
+        )
+
+
+_PLACES = {"table": "trial_heartbeats table", "attribute": "trial attribute hpo:heartbeat"}
 
 
 def _check_precision(spec: StudySpec, device: str, worker_id: str) -> Precision:

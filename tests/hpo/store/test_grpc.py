@@ -170,3 +170,21 @@ def test_a_trial_that_beat_after_the_sweep_listed_it_is_not_failed_through_hpo_p
         assert sweeper.fail_if_stale(dead._trial_id, {"reason": "silent"})
         states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     assert states == {back.number: TrialState.RUNNING, dead.number: TrialState.FAIL}
+
+
+def test_workers_through_hpo_proxy_and_workers_on_postgresql_do_not_share_a_study(
+    postgres_url: str, spec_dict: dict[str, Any]
+) -> None:
+    """Through ``hpo proxy`` a worker beats into a trial attribute; on ``postgresql://`` the
+    sweepers judge the ``trial_heartbeats`` table: on one study each failed the others' live
+    trials (review of the exactly-once change). The second kind refuses to start."""
+    import pytest
+
+    from hpo.worker.loop import Worker, WorkerError, WorkerOptions
+
+    name = spec_dict["name"]
+    create_study(parse_spec(spec_dict), open_storage(postgres_url))
+    Worker(WorkerOptions(storage_url=postgres_url, study_name=name))
+    with running_proxy(postgres_url) as url:
+        with pytest.raises(WorkerError, match="hpo proxy"):
+            Worker(WorkerOptions(storage_url=url, study_name=name))

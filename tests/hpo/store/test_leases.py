@@ -538,6 +538,107 @@ def test_a_worker_asking_for_other_lease_terms_than_the_studys_refuses_to_start(
         )
 
 
+def test_of_two_workers_starting_together_with_other_lease_terms_not_both_start(
+    tmp_path: Path, spec_dict: dict[str, Any]
+) -> None:
+    """Both read "no terms yet", then each wrote its own and read it back and started: the one
+    with the shorter grace period failed the other's live trials (review of the exactly-once
+    change). Here the slow-beating worker starts wholly between the other's read and write."""
+    import threading
+
+    import optuna
+
+    from hpo.store import open_storage
+    from hpo.worker.loop import Worker, WorkerError, WorkerOptions, _agree_lease_terms
+
+    url = str(tmp_path / "journal.log")
+    _study(url, spec_dict)
+    fast_read, slow_done = threading.Event(), threading.Event()
+    outcome: dict[str, str] = {}
+
+    def start(name: str, beat_s: int, grace_s: int) -> None:
+        storage = open_storage(url)
+        read = storage.get_study_system_attrs
+        calls = [0]
+
+        def get_attrs(study_id: int) -> dict[str, Any]:
+            calls[0] += 1
+            if calls[0] == 1 and name == "slow":
+                assert fast_read.wait(30)
+            attrs = read(study_id)
+            if calls[0] == 1 and name == "fast":
+                fast_read.set()  # found no terms recorded ...
+                assert slow_done.wait(30)  # ... and goes on once the other has started
+            return attrs
+
+        study = optuna.load_study(study_name=spec_dict["name"], storage=storage)
+        storage.get_study_system_attrs = get_attrs  # type: ignore[method-assign]
+        options = WorkerOptions(
+            storage_url=url,
+            study_name=spec_dict["name"],
+            heartbeat_interval_s=beat_s,
+            grace_period_s=grace_s,
+        )
+        try:
+            _agree_lease_terms(study, options)
+            outcome[name] = "started"
+        except WorkerError as e:
+            outcome[name] = str(e)
+        finally:
+            if name == "slow":
+                slow_done.set()
+
+    threads = [
+        threading.Thread(target=start, args=("slow", 60, 180)),
+        threading.Thread(target=start, args=("fast", 1, 2)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcome["slow"] == "started"
+    assert "--heartbeat-s 1 --grace-s 2" in outcome["fast"]  # before: both started
+    Worker(  # whoever comes next finds the slow worker's terms settled
+        WorkerOptions(
+            storage_url=url,
+            study_name=spec_dict["name"],
+            heartbeat_interval_s=60,
+            grace_period_s=180,
+        )
+    )
+
+
+def test_a_worker_whose_heartbeats_go_where_the_studys_workers_do_not_look_refuses(
+    tmp_path: Path, spec_dict: dict[str, Any]
+) -> None:
+    """Workers on ``postgresql://`` judge the ``trial_heartbeats`` table, workers through
+    ``hpo proxy`` beat into a trial attribute: on one study each failed the others' live trials
+    (review of the exactly-once change). The study records where its workers beat."""
+    from hpo.records import LEASE_KEY
+    from hpo.store import open_storage
+    from hpo.worker.loop import Worker, WorkerError, WorkerOptions
+
+    url = str(tmp_path / "journal.log")
+    study = _study(url, spec_dict)[0]
+    storage = open_storage(url)
+    storage.set_study_system_attr(study._study_id, LEASE_KEY, [3, 9, "table"])
+    with pytest.raises(WorkerError, match=r"trial_heartbeats table.*hpo proxy"):
+        Worker(
+            WorkerOptions(
+                storage_url=url,
+                study_name=spec_dict["name"],
+                heartbeat_interval_s=3,
+                grace_period_s=9,
+            )
+        )
+    storage.set_study_system_attr(study._study_id, LEASE_KEY, [3, 9])  # an older study: terms only
+    Worker(
+        WorkerOptions(
+            storage_url=url, study_name=spec_dict["name"], heartbeat_interval_s=3, grace_period_s=9
+        )
+    )
+
+
 def test_lease_terms_where_a_missed_beat_outlives_the_grace_period_are_refused() -> None:
     """``--heartbeat-s 60`` with the default 30 s grace was accepted: a sweeper looking just
     before a beat found a live trial silent past grace and failed it (review of the
