@@ -185,6 +185,5 @@ def test_workers_through_hpo_proxy_and_workers_on_postgresql_do_not_share_a_stud
     name = spec_dict["name"]
     create_study(parse_spec(spec_dict), open_storage(postgres_url))
     Worker(WorkerOptions(storage_url=postgres_url, study_name=name))
-    with running_proxy(postgres_url) as url:
-        with pytest.raises(WorkerError, match="hpo proxy"):
-            Worker(WorkerOptions(storage_url=url, study_name=name))
+    with running_proxy(postgres_url) as url, pytest.raises(WorkerError, match="hpo proxy"):
+        Worker(WorkerOptions(storage_url=url, study_name=name))
