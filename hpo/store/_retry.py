@@ -131,8 +131,9 @@ class Backoff:
                     self.timeout_s,
                 )
         # Jitter: workers refused together must not come back together.
-        # Never past max_delay_s: a live worker must be back within a heartbeat of the store's
-        # return (see hpo.worker.heartbeat.sweep_stale), connection limit or not.
+        # Never past max_delay_s: a live worker must retry within a heartbeat of the store's
+        # return, connection limit or not (one attempt can take longer: a connect timeout; hence
+        # sweepers wait a whole grace period after a break, see hpo.worker.heartbeat).
         ceiling = min(_MAX_REFUSED_DELAY_S, self.max_delay_s) if refused else self.max_delay_s
         delay_s = min(self._delay_s * random.uniform(0.5, 1.5), ceiling)
         RETRIES.waited_s += delay_s
