@@ -221,10 +221,9 @@ def render(profiles: Sequence[StepProfile], peak: Peak) -> str:
     for p in profiles:
         compute_s = (p.ms_per_step["matmul"] + p.ms_per_step["attention"]) / 1000
         achieved = p.flops_per_step / compute_s if compute_s > 0 else float("nan")
-        rates.append(
-            f"{p.precision}: {achieved / 1e9:.0f} GFLOP/s "
-            f"({100 * peak.fraction(achieved, p.precision):.0f} % of its peak)"
-        )
+        share = peak.fraction(achieved, p.precision)
+        of_peak = "no peak known" if math.isnan(share) else f"{100 * share:.0f} % of its peak"
+        rates.append(f"{p.precision}: {achieved / 1e9:.0f} GFLOP/s ({of_peak})")
     return (
         "\n".join([head + " |", rule, *rows])
         + "\n\nTraining FLOPs of the profiled steps over their matmul and attention time: "

@@ -485,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{time.monotonic() - started:.0f} s in all. "
             f"Hugging Face's optimizer: `{optim}` (its default)",
         ]
-        picture = f"![trainer throughput]({figure.relative_to(args.out.parent.resolve())})"
+        picture = f"![trainer throughput]({os.path.relpath(figure, args.out.parent.resolve())})"
         body = section_body(command, facts, __doc__, table, summary, work, profile, picture)
         update_section(HEADING, body, args.out)
 

@@ -439,7 +439,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
         figure = FIGURES / "trial_overhead.png"
         plot(rows, figure)
-        picture = f"![trial setup and overhead]({figure.relative_to(args.out.parent.resolve())})"
+        picture = (
+            f"![trial setup and overhead]({os.path.relpath(figure, args.out.parent.resolve())})"
+        )
         body = section_body(command, facts, __doc__, table, picture)
         update_section(HEADING, body, args.out)
 
