@@ -38,6 +38,8 @@ CPUINFO = Path("/proc/cpuinfo")
 
 _speedups: dict[str, float] = {}
 _speedups_lock = threading.Lock()
+# What ``auto`` chose, per device, already logged: a worker resolves per trial, logs once.
+_told: set[tuple[str, str]] = set()
 
 
 def read_cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
@@ -185,15 +187,23 @@ def resolve_precision(
             raise ConfigError(f"train.precision='bf16': {reason}; use 'auto' or 'fp32'")
         return "bf16"
     if reason is not None:
-        logger.info("precision auto: fp32 on %s (%s)", device, reason)
+        _tell_once(device, "fp32", f"precision auto: fp32 on {device} ({reason})")
         return "fp32"
     ratio = (speedup or _probed_speedup)(device)
     chosen: Precision = "bf16" if ratio > MIN_BF16_SPEEDUP else "fp32"
-    logger.info(
-        "precision auto: %s on %s (bf16 autocast ran %.2fx as fast as fp32; bf16 needs > %.2fx)",
-        chosen,
+    _tell_once(
         device,
-        ratio,
-        MIN_BF16_SPEEDUP,
+        chosen,
+        f"precision auto: {chosen} on {device} (bf16 autocast ran {ratio:.2f}x as fast as "
+        f"fp32; bf16 needs > {MIN_BF16_SPEEDUP:.2f}x)",
     )
     return chosen
+
+
+def _tell_once(device: torch.device, chosen: Precision, message: str) -> None:
+    """``message`` at INFO the first time ``auto`` chose ``chosen`` on ``device``, then DEBUG."""
+    key = (str(device), chosen)
+    with _speedups_lock:
+        first = key not in _told
+        _told.add(key)
+    logger.log(logging.INFO if first else logging.DEBUG, "%s", message)

@@ -3,6 +3,7 @@ measured faster; explicit ``bf16`` where it is not native is a one-line error.""
 
 from __future__ import annotations
 
+import logging
 import types
 from collections.abc import Iterator
 
@@ -129,3 +130,17 @@ def test_the_probe_runs_once_per_process_and_device(monkeypatch: pytest.MonkeyPa
     for _ in range(3):
         assert resolve_precision("auto", "cpu", cpu_flags=AMX) == "bf16"
     assert calls == [CPU]
+
+
+def test_a_worker_resolving_per_trial_logs_the_choice_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(trainer.precision, "_told", set())
+    with caplog.at_level(logging.INFO, logger="trainer.precision"):
+        for _ in range(3):
+            resolve_precision("auto", CPU, cpu_flags=AMX, speedup=lambda d: 1.8)
+            resolve_precision("auto", CPU, cpu_flags=NO_BF16)
+    told = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(told) == 2, told
+    assert told[0].startswith("precision auto: bf16 on cpu (bf16 autocast ran 1.80x")
+    assert told[1].startswith("precision auto: fp32 on cpu (this CPU has no avx512_bf16")
