@@ -10,6 +10,7 @@ loop), ``_step_loss`` (one batch), ``evaluate``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -28,6 +29,7 @@ from trainer.config import (
     TrainerConfig,
 )
 from trainer.device import autocast, compiled, free_memory
+from trainer.dropout import cpu_dropout
 from trainer.errors import NonFiniteLossError
 from trainer.loss import class_weights
 from trainer.metrics import classification_metrics
@@ -141,59 +143,62 @@ def _train_fold(
     curve: list[dict[str, float]] = []
     train_s = 0.0
     pruned = False
-    for epoch in range(hparams.epochs):
-        model.train()
-        started = time.perf_counter()
-        loss_sum = torch.zeros((), device=prepared.device)
-        objective_sum = torch.zeros((), device=prepared.device)  # cross-entropy + penalty
-        batches = length_bucketed_batches(
-            train_idx, prepared.tokens.lengths, hparams.batch_size, rng
-        )
-        for batch, inputs in iterate(prepared.tokens, batches, prepared.device, pin=pin):
-            labels = labels_all[batch].to(prepared.device, non_blocking=pin)
-            optimizer.zero_grad(set_to_none=True)
-            loss, total_loss = _step_loss(
-                forward,
-                inputs,
-                labels,
-                penalized,
-                hparams,
-                splits,
-                class_weight=class_weight,
-                precision=config.precision,
+    # CPU dropout masks at a fraction of torch's cost, for this loop only (trainer.dropout).
+    fast_masks = prepared.device.type == "cpu" and not config.torch_compile
+    with cpu_dropout(model) if fast_masks else contextlib.nullcontext():
+        for epoch in range(hparams.epochs):
+            model.train()
+            started = time.perf_counter()
+            loss_sum = torch.zeros((), device=prepared.device)
+            objective_sum = torch.zeros((), device=prepared.device)  # cross-entropy + penalty
+            batches = length_bucketed_batches(
+                train_idx, prepared.tokens.lengths, hparams.batch_size, rng
             )
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss  # no host sync per step: read once per epoch
-            objective_sum += total_loss
-        train_loss = float(loss_sum) / max(1, len(batches))
-        objective = float(objective_sum) / max(1, len(batches))
-        train_s += time.perf_counter() - started
-        if not (math.isfinite(train_loss) and math.isfinite(objective)):
-            raise NonFiniteLossError(
-                f"fold {fold} epoch {epoch}: training loss is {train_loss}, with penalties "
-                f"{objective} (lr={hparams.lr:g}, l1={hparams.l1:g}, l2={hparams.l2:g})"
+            for batch, inputs in iterate(prepared.tokens, batches, prepared.device, pin=pin):
+                labels = labels_all[batch].to(prepared.device, non_blocking=pin)
+                optimizer.zero_grad(set_to_none=True)
+                loss, total_loss = _step_loss(
+                    forward,
+                    inputs,
+                    labels,
+                    penalized,
+                    hparams,
+                    splits,
+                    class_weight=class_weight,
+                    precision=config.precision,
+                )
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss  # no host sync per step: read once per epoch
+                objective_sum += total_loss
+            train_loss = float(loss_sum) / max(1, len(batches))
+            objective = float(objective_sum) / max(1, len(batches))
+            train_s += time.perf_counter() - started
+            if not (math.isfinite(train_loss) and math.isfinite(objective)):
+                raise NonFiniteLossError(
+                    f"fold {fold} epoch {epoch}: training loss is {train_loss}, with penalties "
+                    f"{objective} (lr={hparams.lr:g}, l1={hparams.l1:g}, l2={hparams.l2:g})"
+                )
+            metrics = (
+                evaluate(forward, prepared, held_idx, config.eval_batch_size, config.precision)
+                if len(held_idx)
+                else {}
             )
-        metrics = (
-            evaluate(forward, prepared, held_idx, config.eval_batch_size, config.precision)
-            if len(held_idx)
-            else {}
-        )
-        metrics["train_loss"] = train_loss
-        # Wall seconds of this epoch, training and evaluation: what a step of the curve costs.
-        metrics[EPOCH_SECONDS] = time.perf_counter() - started
-        curve.append(metrics)
-        logger.debug("fold %d epoch %d: %s", fold, epoch, metrics)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
-        if reporter is not None:
-            reporter.report(metrics[config.metric], grid.step(fold, epoch, hparams.epochs))
-            # After the last fold's last epoch the compute is spent: nothing to prune.
-            last = fold == config.n_folds - 1 and epoch == hparams.epochs - 1
-            if not last and reporter.should_prune():
-                pruned = True
-                break
+            metrics["train_loss"] = train_loss
+            # Wall seconds of this epoch, training and evaluation: what a step of the curve costs.
+            metrics[EPOCH_SECONDS] = time.perf_counter() - started
+            curve.append(metrics)
+            logger.debug("fold %d epoch %d: %s", fold, epoch, metrics)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
+            if reporter is not None:
+                reporter.report(metrics[config.metric], grid.step(fold, epoch, hparams.epochs))
+                # After the last fold's last epoch the compute is spent: nothing to prune.
+                last = fold == config.n_folds - 1 and epoch == hparams.epochs - 1
+                if not last and reporter.should_prune():
+                    pruned = True
+                    break
     result = FoldResult(
         fold=fold,
         score=curve[-1].get(config.metric, math.nan),
