@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import multiprocessing as mp
 import os
 import platform
 import queue as queue_module
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,27 +158,32 @@ class FirstStep:
     Set up before the trial starts: the first forward is the first training batch's (both
     trainers evaluate only after an epoch), so ``forward_at - start`` is the setup and
     ``at - start`` adds one batch's forward and backward. Both hooks remove themselves once
-    they fired.
+    they fired (``remove`` removes them before). Times are ``clock()``'s.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         from torch.nn.modules.module import register_module_forward_pre_hook
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
         self.forward_at: float | None = None
         self.at: float | None = None
+        self._clock = clock
         self._forward = register_module_forward_pre_hook(self._on_forward)
         self._step = register_optimizer_step_pre_hook(self._on_step)
 
     def _on_forward(self, *_: Any) -> None:
         if self.forward_at is None:
-            self.forward_at = time.perf_counter()
+            self.forward_at = self._clock()
             self._forward.remove()
 
     def _on_step(self, *_: Any) -> None:
         if self.at is None:
-            self.at = time.perf_counter()
+            self.at = self._clock()
             self._step.remove()
+
+    def remove(self) -> None:
+        self._forward.remove()
+        self._step.remove()
 
 
 class StartLine:
@@ -293,3 +299,49 @@ def figure(path: Path, *args: Any, dpi: int = 110, **kwargs: Any) -> Iterator[An
         fig.savefig(path, dpi=dpi)
     finally:
         plt.close(fig)
+
+
+def product_sampler(seed: int, name: str = "tpe", **options: Any) -> Any:
+    """The product's sampler ``name`` as ``hpo.search.samplers.make_sampler`` builds it from
+    ``SamplerSpec(name=name, seed=seed, options=options)``. The space is a nominal valid one: the
+    TPE and GP constructors do not read it (only the grid sampler does)."""
+    from hpo.search.samplers import make_sampler
+    from hpo.spec.model import SamplerSpec
+    from hpo.spec.space import SearchSpace
+
+    space = SearchSpace.model_validate(
+        {
+            "lr": {"low": 1e-5, "high": 1e-3, "log": True},
+            "dropout": {"low": 0.0, "high": 0.5},
+            "l1": {"low": 0.0, "high": 1e-3},
+            "l2": {"low": 0.0, "high": 1e-3},
+        }
+    )
+    return make_sampler(SamplerSpec(name=name, seed=seed, options=options), space)
+
+
+def pool_map(
+    function: Callable[[Any], list[Any]],
+    tasks: Sequence[Any],
+    workers: int,
+    describe: Callable[[list[Any]], str],
+) -> list[Any]:
+    """``function`` over ``tasks`` in ``workers`` spawned processes, in the order tasks finish;
+    the lists it returns, joined. Each finished task is logged as ``describe(its list)``."""
+    results: list[Any] = []
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for done, task_results in enumerate(pool.imap_unordered(function, tasks), start=1):
+            results.extend(task_results)
+            logging.getLogger("bench").info("%d/%d %s", done, len(tasks), describe(task_results))
+    return results
+
+
+def median_band(
+    ax: Any, xs: Sequence[float], per_x: Iterable[Sequence[float]], alpha: float, **line: Any
+) -> None:
+    """Plot the median of each of ``per_x`` (the values at each x) against ``xs`` with keyword
+    arguments ``line``, and shade the 25th to 75th percentile in the line's colour."""
+    values = list(per_x)
+    (drawn,) = ax.plot(xs, [median(v) for v in values], **line)
+    low, high = ([percentile(v, q) for v in values] for q in (25, 75))
+    ax.fill_between(xs, low, high, color=drawn.get_color(), alpha=alpha)

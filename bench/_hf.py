@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from bench._common import FirstStep
@@ -134,27 +134,45 @@ def release_memory() -> None:
 
 def timed_trials(
     model_path: str,
+    examples: Any,
+    fold: tuple[Any, Any],
+    settings: dict[str, Any],
     *,
-    num_labels: int,
-    dropout: float,
-    tokenizer: Any,
-    train_set: Any,
-    eval_set: Any,
-    args: Callable[[], Any],
+    epochs: int,
+    out_dir: str,
     device: str = "cpu",
     trials: int = 2,
     first_step: bool = False,
+    **args_kw: Any,
 ) -> list[dict[str, Any]]:
-    """``trials`` trials of ``Trainer`` back to back (the second is warm), each loading the
-    checkpoint with a fresh head; ``args()`` makes each trial's ``TrainingArguments``.
+    """``trials`` trials of ``Trainer`` back to back (the second is warm) on ``fold`` (train and
+    held-out indices) of ``examples`` (``trainer.Examples``), tokenized once, each trial loading
+    the checkpoint with a fresh head; ``TrainingArguments`` from ``settings`` (``settings_args``,
+    with ``max_seq_len`` and ``dropout`` too) and ``args_kw``.
 
-    Per trial: ``train_examples``, ``train_s`` (inside the training epochs), ``wall_s`` (trial
-    start to its last evaluation's end), ``accuracy`` (the last evaluation's), ``peak_mb`` (CUDA,
-    else nan), ``optim``; with ``first_step``, ``setup_s`` and ``first_step_s`` too.
+    Per trial: ``train_examples``, ``train_tokens`` (unpadded, all epochs), ``train_s`` (inside
+    the training epochs), ``wall_s`` (trial start to its last evaluation's end), ``accuracy``
+    (the last evaluation's), ``peak_mb`` (CUDA, else nan), ``optim``; with ``first_step``,
+    ``setup_s`` and ``first_step_s`` too.
     """
     import torch
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+    )
 
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    train_set, eval_set = (
+        tokenized(
+            tokenizer,
+            [examples.texts[0][i] for i in indices],
+            examples.labels[indices].tolist(),
+            settings["max_seq_len"],
+        )
+        for indices in fold
+    )
     cuda = device.startswith("cuda")
     results = []
     for _ in range(trials):
@@ -166,11 +184,11 @@ def timed_trials(
         started = time.perf_counter()
         model = AutoModelForSequenceClassification.from_pretrained(
             model_path,
-            num_labels=num_labels,
-            hidden_dropout_prob=dropout,
-            attention_probs_dropout_prob=dropout,
+            num_labels=len(examples.label_names),
+            hidden_dropout_prob=settings["dropout"],
+            attention_probs_dropout_prob=settings["dropout"],
         )
-        trial_args = args()
+        trial_args = settings_args(out_dir, settings, epochs=epochs, device=device, **args_kw)
         hf = Trainer(
             model=model,
             args=trial_args,
@@ -182,7 +200,8 @@ def timed_trials(
         )
         hf.train()
         result = {
-            "train_examples": len(train_set) * int(trial_args.num_train_epochs),
+            "train_examples": len(train_set) * epochs,
+            "train_tokens": sum(len(ids) for ids in train_set["input_ids"]) * epochs,
             "train_s": timer.train_s,
             "wall_s": timer.last_eval_end - started,
             "accuracy": timer.accuracy,

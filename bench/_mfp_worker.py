@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing as mp
 import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from bench._common import pool_map, product_sampler
 
 logger = logging.getLogger("bench._mfp_worker")
 
@@ -118,47 +120,18 @@ def _fold_aware(n_steps: int) -> Any:
     return make_pruner("fold_aware", options, StepGrid(n_folds=1, steps_per_fold=n_steps))
 
 
-def _none(n_steps: int) -> Any:
+def _optuna_pruner(cls: str, n_steps: int) -> Any:
     import optuna
 
-    return optuna.pruners.NopPruner()
-
-
-def _median(n_steps: int) -> Any:
-    import optuna
-
-    return optuna.pruners.MedianPruner()
-
-
-def _hyperband(n_steps: int) -> Any:
-    import optuna
-
-    return optuna.pruners.HyperbandPruner()
+    return getattr(optuna.pruners, cls)()  # its defaults
 
 
 PRUNERS: dict[str, Callable[[int], Any]] = {
     "fold_aware": _fold_aware,
-    "none": _none,
-    "median": _median,
-    "hyperband": _hyperband,
+    "none": partial(_optuna_pruner, "NopPruner"),
+    "median": partial(_optuna_pruner, "MedianPruner"),
+    "hyperband": partial(_optuna_pruner, "HyperbandPruner"),
 }
-
-
-def _sampler(seed: int) -> Any:
-    from hpo.search.samplers import make_sampler
-    from hpo.spec.model import SamplerSpec
-    from hpo.spec.space import SearchSpace
-
-    # The product's default TPE; it does not read the space, any valid one will do.
-    space = SearchSpace.model_validate(
-        {
-            "lr": {"low": 1e-5, "high": 1e-3, "log": True},
-            "dropout": {"low": 0.0, "high": 0.5},
-            "l1": {"low": 0.0, "high": 1e-3},
-            "l2": {"low": 0.0, "high": 1e-3},
-        }
-    )
-    return make_sampler(SamplerSpec(name="tpe", seed=seed), space)
 
 
 def run_study(
@@ -176,7 +149,7 @@ def run_study(
     # auto-generated (random) name would make reruns differ.
     study = optuna.create_study(
         study_name=f"{function.name}-{pruner}-{seed}",
-        sampler=_sampler(seed),
+        sampler=product_sampler(seed),  # the product's default TPE
         pruner=PRUNERS[pruner](n_steps),
     )
     noisy = make_function(function, n_steps, seed=seed, noisy=True)
@@ -251,22 +224,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in range(args.seeds)
         for name in args.functions
     ]
-    runs: list[dict[str, Any]] = []
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        for done, task_runs in enumerate(pool.imap_unordered(run_task, tasks), start=1):
-            runs.extend(task_runs)
-            logger.info(
-                "%d/%d %s seed %d: %s",
-                done,
-                len(tasks),
-                task_runs[0]["function"],
-                task_runs[0]["seed"],
-                ", ".join(
-                    f"{r['pruner']} {r['curve'][-1][1]:.3f} "
-                    f"({r['n_complete']}+{r['n_pruned']}p, {r['wall_s']:.1f}s)"
-                    for r in task_runs
-                ),
+    runs = pool_map(
+        run_task,
+        tasks,
+        args.workers,
+        lambda runs: (
+            f"{runs[0]['function']} seed {runs[0]['seed']}: "
+            + ", ".join(
+                f"{r['pruner']} {r['curve'][-1][1]:.3f} "
+                f"({r['n_complete']}+{r['n_pruned']}p, {r['wall_s']:.1f}s)"
+                for r in runs
             )
+        ),
+    )
     from importlib.metadata import version
 
     payload = {

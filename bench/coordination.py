@@ -398,6 +398,15 @@ def cold_starts(context: Any, url: str, rounds: int) -> dict[str, list[tuple[flo
 
 # Report.
 
+# Run fields whose medians are the table's cells after "vs plain", in order.
+FIELDS = (
+    "ask_p50_ms",
+    "ask_p99_ms",
+    "statements_per_trial",
+    "commits_per_trial",
+    "cpu_ms_per_trial",
+)
+
 
 def _errors_cell(runs: Sequence[Run]) -> str:
     total: collections.Counter[str] = collections.Counter()
@@ -425,14 +434,10 @@ def render_table(runs: dict[tuple[str, int], list[Run]], workers: Sequence[int])
             rate = median([r.trials_per_s for r in rs])
             ratio = f"{rate / plain:.2f}x" if contender != "plain" and plain > 0 else ""
             server = median([r.server_cpu_ms_per_trial for r in rs])
+            medians = " | ".join(f"{median([getattr(r, f) for r in rs]):.1f}" for f in FIELDS)
             lines.append(
                 f"| {n} | {contender} | {rate:.1f} "
-                f"| {' / '.join(f'{r.trials_per_s:.1f}' for r in rs)} | {ratio} "
-                f"| {median([r.ask_p50_ms for r in rs]):.1f} "
-                f"| {median([r.ask_p99_ms for r in rs]):.1f} "
-                f"| {median([r.statements_per_trial for r in rs]):.1f} "
-                f"| {median([r.commits_per_trial for r in rs]):.1f} "
-                f"| {median([r.cpu_ms_per_trial for r in rs]):.1f} "
+                f"| {' / '.join(f'{r.trials_per_s:.1f}' for r in rs)} | {ratio} | {medians} "
                 f"| {f'{server:.1f}' if contender == 'proxy' else ''} "
                 f"| {min(r.started for r in rs)}/{n} | {_errors_cell(rs)} |"
             )
@@ -457,26 +462,16 @@ def render_cold(times: dict[str, list[tuple[float, float]]]) -> str:
 def plot(runs: dict[tuple[str, int], list[Run]], workers: Sequence[int], path: Path) -> None:
     """Trials/s and ask p99 against the number of workers, one line per contender."""
     with figure(path, 1, 2, figsize=(11, 4.2)) as (fig, (left, right)):
-        for contender in CONTENDERS:
-            ns = [n for n in workers if runs.get((contender, n))]
-            if not ns:
-                continue
-            left.plot(
-                ns,
-                [median([r.trials_per_s for r in runs[(contender, n)]]) for n in ns],
-                "o-",
-                label=contender,
-            )
-            right.plot(
-                ns,
-                [median([r.ask_p99_ms for r in runs[(contender, n)]]) for n in ns],
-                "o-",
-                label=contender,
-            )
-        for axis, title in (
-            (left, "trials/s (higher is better)"),
-            (right, "ask p99 ms (lower is better)"),
-        ):
+        panels = (
+            (left, "trials_per_s", "trials/s (higher is better)"),
+            (right, "ask_p99_ms", "ask p99 ms (lower is better)"),
+        )
+        for axis, field, title in panels:
+            for contender in CONTENDERS:
+                ns = [n for n in workers if runs.get((contender, n))]
+                values = [median([getattr(r, field) for r in runs[(contender, n)]]) for n in ns]
+                if ns:
+                    axis.plot(ns, values, "o-", label=contender)
             axis.set_xscale("log")
             axis.set_xticks(list(workers), [str(n) for n in workers])
             axis.set_xlabel("worker processes")

@@ -180,14 +180,19 @@ def bench_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "bench.e2e", *args]
 
 
-def run_logged(command: list[str], log: Path, cwd: Path) -> None:
-    """Run ``command`` to completion, appending its output to ``log``; raise on failure."""
+def start_logged(command: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start ``command`` with ``single_thread_env``, its output appended to ``log``."""
     with log.open("ab") as out:
         out.write(f"$ {shlex.join(command)}\n".encode())
         out.flush()
-        code = subprocess.call(
+        return subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=single_thread_env()
         )
+
+
+def run_logged(command: list[str], log: Path, cwd: Path) -> None:
+    """Run ``command`` to completion, appending its output to ``log``; raise on failure."""
+    code = start_logged(command, log, cwd).wait()
     if code != 0:
         raise RuntimeError(f"{shlex.join(command)} exited {code}; see {log}")
 
@@ -218,12 +223,38 @@ def _hf_model_init(dropout: float | None) -> Any:
     )
 
 
-def _hf_dataset(tokenizer: Any, frame: Any) -> Any:
-    """Tokenized ``datasets.Dataset`` (input_ids, attention_mask, labels), unpadded."""
-    from bench._hf import tokenized
+def _hf_trainer(work: Path, *, split: bool, **trainer: Any) -> tuple[Any, int, int]:
+    """``Trainer`` (one torch thread, dynamic padding, ``trainer``'s other arguments) on all
+    search rows, or with ``split`` on B's stratified train split, evaluated on the rest; and
+    the row counts of its train and eval sets."""
+    import pandas as pd
+    import torch
+    from sklearn.model_selection import train_test_split
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
 
-    labels = [LABELS.index(c) for c in frame["category"]]
-    return tokenized(tokenizer, list(frame["text"]), labels, MAX_SEQ_LEN)
+    from bench._hf import tokenized
+    from trainer.resources import resolve_local
+
+    def dataset(frame: Any) -> Any:  # input_ids, attention_mask, labels, unpadded
+        labels = [LABELS.index(c) for c in frame["category"]]
+        return tokenized(tokenizer, list(frame["text"]), labels, MAX_SEQ_LEN)
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_local(MODEL)))
+    train = pd.read_csv(work / "search.csv")
+    held = train.iloc[:0]
+    if split:
+        train, held = train_test_split(
+            train, test_size=HF_EVAL_FRACTION, stratify=train["category"], random_state=SPLIT_SEED
+        )
+    hf = Trainer(
+        train_dataset=dataset(train),
+        eval_dataset=dataset(held) if split else None,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        **trainer,
+    )
+    return hf, len(train), len(held)
 
 
 def _hf_args(output_dir: Path, *, seed: int, evaluate: bool, **overrides: Any) -> Any:
@@ -246,23 +277,12 @@ def _hf_args(output_dir: Path, *, seed: int, evaluate: bool, **overrides: Any) -
 def hf_search(work: Path, budget_s: float, n_trials: int) -> None:
     """Contender B's search; writes ``hf/search.json`` and the study to ``hf/journal.log``."""
     import optuna
-    import pandas as pd
-    import torch
     from optuna.storages.journal import JournalFileBackend
-    from sklearn.model_selection import train_test_split
-    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
 
     from bench._hf import accuracy
-    from trainer.resources import resolve_local
 
-    torch.set_num_threads(1)
     out = work / "hf"
     out.mkdir(exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_local(MODEL)))
-    search = pd.read_csv(work / "search.csv")
-    train, held = train_test_split(
-        search, test_size=HF_EVAL_FRACTION, stratify=search["category"], random_state=SPLIT_SEED
-    )
 
     def model_init(trial: optuna.Trial | None) -> Any:
         # Trainer calls model_init before hp_space, so the dropout is suggested here first;
@@ -278,13 +298,11 @@ def hf_search(work: Path, budget_s: float, n_trials: int) -> None:
             "weight_decay": trial.suggest_float("weight_decay", *WEIGHT_DECAY_RANGE),
         }
 
-    trainer = Trainer(
+    trainer, train_rows, eval_rows = _hf_trainer(
+        work,
+        split=True,
         model_init=model_init,
         args=_hf_args(out / "trainer", seed=0, evaluate=True),
-        train_dataset=_hf_dataset(tokenizer, train),
-        eval_dataset=_hf_dataset(tokenizer, held),
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
         compute_metrics=accuracy,
     )
     # Only the store is ours (to read the trials back); sampler and pruner stay Optuna's.
@@ -305,8 +323,8 @@ def hf_search(work: Path, budget_s: float, n_trials: int) -> None:
                 "trial": int(best.run_id),
                 "value": best.objective,
                 "params": best.hyperparameters,
-                "train_rows": len(train),
-                "eval_rows": len(held),
+                "train_rows": train_rows,
+                "eval_rows": eval_rows,
             },
             indent=2,
         )
@@ -315,17 +333,10 @@ def hf_search(work: Path, budget_s: float, n_trials: int) -> None:
 
 def hf_train(work: Path, seed: int, output_dir: Path) -> None:
     """Retrain B's winner on all search rows with ``seed``; save a model dir."""
-    import pandas as pd
-    import torch
-    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
-
-    from trainer.resources import resolve_local
-
-    torch.set_num_threads(1)
     best = json.loads((work / "hf" / "search.json").read_text())["params"]
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_local(MODEL)))
-    search = pd.read_csv(work / "search.csv")
-    trainer = Trainer(
+    trainer, _, _ = _hf_trainer(
+        work,
+        split=False,
         model_init=lambda: _hf_model_init(best["dropout"]),
         args=_hf_args(
             output_dir / "trainer",
@@ -334,9 +345,6 @@ def hf_train(work: Path, seed: int, output_dir: Path) -> None:
             learning_rate=best["learning_rate"],
             weight_decay=best["weight_decay"],
         ),
-        train_dataset=_hf_dataset(tokenizer, search),
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
     )
     trainer.train()
     trainer.save_model(str(output_dir))
@@ -396,7 +404,6 @@ class Lane:
 def _launch_search(
     name: str, work: Path, budget_s: float, hf_trials: int
 ) -> subprocess.Popen[bytes]:
-    log = (work / "logs" / f"{name}-search.log").open("ab")
     if name == "hf":
         command = bench_command(
             "_hf_search", str(work), "--budget-s", str(budget_s), "--hf-trials", str(hf_trials)
@@ -415,13 +422,7 @@ def _launch_search(
             "--stream",
             "0",
         )
-    log.write(f"$ {shlex.join(command)}\n".encode())
-    log.flush()
-    proc = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, cwd=work, env=single_thread_env()
-    )
-    log.close()
-    return proc
+    return start_logged(command, work / "logs" / f"{name}-search.log", work)
 
 
 def run_searches(work: Path, budget_s: float, hf_trials: int) -> dict[str, Lane]:
@@ -464,45 +465,35 @@ def run_searches(work: Path, budget_s: float, hf_trials: int) -> dict[str, Lane]
     return lanes
 
 
-def _retrain_ours(lane: Lane, work: Path, seeds: Sequence[int]) -> None:
+def _retrain(lane: Lane, work: Path, seeds: Sequence[int]) -> None:
+    """Retrain ``lane``'s winner with each seed (``hpo export`` then ``hpo train``, or B's
+    ``_hf_train``) and score it on the held-out set."""
     name = lane.name
     log = work / "logs" / f"{name}-retrain.log"
-    storage = str(work / name / "journal.log")
-    export = work / name / "best.yaml"
-    run_logged(
-        hpo_command("export", f"e2e-{name}", "--storage", storage, "-o", str(export)), log, work
-    )
-    document = yaml.safe_load(export.read_text())
+    if name != "hf":
+        storage = str(work / name / "journal.log")
+        export = work / name / "best.yaml"
+        command = hpo_command("export", f"e2e-{name}", "--storage", storage, "-o", str(export))
+        run_logged(command, log, work)
+        document = yaml.safe_load(export.read_text())
     for seed in seeds:
-        document["spec"]["train"]["seed"] = seed  # the training seed hpo train uses
-        seeded = work / name / f"best-seed{seed}.yaml"
-        seeded.write_text(yaml.safe_dump(document, sort_keys=False))
         model_dir = work / name / f"model-seed{seed}"
+        if name == "hf":
+            command = bench_command(
+                "_hf_train", str(work), "--seed", str(seed), "-o", str(model_dir)
+            )
+        else:
+            document["spec"]["train"]["seed"] = seed  # the training seed hpo train uses
+            seeded = work / name / f"best-seed{seed}.yaml"
+            seeded.write_text(yaml.safe_dump(document, sort_keys=False))
+            command = hpo_command("train", str(seeded), "-o", str(model_dir), "--device", "cpu")
         started = time.monotonic()
-        run_logged(
-            hpo_command("train", str(seeded), "-o", str(model_dir), "--device", "cpu"), log, work
-        )
-        lane.retrain.append(_score(model_dir, work, log, seed, time.monotonic() - started))
-
-
-def _retrain_hf(lane: Lane, work: Path, seeds: Sequence[int]) -> None:
-    log = work / "logs" / "hf-retrain.log"
-    for seed in seeds:
-        model_dir = work / "hf" / f"model-seed{seed}"
-        started = time.monotonic()
-        run_logged(
-            bench_command("_hf_train", str(work), "--seed", str(seed), "-o", str(model_dir)),
-            log,
-            work,
-        )
-        lane.retrain.append(_score(model_dir, work, log, seed, time.monotonic() - started))
-
-
-def _score(model_dir: Path, work: Path, log: Path, seed: int, train_s: float) -> dict[str, float]:
-    out = model_dir / "heldout.json"
-    run_logged(bench_command("_evaluate", str(model_dir), str(work), "-o", str(out)), log, work)
-    scores = json.loads(out.read_text())
-    return {"seed": float(seed), "train_s": round(train_s, 1), **scores}
+        run_logged(command, log, work)
+        train_s = time.monotonic() - started
+        out = model_dir / "heldout.json"
+        run_logged(bench_command("_evaluate", str(model_dir), str(work), "-o", str(out)), log, work)
+        scores = json.loads(out.read_text())
+        lane.retrain.append({"seed": float(seed), "train_s": round(train_s, 1), **scores})
 
 
 def run_retrains(lanes: dict[str, Lane], work: Path, seeds: Sequence[int]) -> None:
@@ -510,10 +501,7 @@ def run_retrains(lanes: dict[str, Lane], work: Path, seeds: Sequence[int]) -> No
 
     def lane_job(lane: Lane) -> None:
         try:
-            if lane.name == "hf":
-                _retrain_hf(lane, work, seeds)
-            else:
-                _retrain_ours(lane, work, seeds)
+            _retrain(lane, work, seeds)
         except Exception as e:  # one lane failing must not lose the others' results
             lane.error = str(e)
             logger.error("%s retrain failed: %s", lane.name, e)

@@ -44,6 +44,7 @@ MODELS = ("minilm-l6", "bert-base")
 CONTENDERS = ("ours", "ours+compile", "hf")
 SEQ_LEN = 128
 SETTINGS: dict[str, Any] = {
+    "max_seq_len": SEQ_LEN,
     "batch_size": 32,
     "eval_batch_size": 256,
     "lr": 5e-5,
@@ -106,94 +107,6 @@ def make_data(rows: int, model_dir: str, path: Path) -> None:
     pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
 
 
-def run_ours(
-    model_dir: str, data: Path, rows: int, epochs: int, device: str, compile_: bool
-) -> list[dict[str, float]]:
-    from bench._hf import release_memory
-    from trainer.config import DataConfig, Hyperparams, TrainerConfig
-    from trainer.device import peak_memory_mb, reset_peak_memory
-    from trainer.fold import train_fold
-    from trainer.prepare import PREPARED
-
-    config = TrainerConfig(
-        model_name_or_path=model_dir,
-        data=DataConfig(source=str(data), text=("text",), label="label"),
-        max_seq_len=SEQ_LEN,
-        n_folds=2,
-        max_grad_norm=SETTINGS["max_grad_norm"],
-        device=device,
-        eval_batch_size=SETTINGS["eval_batch_size"],
-        torch_compile=compile_,
-        # As ``TrainingArguments(bf16=cuda)`` on the HF side.
-        precision="bf16" if device.startswith("cuda") else "fp32",
-    )
-    hparams = Hyperparams(
-        lr=SETTINGS["lr"],
-        dropout=SETTINGS["dropout"],
-        l1=0.0,
-        l2=0.0,
-        batch_size=SETTINGS["batch_size"],
-        epochs=epochs,
-        warmup_ratio=SETTINGS["warmup_ratio"],
-        seed=SETTINGS["seed"],
-    )
-    trials = []
-    for _ in range(2):
-        started = time.perf_counter()
-        prepared = PREPARED.get(config)
-        release_memory()  # the last trial's model, so the peak is this trial's own
-        reset_peak_memory(prepared.device)
-        result = train_fold(hparams, config, prepared, 0).result
-        trials.append(
-            {
-                "train_examples": result.train_examples,
-                "train_s": result.train_s,
-                "wall_s": time.perf_counter() - started,
-                "peak_mb": peak_memory_mb(prepared.device)
-                if prepared.device.type == "cuda"
-                else float("nan"),
-                "accuracy": result.metrics["accuracy"],
-            }
-        )
-    return trials
-
-
-def run_hf(
-    model_dir: str, data: Path, rows: int, epochs: int, device: str
-) -> list[dict[str, float]]:
-    from transformers import AutoTokenizer
-
-    from bench._hf import settings_args, timed_trials, tokenized
-    from trainer.config import DataConfig
-    from trainer.data import load_examples, make_folds
-
-    examples = load_examples(DataConfig(source=str(data), text=("text",), label="label"))
-    train_idx, held_idx = make_folds(examples.labels, 2, 0, source=examples.source)[0]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    train_set, eval_set = (
-        tokenized(
-            tokenizer,
-            [examples.texts[0][i] for i in indices],
-            examples.labels[indices].tolist(),
-            SEQ_LEN,
-        )
-        for indices in (train_idx, held_idx)
-    )
-    with tempfile.TemporaryDirectory() as out_dir:
-        return timed_trials(
-            model_dir,
-            num_labels=len(examples.label_names),
-            dropout=SETTINGS["dropout"],
-            tokenizer=tokenizer,
-            train_set=train_set,
-            eval_set=eval_set,
-            args=lambda: settings_args(
-                out_dir, SETTINGS, epochs=epochs, device=device, bf16=device.startswith("cuda")
-            ),
-            device=device,
-        )
-
-
 def flops_per_example(model_dir: str) -> float:
     """Training FLOPs of one example of ``SEQ_LEN`` tokens (``bench._roofline``)."""
     from transformers import AutoConfig
@@ -205,21 +118,43 @@ def flops_per_example(model_dir: str) -> float:
 
 
 def child(args: argparse.Namespace) -> None:
+    """One contender's two trials in this (fresh) process, by ``bench.trainer_speed``'s
+    machinery; results as JSON to ``args.json``."""
     import torch
+
+    from bench._hf import timed_trials
+    from bench.trainer_speed import first_fold, ours_trials, trainer_setup
+    from trainer import DataConfig
 
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
+    cuda = args.device.startswith("cuda")
+    data = DataConfig(source=str(args.data), text=("text",), label="label")
     if args.child == "hf":
-        trials = run_hf(args.model_dir, args.data, args.rows, args.epochs, args.device)
+        examples, fold = first_fold(data, 2)
+        with tempfile.TemporaryDirectory() as out_dir:
+            trials = timed_trials(
+                args.model_dir,
+                examples,
+                fold,
+                SETTINGS,
+                epochs=args.epochs,
+                out_dir=out_dir,
+                device=args.device,
+                bf16=cuda,
+            )
     else:
-        trials = run_ours(
+        config, hparams = trainer_setup(
             args.model_dir,
-            args.data,
-            args.rows,
-            args.epochs,
-            args.device,
-            args.child == "ours+compile",
+            data,
+            SETTINGS,
+            n_folds=2,
+            epochs=args.epochs,
+            device=args.device,
+            torch_compile=args.child == "ours+compile",
+            precision="bf16" if cuda else "fp32",  # as ``TrainingArguments(bf16=cuda)``
         )
+        trials = ours_trials(config, hparams, first_step=False, fresh=True)
     args.json.write_text(json.dumps(trials))
 
 

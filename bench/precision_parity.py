@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import ROOT, command_line, load_average, section_body, update_section
-from trainer import Precision
+from trainer import ConfigError, Precision
 
 logger = logging.getLogger("bench.precision_parity")
 
@@ -88,6 +88,17 @@ def append_run(path: Path, run: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def bf16_supported() -> bool:
+    """Whether this CPU trains in bf16, by the trainer's own check (``resolve_precision``)."""
+    from trainer import resolve_precision
+
+    try:
+        resolve_precision("bf16", "cpu")
+    except ConfigError:
+        return False
+    return True
+
+
 def run_one(
     spec: Any,
     params: Mapping[str, Any],
@@ -99,10 +110,16 @@ def run_one(
     epochs: int,
     cache_dir: str | None,
 ) -> dict[str, Any]:
-    """One cross-validation of the demo at ``params``; its scores and timings."""
+    """One cross-validation of the demo at ``params``; its scores and timings.
+
+    Raises:
+        ConfigError: ``bf16`` on a CPU without native bf16 (checked before anything runs).
+    """
     from hpo.translate import hyperparams_for, trainer_config
     from trainer import resolve_precision, run_cv
 
+    if precision == "bf16" and not bf16_supported():
+        raise ConfigError("the bf16 runs need a CPU with native bf16, and this one has none")
     config = trainer_config(
         spec,
         device="cpu",
@@ -223,14 +240,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                 }
                 if run_key(run) in done:
                     continue
-                run |= run_one(
-                    spec,
-                    configs[name],
-                    seed=seed,
-                    precision=precision,
-                    cache_dir=args.cache_dir,
-                    **settings,
-                )
+                try:
+                    run |= run_one(
+                        spec,
+                        configs[name],
+                        seed=seed,
+                        precision=precision,
+                        cache_dir=args.cache_dir,
+                        **settings,
+                    )
+                except ConfigError as e:  # one line, not a traceback after the fp32 runs
+                    parser.exit(2, f"bench.precision_parity: {e}\n")
                 run |= {"params": configs[name], "threads": args.threads}
                 append_run(args.results, run)
                 loads.append(os.getloadavg()[0])

@@ -57,7 +57,7 @@ from bench._common import (
     load_average,
     machine_line,
     median,
-    percentile,
+    median_band,
     run_date,
     update_section,
 )
@@ -94,21 +94,9 @@ def ensure_venv(path: Path = VENV) -> Path:
 def run_worker(python: Path, args: argparse.Namespace, out: Path) -> None:
     """Run every study in the worker venv; its results land in ``out``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [
-        str(python),
-        "-m",
-        "bench._mfp_worker",
-        "--out",
-        str(out),
-        "--seeds",
-        str(args.seeds),
-        "--n-steps",
-        str(args.n_steps),
-        "--budget-steps",
-        str(args.budget_steps),
-        "--workers",
-        str(args.workers),
-    ]
+    command = [str(python), "-m", "bench._mfp_worker", "--out", str(out)]
+    for option in ("seeds", "n_steps", "budget_steps", "workers"):  # passed on as given
+        command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     subprocess.run(command, cwd=ROOT, env=env, check=True)
 
 
@@ -177,16 +165,14 @@ def function_table(
         + " | anytime ÷ none | trials completed / pruned | wall s / study |",
         "|" + " --- |" * (len(budgets) + 4),
     ]
-    medians: dict[str, dict[int, float]] = {}
-    for pruner in PRUNERS:
-        mine = [r for r in runs if r["pruner"] == pruner]
-        medians[pruner] = {
-            b: median([regret_at(r, b, info["optimum"]) for r in mine]) for b in budgets
-        }
-    none = [r for r in runs if r["pruner"] == "none"]
+    by_pruner = {pruner: [r for r in runs if r["pruner"] == pruner] for pruner in PRUNERS}
+    medians = {
+        pruner: {b: median([regret_at(r, b, info["optimum"]) for r in mine]) for b in budgets}
+        for pruner, mine in by_pruner.items()
+    }
+    none = by_pruner["none"]
     ratios: dict[str, dict[int | str, float]] = {}
-    for pruner in PRUNERS:
-        mine = [r for r in runs if r["pruner"] == pruner]
+    for pruner, mine in by_pruner.items():
         ratios[pruner] = {b: _ratio(medians[pruner][b], medians["none"][b]) for b in budgets}
         ratios[pruner]["anytime"] = anytime_ratio(mine, none, info["optimum"], grid)
         cells = []
@@ -222,11 +208,7 @@ def plot(payload: Mapping[str, Any], path: Path) -> None:
                     r for r in payload["runs"] if r["function"] == name and r["pruner"] == pruner
                 ]
                 per_budget = [[regret_at(r, b, info["optimum"]) for r in mine] for b in grid]
-                mid = [median(v) for v in per_budget]
-                low = [percentile(v, 25) for v in per_budget]
-                high = [percentile(v, 75) for v in per_budget]
-                (line,) = ax.plot(grid, mid, label=pruner)
-                ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.12)
+                median_band(ax, grid, per_budget, 0.12, label=pruner)
             ax.set_yscale("log")
             ax.set_title(f"{name} (ρ first/full {info['rho_first_full']:.2f})")
             ax.set_xlabel("fidelity steps spent")

@@ -64,14 +64,14 @@ import datetime as dt
 import importlib.util
 import json
 import logging
-import multiprocessing as mp
+import math
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +81,10 @@ from bench._common import (
     load_average,
     machine_line,
     median,
+    median_band,
     percentile,
+    pool_map,
+    product_sampler,
     run_date,
     update_section,
 )
@@ -114,6 +117,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "ours-startup10-univariate": {"multivariate": False, "n_startup_trials": 10},
 }
 CHECKPOINTS: tuple[int, ...] = (10, 25, 50, 100)
+KINDS = ("better", "tied", "worse")  # of paired counts, in their order
 PLOT_FLOOR = 1e-4  # log axes cannot show a regret of exactly 0
 
 
@@ -187,64 +191,20 @@ def suggest_key(trial: optuna.Trial, grid: dict[str, list[Any]]) -> str:
 # --- the contenders ---------------------------------------------------------------------------
 
 
-def _nominal_space() -> Any:
-    from hpo.spec.space import SearchSpace
-
-    # Any valid space will do: make_sampler's TPE and GP constructors do not read it.
-    return SearchSpace.model_validate(
-        {
-            "lr": {"low": 1e-5, "high": 1e-3, "log": True},
-            "dropout": {"low": 0.0, "high": 0.5},
-            "l1": {"low": 0.0, "high": 1e-3},
-            "l2": {"low": 0.0, "high": 1e-3},
-        }
-    )
-
-
-def _ours(seed: int) -> optuna.samplers.BaseSampler:
-    from hpo.search.samplers import make_sampler
-    from hpo.spec.model import SamplerSpec
-
-    return make_sampler(SamplerSpec(name="tpe", seed=seed), _nominal_space())
-
-
-def _ours_with(options: dict[str, Any]) -> Callable[[int], optuna.samplers.BaseSampler]:
-    """Ours, built the product's way, with some TPE constructor arguments overridden."""
-
-    def build(seed: int) -> optuna.samplers.BaseSampler:
-        from hpo.search.samplers import make_sampler
-        from hpo.spec.model import SamplerSpec
-
-        return make_sampler(SamplerSpec(name="tpe", seed=seed, options=options), _nominal_space())
-
-    return build
-
-
-def _ours_gp(seed: int) -> optuna.samplers.BaseSampler:
-    from hpo.search.samplers import make_sampler
-    from hpo.spec.model import SamplerSpec
-
-    return make_sampler(SamplerSpec(name="gp", seed=seed), _nominal_space())
-
-
-def _optuna_default(seed: int) -> optuna.samplers.BaseSampler:
+def _optuna_sampler(cls: str, seed: int) -> optuna.samplers.BaseSampler:
     import optuna
 
-    return optuna.samplers.TPESampler(seed=seed)
-
-
-def _random(seed: int) -> optuna.samplers.BaseSampler:
-    import optuna
-
-    return optuna.samplers.RandomSampler(seed=seed)
+    sampler: optuna.samplers.BaseSampler = getattr(optuna.samplers, cls)(seed=seed)
+    return sampler
 
 
 CONTENDERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-    "ours": _ours,
-    "optuna-default": _optuna_default,
-    "random": _random,
-    GP_CONTENDER: _ours_gp,
-    **{name: _ours_with(options) for name, options in ABLATIONS.items()},
+    "ours": product_sampler,
+    "optuna-default": partial(_optuna_sampler, "TPESampler"),
+    "random": partial(_optuna_sampler, "RandomSampler"),
+    GP_CONTENDER: partial(product_sampler, name="gp"),
+    # Ours, built the product's way, with some TPE constructor arguments overridden.
+    **{name: partial(product_sampler, **options) for name, options in ABLATIONS.items()},
 }
 
 
@@ -383,6 +343,21 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}"
 
 
+def _paired_headline(
+    runs: Sequence[Run], other: str, n_trials: int, label: str | None = None
+) -> dict[str, float]:
+    """``better/tied/worse vs {label}``: ours against ``other`` after ``n_trials`` trials."""
+    counts = paired_counts(runs, "ours", other, n_trials)
+    return {f"{kind} vs {label or other}": n for kind, n in zip(KINDS, counts, strict=True)}
+
+
+def _by_contender(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    by_contender: dict[str, list[Run]] = {}
+    for run in runs:
+        by_contender.setdefault(run.contender, []).append(run)
+    return by_contender
+
+
 def _cell(values: Sequence[float]) -> str:
     return f"{median(values):.3g} [{percentile(values, 25):.3g}, {percentile(values, 75):.3g}]"
 
@@ -393,9 +368,7 @@ def family_report(family: str, runs: Sequence[Run], n_trials: int) -> tuple[str,
     Works on any subset of ``CONTENDERS``; a line or column that needs a contender that did
     not run (``ours``, ``optuna-default``, ``random``) is left out, as are its headline keys.
     """
-    by_contender: dict[str, list[Run]] = {}
-    for run in runs:
-        by_contender.setdefault(run.contender, []).append(run)
+    by_contender = _by_contender(runs)
     present = [name for name in CONTENDERS if name in by_contender]
     # Ranked: the contenders that ran every seed (GP runs only the first few).
     ranked = [name for name in present if name != GP_CONTENDER]
@@ -414,28 +387,16 @@ def family_report(family: str, runs: Sequence[Run], n_trials: int) -> tuple[str,
     final = {name: median([r.normalized[-1] for r in mine]) for name, mine in by_contender.items()}
     headline: dict[str, float] = {}
     has_ours = "ours" in final
-    if has_ours and "random" in final:
-        headline["ours/random"] = (
-            final["ours"] / final["random"] if final["random"] else float("nan")
-        )
-    if has_ours and "optuna-default" in final:
-        headline["ours/optuna-default"] = (
-            final["ours"] / final["optuna-default"] if final["optuna-default"] else float("nan")
-        )
+    for other in ("random", "optuna-default"):
+        if has_ours and other in final:
+            headline[f"ours/{other}"] = final["ours"] / final[other] if final[other] else math.nan
     for name in CORE_CONTENDERS:
         if name in ranks:
             headline[f"rank {name}"] = ranks[name]
     if len(ranked) != len(CORE_CONTENDERS):  # the default run's headlines stay as they were
         headline["ranked"] = len(ranked)
     if has_ours and "optuna-default" in final:
-        better, tied, worse = paired_counts(runs, "ours", "optuna-default", n_trials)
-        headline.update(
-            {
-                "better vs optuna-default": better,
-                "tied vs optuna-default": tied,
-                "worse vs optuna-default": worse,
-            }
-        )
+        headline |= _paired_headline(runs, "optuna-default", n_trials)
     ratios = [
         f"ours ÷ {label}: **{_ratio(final['ours'], final[name])}**"
         for name, label in (("random", "random"), ("optuna-default", "Optuna default TPE"))
@@ -468,15 +429,8 @@ def family_report(family: str, runs: Sequence[Run], n_trials: int) -> tuple[str,
             f"On the {len(gp_seeds)} studies where GP ran, ours ÷ GP median final normalized "
             f"regret: **{_ratio(median(ours_same), final[GP_CONTENDER])}**."
         )
-        better, tied, worse = paired_counts(runs, "ours", GP_CONTENDER, n_trials)
-        headline.update(
-            {
-                "gp studies": len(gp_seeds),
-                "better vs gp": better,
-                "tied vs gp": tied,
-                "worse vs gp": worse,
-            }
-        )
+        headline["gp studies"] = len(gp_seeds)
+        headline |= _paired_headline(runs, GP_CONTENDER, n_trials, "gp")
     ablations = [name for name in present if name in ABLATIONS]
     if ablations:
         lines += ["", *ablation_table(runs, present, n_trials)]
@@ -542,9 +496,7 @@ def ablation_table(runs: Sequence[Run], present: Sequence[str], n_trials: int) -
         + " |",
         "|" + " --- |" * (1 + len(checkpoints) + 2 * len(references)),
     ]
-    by_contender: dict[str, list[Run]] = {}
-    for run in runs:
-        by_contender.setdefault(run.contender, []).append(run)
+    by_contender = _by_contender(runs)
     for name in present:
         if name == GP_CONTENDER:
             continue
@@ -572,11 +524,7 @@ def plot_family(family: str, runs: Sequence[Run], path: Path) -> None:
             n_trials = len(mine[0])
             xs = list(range(1, n_trials + 1))
             per_trial = [[max(curve[t], PLOT_FLOOR) for curve in mine] for t in range(n_trials)]
-            mid = [median(v) for v in per_trial]
-            low = [percentile(v, 25) for v in per_trial]
-            high = [percentile(v, 75) for v in per_trial]
-            (line,) = ax.plot(xs, mid, label=f"{name} (n={len(mine)})")
-            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
+            median_band(ax, xs, per_trial, 0.15, label=f"{name} (n={len(mine)})")
         ax.set_yscale("log")
         ax.set_xlabel("trials")
         ax.set_ylabel("normalized regret (1 = median config, 0 = optimum)")
@@ -707,21 +655,15 @@ def summary_lines(headlines: dict[str, dict[str, float]]) -> list[str]:
 def run_all(tasks: Sequence[Task], args: argparse.Namespace) -> tuple[list[Run], float]:
     """Every task in a process pool; the runs and the wall time of the whole run."""
     started = time.perf_counter()
-    runs: list[Run] = []
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        for done, task_runs in enumerate(pool.imap_unordered(run_task, tasks), start=1):
-            runs.extend(task_runs)
-            first = task_runs[0]
-            logger.info(
-                "%d/%d %s seed %d: %s",
-                done,
-                len(tasks),
-                first.dataset,
-                first.seed,
-                ", ".join(
-                    f"{r.contender} {r.normalized[-1]:.3g} ({r.wall_s:.1f}s)" for r in task_runs
-                ),
-            )
+    runs = pool_map(
+        run_task,
+        tasks,
+        args.workers,
+        lambda runs: (
+            f"{runs[0].dataset} seed {runs[0].seed}: "
+            + ", ".join(f"{r.contender} {r.normalized[-1]:.3g} ({r.wall_s:.1f}s)" for r in runs)
+        ),
+    )
     return runs, time.perf_counter() - started
 
 

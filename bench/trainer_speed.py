@@ -59,7 +59,7 @@ from trainer import Precision
 
 if TYPE_CHECKING:
     from bench._roofline import Peak
-    from trainer import Hyperparams, TrainerConfig
+    from trainer import DataConfig, Examples, Hyperparams, TrainerConfig
 
 logger = logging.getLogger("bench.trainer_speed")
 
@@ -100,117 +100,120 @@ CONTENDERS: dict[str, Contender] = {
 }
 
 
-def _data(rows: int) -> tuple[Any, Any]:
-    from trainer.config import DataConfig
-    from trainer.data import load_examples, make_folds
+def data_config(rows: int) -> DataConfig:
+    """Rotten Tomatoes snippets, fresh/rotten, ``rows`` of them."""
+    from trainer import DataConfig
 
-    config = DataConfig(
+    return DataConfig(
         source=DATA, text=("text",), label="category", labels=("fresh", "rotten"), subsample=rows
     )
+
+
+def first_fold(config: DataConfig, n_folds: int) -> tuple[Examples, tuple[Any, Any]]:
+    """The examples of ``config`` and fold 0 of ``n_folds`` (train, held-out indices)."""
+    from trainer import load_examples, make_folds
+
     examples = load_examples(config)
-    return config, (examples, make_folds(examples.labels, 3, 0, source=examples.source)[0])
+    return examples, make_folds(examples.labels, n_folds, 0, source=examples.source)[0]
 
 
 def trainer_setup(
+    model: str,
+    data: DataConfig,
+    settings: dict[str, Any],
+    *,
+    n_folds: int,
+    epochs: int,
+    penalties: bool = False,
+    **config: Any,
+) -> tuple[TrainerConfig, Hyperparams]:
+    """Our (config, hparams) from a bench's ``settings`` (max_seq_len, batch_size,
+    eval_batch_size, lr, dropout, warmup_ratio, max_grad_norm, seed); ``config``: the rest of
+    ``TrainerConfig`` (device, precision already resolved, ...); ``penalties``: L1/L2 on."""
+    from trainer import Hyperparams, TrainerConfig
+
+    trainer_config = TrainerConfig(
+        model_name_or_path=model,
+        data=data,
+        max_seq_len=settings["max_seq_len"],
+        n_folds=n_folds,
+        max_grad_norm=settings["max_grad_norm"],
+        eval_batch_size=settings["eval_batch_size"],
+        **config,
+    )
+    hparams = Hyperparams(
+        lr=settings["lr"],
+        dropout=settings["dropout"],
+        l1=PENALTIES["l1"] if penalties else 0.0,
+        l2=PENALTIES["l2"] if penalties else 0.0,
+        batch_size=settings["batch_size"],
+        epochs=epochs,
+        warmup_ratio=settings["warmup_ratio"],
+        seed=settings["seed"],
+    )
+    return trainer_config, hparams
+
+
+def contender_setup(
     rows: int, epochs: int, contender: Contender, cache_dir: str
 ) -> tuple[TrainerConfig, Hyperparams]:
     """Our (config, hparams) for ``contender`` (its precision checked against this CPU)."""
-    from trainer import Hyperparams, TrainerConfig, resolve_precision
+    from trainer import resolve_precision
 
-    data_config, _ = _data(rows)
-    config = TrainerConfig(
-        model_name_or_path=MODEL,
-        data=data_config,
-        max_seq_len=SETTINGS["max_seq_len"],
+    return trainer_setup(
+        MODEL,
+        data_config(rows),
+        SETTINGS,
         n_folds=3,
-        max_grad_norm=SETTINGS["max_grad_norm"],
+        epochs=epochs,
+        penalties=contender.penalties,
         device="cpu",
-        eval_batch_size=SETTINGS["eval_batch_size"],
         cache_dir=cache_dir,
         precision=resolve_precision(contender.precision, "cpu"),
     )
-    hparams = Hyperparams(
-        lr=SETTINGS["lr"],
-        dropout=SETTINGS["dropout"],
-        l1=PENALTIES["l1"] if contender.penalties else 0.0,
-        l2=PENALTIES["l2"] if contender.penalties else 0.0,
-        batch_size=SETTINGS["batch_size"],
-        epochs=epochs,
-        warmup_ratio=SETTINGS["warmup_ratio"],
-        seed=SETTINGS["seed"],
-    )
-    return config, hparams
 
 
-def run_ours(rows: int, epochs: int, contender: Contender, cache_dir: str) -> list[dict[str, Any]]:
-    """Two trials of our trainer on fold 0 in this process; per-trial timings."""
+def ours_trials(
+    config: TrainerConfig, hparams: Hyperparams, *, first_step: bool = True, fresh: bool = False
+) -> list[dict[str, Any]]:
+    """Two trials of our trainer on fold 0 in this process, back to back as a worker runs them.
+
+    Per trial: precision, train_examples, train_tokens, train_s, wall_s, accuracy, peak_mb (CUDA,
+    else nan); with ``first_step``, setup_s and first_step_s (its global hooks are left out
+    under ``torch.compile``). ``fresh``: the last trial's model is collected and the peak memory
+    reset before training, so the peak is this trial's own.
+    """
+    from bench._hf import release_memory
+    from trainer.device import peak_memory_mb, reset_peak_memory
     from trainer.fold import train_fold
     from trainer.prepare import PREPARED
 
-    config, hparams = trainer_setup(rows, epochs, contender, cache_dir)
     trials = []
     for _ in range(2):
-        first = FirstStep()
+        first = FirstStep() if first_step else None
         started = time.perf_counter()
         prepared = PREPARED.get(config)  # what a worker does per trial
+        if fresh:
+            release_memory()
+            reset_peak_memory(prepared.device)
         result = train_fold(hparams, config, prepared, 0).result
         ended = time.perf_counter()
-        assert first.at is not None and first.forward_at is not None
+        cuda = prepared.device.type == "cuda"
         train_idx = prepared.folds[0][0]
-        trials.append(
-            {
-                "precision": config.precision,
-                "train_examples": result.train_examples,
-                "train_tokens": int(prepared.tokens.lengths[train_idx].sum()) * len(result.curve),
-                "train_s": result.train_s,
-                "setup_s": first.forward_at - started,
-                "first_step_s": first.at - started,
-                "wall_s": ended - started,
-                "accuracy": result.metrics["accuracy"],
-            }
-        )
+        trial = {
+            "precision": config.precision,
+            "train_examples": result.train_examples,
+            "train_tokens": int(prepared.tokens.lengths[train_idx].sum()) * len(result.curve),
+            "train_s": result.train_s,
+            "wall_s": ended - started,
+            "peak_mb": peak_memory_mb(prepared.device) if cuda else float("nan"),
+            "accuracy": result.metrics["accuracy"],
+        }
+        if first is not None:
+            assert first.at is not None and first.forward_at is not None
+            trial |= {"setup_s": first.forward_at - started, "first_step_s": first.at - started}
+        trials.append(trial)
     return trials
-
-
-def run_hf(
-    rows: int, epochs: int, bf16: bool, out_dir: str, group_by_length: bool = False
-) -> list[dict[str, Any]]:
-    """Two trials of ``transformers.Trainer`` on the same fold, as its docs set it up."""
-    from transformers import AutoTokenizer
-
-    from bench._hf import settings_args, timed_trials, tokenized
-    from trainer.model import resolve_model_ref
-
-    path = resolve_model_ref(MODEL)
-    _, (examples, (train_idx, held_idx)) = _data(rows)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    train_set, eval_set = (
-        tokenized(
-            tokenizer,
-            [examples.texts[0][i] for i in indices],
-            examples.labels[indices].tolist(),
-            SETTINGS["max_seq_len"],
-        )
-        for indices in (train_idx, held_idx)
-    )
-    trials = timed_trials(
-        str(path),
-        num_labels=2,
-        dropout=SETTINGS["dropout"],
-        tokenizer=tokenizer,
-        train_set=train_set,
-        eval_set=eval_set,
-        args=lambda: settings_args(
-            out_dir,
-            SETTINGS,
-            epochs=epochs,
-            bf16=bf16,
-            train_sampling_strategy="group_by_length" if group_by_length else "random",
-        ),
-        first_step=True,
-    )
-    tokens = sum(len(ids) for ids in train_set["input_ids"]) * epochs
-    return [{**trial, "train_tokens": tokens} for trial in trials]
 
 
 def training_work(rows: int, epochs: int, cache_dir: str) -> tuple[float, int]:
@@ -220,7 +223,7 @@ def training_work(rows: int, epochs: int, cache_dir: str) -> tuple[float, int]:
     from trainer.model import load_pretrained
     from trainer.tokens import tokenize_cached
 
-    _, (examples, (train_idx, _)) = _data(rows)
+    examples, (train_idx, _) = first_fold(data_config(rows), 3)
     pretrained = load_pretrained(MODEL)
     tokens = tokenize_cached(pretrained.tokenizer, examples, SETTINGS["max_seq_len"], cache_dir)
     lengths = tokens.lengths[train_idx]
@@ -232,16 +235,30 @@ def child(name: str, rows: int, epochs: int, threads: int, cache_dir: str, out: 
     """One contender's run in this (fresh) process; results as JSON to ``out``."""
     import torch
 
+    from bench._hf import timed_trials
+    from trainer.model import resolve_model_ref
+
     torch.set_num_threads(threads)
     contender = CONTENDERS[name]
-    with tempfile.TemporaryDirectory() as tmp:
-        if contender.trainer == "hf":
-            bf16 = contender.precision == "bf16"
-            trials = run_hf(rows, epochs, bf16, tmp, contender.group_by_length)
-            for trial in trials:
-                trial["precision"] = contender.precision
-        else:
-            trials = run_ours(rows, epochs, contender, cache_dir)
+    sampling = "group_by_length" if contender.group_by_length else "random"
+    if contender.trainer == "ours":
+        trials = ours_trials(*contender_setup(rows, epochs, contender, cache_dir))
+    else:
+        examples, fold = first_fold(data_config(rows), 3)
+        with tempfile.TemporaryDirectory() as tmp:
+            trials = timed_trials(
+                str(resolve_model_ref(MODEL)),
+                examples,
+                fold,
+                SETTINGS,
+                epochs=epochs,
+                out_dir=tmp,
+                first_step=True,
+                bf16=contender.precision == "bf16",
+                train_sampling_strategy=sampling,
+            )
+        for trial in trials:
+            trial["precision"] = contender.precision
     out.write_text(json.dumps(trials))
 
 
@@ -252,7 +269,7 @@ def profile_child(rows: int, epochs: int, threads: int, cache_dir: str) -> list[
     from bench._step_profile import profile_steps
 
     torch.set_num_threads(threads)
-    config, hparams = trainer_setup(rows, epochs, CONTENDERS["ours+l1l2"], cache_dir)
+    config, hparams = contender_setup(rows, epochs, CONTENDERS["ours+l1l2"], cache_dir)
     profiles = profile_steps(hparams, config, ("fp32", "bf16"))
     return [asdict(profile) for profile in profiles]
 

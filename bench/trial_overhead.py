@@ -38,6 +38,7 @@ from typing import Any
 from bench._common import (
     FIGURES,
     ROOT,
+    FirstStep,
     command_line,
     figure,
     load_average,
@@ -63,13 +64,10 @@ class Meter:
         self._lock = threading.Lock()
         self.trial: int | None = None  # the trial id handed out last
         self.handed_out: dict[int, float] = {}
-        self.first_step: dict[int, float] = {}
-        self.first_forward: dict[int, float] = {}
-        self._forward_hook: Any = None
+        self.first: dict[int, FirstStep] = {}  # when a trial's first forward and step came
         self.finished: dict[int, tuple[float, str]] = {}
         # (trial or -1, "main" | "heartbeat") -> [calls, seconds, statements, commits, connects]
         self.cells: dict[tuple[int, str], list[float]] = {}
-        self._step_pending = False
 
     def _cell(self) -> list[float]:
         kind = "main" if threading.current_thread() is threading.main_thread() else "heartbeat"
@@ -111,19 +109,11 @@ class Meter:
         self._handed_out(int(trial_id))
 
     def _handed_out(self, trial_id: int) -> None:
+        if self.trial is not None:  # global hooks cost every module call: only until used
+            self.first[self.trial].remove()
         self.trial = trial_id
         self.handed_out[trial_id] = time.time()
-        self._step_pending = True
-        if self._forward_hook is None:  # a global hook costs every module call: only until used
-            from torch.nn.modules.module import register_module_forward_pre_hook
-
-            self._forward_hook = register_module_forward_pre_hook(self._forward)
-
-    def _forward(self, *_: Any) -> None:
-        if self.trial is not None and self._forward_hook is not None:
-            self.first_forward[self.trial] = time.time()
-            self._forward_hook.remove()
-            self._forward_hook = None
+        self.first[trial_id] = FirstStep(time.time)
 
     def state_set(self, _: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         trial_id = int(args[0] if args else kwargs["trial_id"])
@@ -132,11 +122,6 @@ class Meter:
             self.finished[trial_id] = (time.time(), state.name)
         elif state.name == "RUNNING" and threading.current_thread() is threading.main_thread():
             self._handed_out(trial_id)  # a waiting (re-queued) trial was popped by ask
-
-    def optimizer_step(self, *_: Any) -> None:
-        if self._step_pending and self.trial is not None:
-            self.first_step[self.trial] = time.time()
-            self._step_pending = False
 
 
 STORE_METHODS = (
@@ -192,7 +177,6 @@ def child(store: str, url: str, study_name: str, threads: int, out: Path) -> Non
     started_import = time.time()
     import optuna
     import torch
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     import hpo.worker.loop as worker_module
     from hpo.store import (
@@ -204,7 +188,6 @@ def child(store: str, url: str, study_name: str, threads: int, out: Path) -> Non
     torch.set_num_threads(threads)
     imported = time.time()
     meter = Meter()
-    register_optimizer_step_pre_hook(meter.optimizer_step)
     engines: list[Any] = []
     if store == "postgresql-plain":
 
@@ -259,8 +242,8 @@ def child(store: str, url: str, study_name: str, threads: int, out: Path) -> Non
                 "trial_id": trial_id,
                 "state": state,
                 "handed_out": handed,
-                "first_step": meter.first_step.get(trial_id),
-                "first_forward": meter.first_forward.get(trial_id),
+                "first_step": meter.first[trial_id].at,
+                "first_forward": meter.first[trial_id].forward_at,
                 "finished": finished_at,
                 "main": cells["main"],
                 "heartbeat": cells["heartbeat"],
@@ -325,12 +308,8 @@ def summarize(result: dict[str, Any]) -> dict[str, float]:
         "overhead_ms": median([1000 * t["main"][1] for t in trials]),
         "trial_s": median([t["span_s"] for t in trials]),
         "share": main_s / span_s if span_s else float("nan"),
-        "warm_setup_s": median([t["first_forward"] - t["handed_out"] for t in warm])
-        if warm
-        else float("nan"),
-        "warm_step_s": median([t["first_step"] - t["handed_out"] for t in warm])
-        if warm
-        else float("nan"),
+        "warm_setup_s": median([t["first_forward"] - t["handed_out"] for t in warm]),  # NaN: none
+        "warm_step_s": median([t["first_step"] - t["handed_out"] for t in warm]),
         "first_setup_s": (trials[0]["first_forward"] or float("nan")) - trials[0]["handed_out"],
         "fresh_s": (trials[0]["first_forward"] or float("nan")) - result["spawned"],
         "to_imported_s": result["imported"] - result["spawned"],

@@ -86,3 +86,20 @@ def test_each_finished_run_is_kept_and_a_rerun_trains_only_what_is_missing(
     trained.clear()
     parity.main([*argv, "--epochs", "1"])  # other settings: other runs
     assert len(trained) == 4
+
+
+def test_a_cpu_without_bf16_stops_in_one_line_before_the_first_bf16_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "parity.json"
+    settings = {"rows": 64, "folds": 2, "epochs": 1}
+    fp32 = {**run("baseline", 0, "fp32", 0.8), **settings}
+    parity.append_run(results, fp32)  # the fp32 run is done: the next one is the first bf16
+    monkeypatch.setattr(parity, "bf16_supported", lambda: False)
+    argv = ["--seeds", "0", "--configs", "baseline", "--rows", "64", "--folds", "2"]
+    with pytest.raises(SystemExit) as stopped:
+        parity.main([*argv, "--epochs", "1", "--results", str(results)])
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and "native bf16" in message
+    assert parity.load_runs(results) == [fp32]
