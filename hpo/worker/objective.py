@@ -79,5 +79,5 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, context: TrialContext) -> fl
     records.write_result(trial, result)
     if result.pruned:
         epochs = sum(len(curve) for curve in result.curves)
-        raise optuna.TrialPruned(f"pruned after {epochs} epochs")
+        raise optuna.TrialPruned(f"pruned after {epochs} epoch{'' if epochs == 1 else 's'}")
     return result.mean
