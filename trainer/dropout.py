@@ -4,19 +4,23 @@ Why by hand: on the CPU, ``torch.nn.functional.dropout`` fills its mask with ``b
 one serial Mersenne Twister draw per element, whatever the thread count. In a bf16 training
 step of MiniLM-L6 at batch 16 (2 threads) the 20 dropout masks took 20 ms of 161 (12 %), more
 than the attention. Here one 64-bit draw (torch's generator, ``random_``) gives the coins of
-four elements, a 16-bit lane each: ``keep = lane >= p·2¹⁶ − 2¹⁵``, so the keep probability is
-``1 − p`` rounded to 1/65536 (for ``p = 0.1``, 0.0999908 instead of 0.1). The random stream
-is torch's default generator, so a run is as reproducible from its seed as with
-``nn.Dropout``; the masks differ from ``nn.Dropout``'s for the same seed.
+four elements, a 16-bit lane each: an element is dropped with probability ``k / 65536``,
+``k = round(p · 65536)`` (for ``p = 0.1``: 0.1000061), and kept ones are scaled by
+``65536 / (65536 − k)``, so the expectation is exact. The random stream is torch's default
+generator, so a run is as reproducible from its seed as with ``nn.Dropout``; the masks differ
+from ``nn.Dropout``'s for the same seed.
 
 On CUDA torch's dropout is a fused Philox kernel and stays as it is; with ``torch.compile``
 Inductor generates its own. :func:`cpu_dropout` swaps the masks in for a training run only and
-puts everything back after it: the model that is saved or exported is the stock one.
+puts everything back after it (modules, their train/eval flags, the attention setting): the
+model that is saved or exported is the stock one.
 
-Attention-probability dropout happens inside ``scaled_dot_product_attention`` (which on the
-CPU falls back to its math path with ``bernoulli_`` whenever dropout is on); for models that
-dispatch attention through transformers' ``AttentionInterface`` (BERT and most encoders),
-:func:`attention` is that math path with these masks, and plain SDPA when dropout is off.
+Attention-probability dropout happens inside ``scaled_dot_product_attention``, which on the
+CPU falls back to its math path (scores and softmax in fp32, ``bernoulli_``) whenever dropout
+is on. For the encoders in :data:`ENCODERS`, which dispatch attention through transformers'
+``AttentionInterface``, :func:`attention` is that math path with these masks; any call it does
+not cover (causal, grouped-query, a position bias, a softcap, dropout off) goes to
+transformers' own SDPA function unchanged.
 """
 
 from __future__ import annotations
@@ -32,21 +36,30 @@ if TYPE_CHECKING:
 
 # The attention implementation name registered with transformers (process-wide, harmless).
 ATTENTION_NAME = "hpo_cpu_dropout"
+# Model types whose attention goes through ``AttentionInterface`` with the plain signature.
+ENCODERS = frozenset(
+    {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "albert"}
+)
 LANE_VALUES = 1 << 16
+# Arguments of the SDPA interface that the math path here does not implement.
+_SDPA_ONLY = ("position_bias", "softcap", "s_aux", "sliding_window")
 
 
 def keep_scale(
     shape: tuple[int, ...], p: float, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    """A dropout mask already scaled: ``1 / (1 − p)`` where kept, 0 where dropped."""
+    """A dropout mask already scaled: ``65536 / (65536 − k)`` where kept, 0 where dropped."""
     import torch
 
+    dropped = min(max(round(p * LANE_VALUES), 0), LANE_VALUES)
+    if dropped == LANE_VALUES:
+        return torch.zeros(shape, dtype=dtype, device=device)
     n = math.prod(shape)
     draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
     draws.random_(-(1 << 63), None)  # all 64 bits random: four uniform 16-bit lanes
     lanes = draws.view(torch.int16)[:n].view(shape)
-    threshold = round(p * LANE_VALUES) - LANE_VALUES // 2
-    return (lanes >= threshold).to(dtype).mul_(1.0 / (1.0 - p))
+    threshold = dropped - LANE_VALUES // 2
+    return (lanes >= threshold).to(dtype).mul_(LANE_VALUES / (LANE_VALUES - dropped))
 
 
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -56,18 +69,25 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     return x * keep_scale(tuple(x.shape), p, x.device, x.dtype)
 
 
+_module_class: type[nn.Module] | None = None
+
+
 def _dropout_module() -> type[nn.Module]:
-    from torch import nn
+    """The module class, made on first use (torch is imported lazily)."""
+    global _module_class
+    if _module_class is None:
+        from torch import nn
 
-    class CpuDropout(nn.Dropout):
-        """``nn.Dropout`` with :func:`dropout`'s masks; identity in eval mode."""
+        class CpuDropout(nn.Dropout):
+            """``nn.Dropout`` with :func:`dropout`'s masks; identity in eval mode."""
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if not self.training or self.p == 0.0:
-                return x
-            return dropout(x, self.p)
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if not self.training or self.p == 0.0:
+                    return x
+                return dropout(x, self.p)
 
-    return CpuDropout
+        _module_class = CpuDropout
+    return _module_class
 
 
 def attention(
@@ -82,27 +102,40 @@ def attention(
 ) -> tuple[torch.Tensor, None]:
     """transformers' SDPA attention, with :func:`dropout`'s masks on the probabilities.
 
+    What SDPA's math path does with dropout on: scores, softmax and the weighted sum in fp32
+    (under bf16 autocast too), a row with nothing to attend to gives zeros.
     ``attention_mask``: None, boolean (True = attend; SDPA's format) or additive float.
-    Returns ``(batch, query length, heads, head dim)`` as the SDPA implementation does.
+    Returns ``(batch, query length, heads, head dim)`` in ``value``'s dtype, as transformers'
+    SDPA function does, which handles every call this one does not (see the module doc).
     """
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if dropout == 0.0:
+    causal = kwargs.get("is_causal")
+    if (
+        dropout == 0.0
+        or (causal if causal is not None else getattr(module, "is_causal", False))
+        or getattr(module, "num_key_value_groups", 1) > 1
+        or any(kwargs.get(name) is not None for name in _SDPA_ONLY)
+    ):
         return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=0.0, scaling=scaling, **kwargs
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     if scaling is None:
         scaling = query.size(-1) ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, float("-inf"))
-        else:
-            scores = scores + attention_mask
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    probs = probs * keep_scale(tuple(probs.shape), dropout, probs.device, probs.dtype)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+    with torch.autocast(query.device.type, enabled=False):  # fp32 here, as SDPA's math path
+        scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * scaling
+        if attention_mask is not None:
+            if attention_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attention_mask, float("-inf"))
+            else:
+                scores = scores + attention_mask
+        probs = torch.softmax(scores, dim=-1)
+        if attention_mask is not None:
+            probs = probs.nan_to_num(0.0)  # all-masked rows: 0, as SDPA's safe softmax gives
+        probs = probs * keep_scale(tuple(probs.shape), dropout, probs.device, probs.dtype)
+        out = torch.matmul(probs, value.float()).to(value.dtype)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _register_attention() -> None:
@@ -115,8 +148,9 @@ def _register_attention() -> None:
 
 @contextlib.contextmanager
 def cpu_dropout(model: nn.Module) -> Iterator[None]:
-    """Within the block, ``model``'s dropout (modules, and attention where it runs on SDPA)
-    uses :func:`dropout`'s masks; on exit the original modules and settings are back."""
+    """Within the block, ``model``'s dropout (modules, and attention where it runs on SDPA in
+    one of :data:`ENCODERS`) uses :func:`dropout`'s masks; on exit the original modules (in the
+    train/eval mode the model was left in) and attention settings are back."""
     from torch import nn
 
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
@@ -126,20 +160,26 @@ def cpu_dropout(model: nn.Module) -> Iterator[None]:
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Dropout:
-                    setattr(parent, name, module_class(child.p))
+                    replacement = module_class(child.p)
+                    replacement.train(child.training)
+                    setattr(parent, name, replacement)
                     swapped.append((parent, name, child))
             config = getattr(parent, "config", None)
-            if getattr(config, "_attn_implementation", None) == "sdpa" and all(
-                config is not seen for seen in configs
+            if (
+                getattr(config, "model_type", None) in ENCODERS
+                and getattr(config, "_attn_implementation_internal", None) == "sdpa"
+                and all(config is not seen for seen in configs)
             ):
                 configs.append(config)
         if configs:
             _register_attention()
             for config in configs:
-                config._attn_implementation = ATTENTION_NAME
+                # The attribute, not the property: its setter also rewrites sub-configs.
+                config._attn_implementation_internal = ATTENTION_NAME
         yield
     finally:
         for parent, name, child in swapped:
+            child.train(getattr(parent, name).training)
             setattr(parent, name, child)
         for config in configs:
-            config._attn_implementation = "sdpa"
+            config._attn_implementation_internal = "sdpa"
