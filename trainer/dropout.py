@@ -82,9 +82,7 @@ def _dropout_module() -> type[nn.Module]:
             """``nn.Dropout`` with :func:`dropout`'s masks; identity in eval mode."""
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
-                if not self.training or self.p == 0.0:
-                    return x
-                return dropout(x, self.p)
+                return dropout(x, self.p) if self.training else x
 
         _module_class = CpuDropout
     return _module_class
