@@ -11,15 +11,18 @@ first that applies, looking at the op and the ranges and ops it runs inside:
 * clipping: ``clip_grad_norm_``;
 * data: padding the batch into tensors (``collate``);
 * attention: inside ``scaled_dot_product_attention`` or a softmax, forward or backward
-  (matmuls included);
+  (matmuls included; on the CPU our dropout's attention path runs its two batched matmuls
+  outside any such op, so they count as matmul);
 * matmul: ``aten::mm``, ``addmm``, ``bmm``, ``baddbmm``, ``matmul``, ``linear`` (forward and
   backward);
-* other: the rest of the forward and backward: elementwise ops, LayerNorm, GELU, dropout,
+* other: the rest of the forward and backward: elementwise ops, LayerNorm, GELU, dropout (our
+  CPU masks, as the training loop draws them: ``trainer.dropout``),
   casts to and from bf16, the loss, the autograd engine, and Python between ops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -134,6 +137,7 @@ def _profile(
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from bench._roofline import encoder_shape, training_flops
+    from trainer.dropout import cpu_dropout
     from trainer.fold import _step_loss
     from trainer.model import build_model
     from trainer.optim import linear_warmup_decay, make_optimizer
@@ -187,14 +191,17 @@ def _profile(
                 optimizer.step()
                 scheduler.step()
 
-    for batch in batches[:warmup]:
-        step(batch)
     profiled = batches[warmup : warmup + steps]
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        started = time.perf_counter()
-        for batch in profiled:
+    # The training loop's dropout: our masks on the CPU unless compiled (trainer.fold).
+    fast_masks = prepared.device.type == "cpu" and not config.torch_compile
+    with cpu_dropout(model) if fast_masks else contextlib.nullcontext():
+        for batch in batches[:warmup]:
             step(batch)
-        step_ms = (time.perf_counter() - started) * 1000 / steps
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            started = time.perf_counter()
+            for batch in profiled:
+                step(batch)
+            step_ms = (time.perf_counter() - started) * 1000 / steps
     shape = encoder_shape(model.config, pooling=hparams.pooling, num_labels=len(label_names))
     flops = training_flops(shape, lengths[np.concatenate(profiled)]) / steps
     logger.info("profiled %d %s steps: %.0f ms each", steps, precision, step_ms)

@@ -4,6 +4,8 @@ ratios, and how the profile files each op under a category."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -86,3 +88,27 @@ def test_the_breakdown_is_ms_per_step_and_adds_up_to_the_traced_time() -> None:
     ms = breakdown(events, steps=2)
     assert ms["matmul"] == 3.0 and ms["optimizer"] == 1.0 and ms["other"] == 0.5
     assert sum(ms.values()) == 4.5
+
+
+def test_the_profiled_step_draws_its_dropout_masks_as_the_training_loop_does(
+    tiny_bert_dir: Path, synthetic_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The profile is of our step: on the CPU our dropout masks (``random_``), not torch's
+    per-element ``bernoulli_`` that the training loop no longer runs."""
+    import bench._step_profile as step_profile
+    from tests.trainer.helpers import HP, config_for
+
+    names: set[str] = set()
+    real = step_profile.breakdown
+
+    def capture(events: Any, steps: int) -> dict[str, float]:
+        names.update(event.name for event in events)
+        return real(events, steps)
+
+    monkeypatch.setattr(step_profile, "breakdown", capture)
+    hparams = dataclasses.replace(HP, dropout=0.1, l1=1e-6, l2=1e-4)
+    config = config_for(tiny_bert_dir, synthetic_csv, tmp_path)
+    (profile,) = step_profile.profile_steps(hparams, config, ("fp32",), warmup=1, steps=2)
+    assert profile.ms_per_step["penalty"] > 0
+    assert "aten::random_" in names
+    assert "aten::bernoulli_" not in names
