@@ -112,11 +112,20 @@ def command_line(
     return " ".join(parts)
 
 
-def section_body(command: str, facts: Sequence[str], doc: str | None, *parts: str) -> str:
+def section_body(
+    command: str,
+    facts: Sequence[str],
+    doc: str | None,
+    *parts: str,
+    date: str | None = None,
+    machine: str | None = None,
+) -> str:
     """A benchmark's section: the command that reproduces it; one line of what the run was
     (date, machine, then ``facts``); the module docstring's description (what follows its first
-    two paragraphs: title and usage); then ``parts``. Blank lines between."""
-    run = "; ".join([f"Run {run_date()}", machine_line(), *facts])
+    two paragraphs: title and usage); then ``parts``. Blank lines between. ``date`` and
+    ``machine`` default to now and this machine (a section re-rendered from saved results
+    passes the run's own)."""
+    run = "; ".join([f"Run {date or run_date()}", machine or machine_line(), *facts])
     description = doc.split("\n\n", 2)[2].strip() if doc else ""
     return "\n\n".join([f"`{command}`", f"{run}.", description, *parts]).rstrip() + "\n"
 

@@ -5,7 +5,7 @@
 
 N worker processes (forked from a server that has already imported Optuna) each open the store,
 load one fresh study, wait for a common start line, then loop for the same window, with no
-training at all::
+training at all:
 
     trial = study.ask()                                   # timed: ask latency
     4 x trial.suggest_float(...)
@@ -23,7 +23,8 @@ Contenders, interleaved (for each round, for each N: plain, ours, proxy), median
 
 Each process counts its SQL statements and commits (SQLAlchemy ``before_cursor_execute`` and
 ``commit`` engine events) and its CPU time (``time.process_time``) over the window; errors are
-counted by cause, never fatal. Trials/s counts trials finished inside the window. The database
+counted by cause, never fatal. Each N runs for a window of max(seconds, N ×
+seconds-per-worker). Trials/s counts trials finished inside the window. The database
 is vacuumed before each run (``_vacuum``), as autovacuum would be on a default server. A second
 part times a fresh ``load_study`` and the first TPE ask (+4 suggests) in a new process against a
 study with ~2000 finished trials, ours vs plain.
@@ -46,16 +47,16 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import (
+    BENCHMARKS_MD,
     FIGURES,
     StartLine,
     command_line,
     end_all,
     figure,
     load_average,
-    machine_line,
     median,
     percentile,
-    run_date,
+    section_body,
     update_section,
 )
 
@@ -500,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--url", default=DEFAULT_URL, help="PostgreSQL URL (test database)")
     parser.add_argument("--notes", type=Path, help="markdown appended to the section")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--out", type=Path, default=BENCHMARKS_MD, help="markdown to update")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     warnings.simplefilter("ignore")
@@ -550,39 +552,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     figure = FIGURES / "coordination.png"
     plot(runs, args.workers, figure)
     command = command_line("bench.coordination", parser, args, "url", "notes")
-    body = SECTION_TEMPLATE.format(
-        command=command,
-        date=run_date(),
-        machine=machine_line(),
-        load=load_average(),
-        table=table,
-        cold=cold,
-        big=BIG_STUDY_TRIALS,
-    )
-    if args.notes:
-        body += "\n" + args.notes.read_text()
-    update_section(HEADING, body)
-    logger.info("wrote BENCHMARKS.md and %s", figure)
-
-
-SECTION_TEMPLATE = """\
-`{command}`
-
-Run {date}; {machine}; load average at the end {load} (the machine is shared with other
-benchmarks: compare rows of one round, not absolute numbers). No training: each process loops
-ask + 4 suggests + 3 × (report + should_prune, MedianPruner) + tell, RandomSampler, for a
-window of max(seconds, N × seconds-per-worker) after a common start line. Statements and commits
-are counted in every process (and in the proxy process for `proxy`); client CPU is
-`time.process_time()` of the worker processes.
-
-{table}
-
-Fresh process, study with {big} finished trials (TPE):
-
-{cold}
-
-![trials/s and ask p99 against workers](bench/figures/coordination.png)
-"""
+    facts = [f"load average at the end {load_average()} (compare rows of one round)"]
+    cold = f"Fresh process, study with {BIG_STUDY_TRIALS} finished trials (TPE):\n\n{cold}"
+    picture = "![trials/s and ask p99 against workers](bench/figures/coordination.png)"
+    notes = args.notes.read_text() if args.notes else ""
+    body = section_body(command, facts, __doc__, table, cold, picture, notes)
+    update_section(HEADING, body, path=args.out)
+    logger.info("wrote %s and %s", args.out, figure)
 
 
 if __name__ == "__main__":

@@ -4,28 +4,38 @@
 
 Same model (all-MiniLM-L6-v2, offline), same data, same wall-clock search budget, three
 contenders run **at the same time**, each limited to one torch thread (``OMP_NUM_THREADS=1``
-and ``torch.set_num_threads(1)``), so that whatever else loads the machine hits all three:
+and ``torch.set_num_threads(1)``), so that whatever else loads the machine hits all three. Each
+search checks its budget between trials, so it ends with the trial that was running when the
+budget ran out.
 
-A. ``ours``: the demo spec (3-fold CV, ``fold_aware`` pruning, multivariate TPE) pointed at the
-   bench's search CSV, ``budget.timeout_s`` = the budget, ``n_trials`` large. ``hpo run`` has
-   no thread option (it gives each worker ``nproc // workers`` threads), so the bench runs what
-   ``hpo run --workers 1`` runs, ``hpo create`` then one ``hpo worker``, with ``--threads 1``.
-   Winner: ``hpo export`` then ``hpo train`` on all search rows.
-B. ``hf``: ``transformers.Trainer.hyperparameter_search(backend="optuna")`` with its defaults
-   (Optuna's default TPE and MedianPruner, ``n_trials=20``, ``timeout`` = the budget), one
-   stratified 80/20 train/eval split of the search rows, ``model_init`` loading the checkpoint
-   with a fresh 2-label head (``AutoModelForSequenceClassification``: first-token pooler),
-   ``hp_space`` over what Trainer can express: learning rate and dropout over the demo's
-   ranges, and ``weight_decay`` in [0, 0.1] as Trainer's stand-in for the demo's L1/L2.
-   Winner: retrained with ``Trainer`` on all search rows with the best hyperparameters.
-C. ``random``: as A with ``sampler: random`` and ``pruner: none``.
+- **A** (``ours``): the demo spec (``studies/demo.yaml``: 3-fold CV, the product's default
+  pruner and sampler, seed 0; mean pooling; lr, dropout, l1, l2, freeze_layers searched) with
+  the data swapped for the bench's search CSV, ``budget.timeout_s`` = the budget and
+  ``n_trials`` unbounded. ``hpo run`` has no thread option (it gives each worker
+  ``nproc // workers`` threads), so the bench runs what ``hpo run --workers 1`` runs, ``hpo
+  create`` then one ``hpo worker --threads 1``. Winner: ``hpo export`` then ``hpo train`` on all
+  search rows.
+- **B** (``hf``): ``Trainer.hyperparameter_search(backend="optuna", direction="maximize")``
+  with Optuna's defaults (TPE, unseeded, 10 start-up trials; MedianPruner, reported once per
+  epoch), ``n_trials`` from ``--hf-trials``, ``timeout`` = the budget; one stratified 80/20
+  train/eval split of the search rows; ``model_init`` = ``AutoModelForSequenceClassification``
+  (first-token pooler, fresh 2-label head) with the trial's dropout; ``hp_space`` = what Trainer
+  can express: learning rate and dropout over the demo's ranges, and ``weight_decay`` in [0,
+  0.1] (AdamW's decoupled decay, Trainer's stand-in for our L1/L2; freeze_layers would need
+  custom code). Winner: ``Trainer`` on all search rows with the best hyperparameters.
+- **C** (``random``): A with ``sampler: random`` and ``pruner: none``, same sampler seed and
+  worker stream, so A and C propose the same first points (common random numbers) until A's
+  TPE starts modelling; they differ in pruning, and in TPE after its start-up trials.
 
 All three train 2 epochs, batch size 16, ``max_seq_len`` 48, warmup 10%, with dynamic padding.
 Data: the Rotten Tomatoes snippets (fresh/rotten), de-duplicated by text, split with a fixed
 seed into a stratified search set (960 rows, as the demo) and a disjoint held-out set (2000
 rows) that no search sees. Each winner is retrained with several seeds and scored on the
-held-out set; the median is reported. Everything lands in a work directory (printed) with
-``results.json``; ``--from-results`` re-renders the table, figure and section from it.
+held-out set; the median is reported. "complete / pruned" are finished trials; "train
+examples" counts rows trained in the search (rows per epoch × epochs reported). The search
+score is the winner's 3-fold CV mean accuracy for A and C, its accuracy on the 20% eval split
+for B. Everything lands in a work directory (printed) with ``results.json``;
+``--from-results`` re-renders the table, figure and section from it.
 """
 
 from __future__ import annotations
@@ -60,6 +70,7 @@ from bench._common import (
     median,
     offline_env,
     run_date,
+    section_body,
     update_section,
 )
 
@@ -355,34 +366,20 @@ def hf_train(work: Path, seed: int, output_dir: Path) -> None:
 
 
 def evaluate(model_dir: Path, heldout_csv: Path) -> dict[str, float]:
-    """Accuracy of the saved classifier in ``model_dir`` on ``heldout_csv`` (by label name)."""
-    import numpy as np
+    """Accuracy of the saved classifier in ``model_dir`` on ``heldout_csv``, through
+    ``transformers.pipeline`` as a user would load it (labels compared by name)."""
     import pandas as pd
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import pipeline
 
     torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), trust_remote_code=True
-    )
-    model.eval()
+    classify = pipeline("text-classification", model=str(model_dir), trust_remote_code=True)
     frame = pd.read_csv(heldout_csv)
-    texts = list(frame["text"])
-    predicted: list[int] = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), EVAL_BATCH_SIZE):
-            inputs = tokenizer(
-                texts[start : start + EVAL_BATCH_SIZE],
-                truncation=True,
-                max_length=MAX_SEQ_LEN,
-                padding=True,
-                return_tensors="pt",
-            )
-            predicted.extend(model(**inputs).logits.argmax(-1).tolist())
-    names = np.array([model.config.id2label[i] for i in predicted])
-    correct = names == frame["category"].to_numpy()
-    return {"accuracy": float(correct.mean()), "rows": float(len(frame))}
+    predicted = classify(
+        list(frame["text"]), batch_size=EVAL_BATCH_SIZE, truncation=True, max_length=MAX_SEQ_LEN
+    )
+    correct = [p["label"] == label for p, label in zip(predicted, frame["category"], strict=True)]
+    return {"accuracy": sum(correct) / len(correct), "rows": float(len(frame))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,16 +649,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def render(results: dict[str, Any], figure: Path) -> str:
     """The BENCHMARKS.md section body."""
     c = results["contenders"]
-    budget = results["budget_s"]
     rows = []
     for name in CONTENDERS:
         e = c[name]
         accs = ", ".join(f"{r['accuracy']:.4f}" for r in e["retrain"]) or "-"
         acc = _median_acc(e)
         best = e["best_value"]
+        fails = f" / {e['counts']['fail']} failed" if e["counts"]["fail"] else ""
         rows.append(
-            f"| {TITLES[name]} | {e['counts']['complete']} / {e['counts']['pruned']}"
-            f"{' / ' + str(e['counts']['fail']) + ' failed' if e['counts']['fail'] else ''} "
+            f"| {TITLES[name]} | {e['counts']['complete']} / {e['counts']['pruned']}{fails} "
             f"| {e['train_examples']:,} | {best:.4f} | "
             + (f"{acc:.4f}" if acc is not None else "-")
             + f" ({accs}) | {e['search_wall_s']:.0f} "
@@ -674,69 +670,43 @@ def render(results: dict[str, Any], figure: Path) -> str:
     fin = {n: float(c[n]["finished"]) for n in CONTENDERS}
     ex = {n: float(c[n]["train_examples"]) for n in CONTENDERS}
     d = results["data"]
-    hp = c["hf"]["best_params"]
-    ours_p = c["ours"]["best_params"]
-    rnd_p = c["random"]["best_params"]
     table_header = "| " + " | ".join(COLUMNS) + " |\n|---" + "|--:" * (len(COLUMNS) - 1) + "|"
     figure_rel = figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure
-    body = f"""
-`{results["command"]}`
-
-Run {results["date"]}; {results["machine"]}. The three searches ran **concurrently**, each
-with one torch thread; load average {results["load_before"]} (1/5/15 min) before the start,
-{results["load_search"]} (mean / max of the 1-minute average) during the searches, and
-{results["load_after"]} after the retraining. Whole run: {results["total_s"]:.0f} s.
-
-Data: Rotten Tomatoes snippets (fresh/rotten, {d["corpus_rows"]} after de-duplicating by text),
-split with seed {results["data_seed"]} into a stratified search set of {d["search_rows"]} rows
-and a disjoint held-out set of {d["heldout_rows"]} rows that no search sees. Model:
-all-MiniLM-L6-v2, {EPOCHS} epochs, batch {BATCH_SIZE}, max_seq_len {MAX_SEQ_LEN}, warmup
-{WARMUP_RATIO:.0%}, in every search trial and every retrain. Budget: {budget:.0f} s of wall
-time per search; both Optuna loops check it between trials, so each search ends with the trial
-that was running when the budget ran out.
-
-- **A** is `hpo create` + one `hpo worker --threads 1` (what `hpo run --workers 1` runs; `hpo
-  run` itself has no thread option and gives its worker nproc / workers = 2 threads) on
-  `studies/demo.yaml` with the data swapped for the search CSV, `n_trials` {N_TRIALS_UNBOUNDED}
-  and `timeout_s` {budget:.0f}: 3-fold CV, `fold_aware` pruning, multivariate TPE (seed 0),
-  searching lr, dropout, l1, l2, freeze_layers; mean pooling. Winner: `hpo export` → `hpo
-  train` on all {d["search_rows"]} rows.
-- **B** is `Trainer.hyperparameter_search(backend="optuna", direction="maximize",
-  n_trials={results["hf_trials"]}, timeout={budget:.0f})` with Optuna's defaults (TPE, unseeded,
-  10 startup trials; MedianPruner, reported once per epoch), `model_init` =
-  `AutoModelForSequenceClassification` (first-token pooler, fresh 2-label head) with the
-  trial's dropout, `hp_space` = learning_rate {LR_RANGE[0]:g}–{LR_RANGE[1]:g} (log), dropout
-  {DROPOUT_RANGE[0]:g}–{DROPOUT_RANGE[1]:g} and weight_decay
-  {WEIGHT_DECAY_RANGE[0]:g}–{WEIGHT_DECAY_RANGE[1]:g} (AdamW's decoupled decay, Trainer's
-  stand-in for our L1/L2; Trainer cannot express freeze_layers without custom code), one
-  stratified {1 - HF_EVAL_FRACTION:.0%}/{HF_EVAL_FRACTION:.0%} train/eval split, dynamic
-  padding. Winner: `Trainer` on all {d["search_rows"]} rows with the best hyperparameters.
-- **C** is A with `sampler: random` and `pruner: none`. Same sampler seed (0) and worker stream
-  as A: TPE's first 5 trials are random draws from that seed, so A and C propose the same first
-  5 points (common random numbers); they differ in pruning, and in TPE from trial 5 on.
-
-Each winner was retrained with seeds {", ".join(str(s) for s in results["seeds"])} and scored
-on the held-out set. "complete / pruned" are finished trials; "train examples" counts rows
-trained in the search (rows per epoch × epochs reported). The search score is the winner's
-3-fold CV mean accuracy for A and C, and its accuracy on the {HF_EVAL_FRACTION:.0%} eval split
-({round(d["search_rows"] * HF_EVAL_FRACTION)} rows) for B.
-
-{table_header}
-{chr(10).join(rows)}
-
-Ratios on held-out accuracy (medians): ours / HF = {_ratio(med["ours"], med["hf"])}, ours /
-random = {_ratio(med["ours"], med["random"])}. On finished trials per budget: ours / HF =
-{_ratio(fin["ours"], fin["hf"])}, ours / random = {_ratio(fin["ours"], fin["random"])}; on
-training examples per budget: ours / HF = {_ratio(ex["ours"], ex["hf"])}, ours / random =
-{_ratio(ex["ours"], ex["random"])}.
-
-Winners: A {_fmt_params(ours_p)}; B {_fmt_params(hp)}; C {_fmt_params(rnd_p)}.
-
-![best-so-far and held-out accuracy]({figure_rel})
-
-{results.get("reading", "").strip()}
-"""
-    return body
+    facts = [
+        f"budget {results['budget_s']:.0f} s of wall time per search, B's n_trials "
+        f"{results['hf_trials']}",
+        f"load average {results['load_before']} (1/5/15 min) before, {results['load_search']} "
+        f"(mean / max of the 1-minute average) during the searches, {results['load_after']} "
+        "after the retraining",
+        f"whole run {results['total_s']:.0f} s",
+        f"{d['corpus_rows']} snippets after de-duplicating, split with seed "
+        f"{results['data_seed']} into {d['search_rows']} search and {d['heldout_rows']} "
+        "held-out rows",
+        f"retrain seeds {', '.join(str(s) for s in results['seeds'])}",
+    ]
+    ratios = (
+        f"Ratios on held-out accuracy (medians): ours / HF = {_ratio(med['ours'], med['hf'])}, "
+        f"ours / random = {_ratio(med['ours'], med['random'])}. On finished trials per budget: "
+        f"ours / HF = {_ratio(fin['ours'], fin['hf'])}, ours / random = "
+        f"{_ratio(fin['ours'], fin['random'])}; on training examples per budget: ours / HF = "
+        f"{_ratio(ex['ours'], ex['hf'])}, ours / random = {_ratio(ex['ours'], ex['random'])}."
+    )
+    winners = "Winners: " + "; ".join(
+        f"{label} {_fmt_params(c[name]['best_params'])}"
+        for label, name in (("A", "ours"), ("B", "hf"), ("C", "random"))
+    )
+    return section_body(
+        results["command"],
+        facts,
+        __doc__,
+        table_header + "\n" + "\n".join(rows),
+        ratios,
+        winners + ".",
+        f"![best-so-far and held-out accuracy]({figure_rel})",
+        results.get("reading", "").strip(),
+        date=results["date"],
+        machine=results["machine"],
+    )
 
 
 def _fmt_params(params: dict[str, Any]) -> str:

@@ -10,10 +10,19 @@ period with ``SIGSTOP``, stopped with ``SIGTERM``, and (sparser: it disturbs eve
 server) the PostgreSQL cluster restarted. The journal segment does the same with the process
 faults on a shared journal file. Faults overlap; nothing waits for the store to recover first.
 
-After each study its trials are read back by stock Optuna and every invariant is checked (see
-``tests.reliability.invariants``). A finished segment is kept in ``bench/data/faults_soak.json``
-(keyed by its seed), so an interrupted soak continues with the next segment; the section written
-to ``BENCHMARKS.md`` sums every segment in that file. The harness is written by hand because no
+The workers are real ``hpo worker`` processes (the real CLI, worker loop, heartbeat thread
+(1 s, grace 4 s), sweeps, signals, store and retries) with a stand-in trainer that sleeps 0.25 s
+per fold × epoch and reports each. A fault comes every ``gap`` s on average, a PostgreSQL
+restart every ``restart gap`` s on its own schedule; outages last 1-8 s. After each study its
+trials are read back by stock Optuna and every invariant is checked
+(``tests.reliability.invariants``): finished == budget, no chain finished twice, no trial handed
+out twice, one trial per request id, every FAIL with its reason, every lost trial re-queued
+exactly once with its finished folds, nothing left RUNNING, every worker exits 0 (but those the
+schedule killed), no live trial failed by an outage shorter than the grace period.
+
+A finished segment is kept in ``bench/data/faults_soak.json`` (keyed by its seed), so an
+interrupted soak continues with the next segment (resumable); the section written to
+``BENCHMARKS.md`` sums every segment in that file. The harness is written by hand because no
 tool injects these faults between Optuna workers and their database (toxiproxy is not
 installable here) and none checks Optuna's trial states against what each worker did.
 """
@@ -31,7 +40,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench._common import ROOT, command_line, load_average, machine_line, run_date, update_section
+from bench._common import (
+    ROOT,
+    command_line,
+    load_average,
+    machine_line,
+    run_date,
+    section_body,
+    update_section,
+)
 
 logger = logging.getLogger("bench.faults")
 
@@ -201,24 +218,11 @@ def render(results: dict[str, Any], command: str) -> str:
         totals.update({k: s[k] for k in keys})
         lost_after.update(s.get("lost_acks_after", {}))  # recorded since 2026-11-30
         minutes += s["seconds"] / 60
+    facts = [
+        f"load average after the last segment {results.get('load', 'not recorded')}",
+        f"about {minutes:.0f} minutes of soak in all, PostgreSQL at 127.0.0.1:5432",
+    ]
     lines = [
-        f"{run_date()}; {machine_line()}; {results.get('load', '')}",
-        "",
-        f"Reproduce: `{command}` (PostgreSQL at 127.0.0.1:5432; about "
-        f"{minutes:.0f} minutes; resumable: finished segments are kept in "
-        "`bench/data/faults_soak.json`).",
-        "",
-        "Real `hpo worker` processes (the real CLI, worker loop, heartbeat thread, sweeps, "
-        "signals, store and retries; a stand-in trainer that sleeps 0.25 s per fold x epoch and "
-        "reports each) run 20-trial studies back to back, 4 workers, heartbeat 1 s, grace 4 s, "
-        "under a seeded random schedule (a fault every `gap` s on average, a PostgreSQL restart "
-        "every `restart gap` s on its own schedule; outages of 1-8 s, overlapping). Every study "
-        "is read back by stock Optuna and checked: finished == budget, no chain finished twice, "
-        "no trial handed out twice, one trial per request id, every FAIL with its reason, every "
-        "lost trial re-queued exactly once with its finished folds, nothing left RUNNING, every "
-        "worker exits 0 (but those the schedule killed), no live trial failed by an outage "
-        "shorter than the grace period.",
-        "",
         "| segment | store | commit | minutes | gap s | restart gap s | faults | studies | "
         "trials finished | re-queued | violations |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -280,7 +284,9 @@ def render(results: dict[str, Any], command: str) -> str:
         lines.append("")
         lines.append(f"Violations in {s['backend']} seed {s['seed']} (see {s.get('report')}):")
         lines += [f"- {v}" for v in s["violations"][:10]]
-    return "\n".join(lines)
+    table = "\n".join(lines)
+    date, machine = results.get("date"), results.get("machine")
+    return section_body(command, facts, __doc__, table, date=date, machine=machine)
 
 
 def _fewest(results: dict[str, Any]) -> int:
@@ -310,7 +316,7 @@ def _run_planned(
     started = time.monotonic()
     summary = run_segment(backend, seed, minutes, gaps, postgres_url)
     results["segments"][key] = summary
-    results["load"] = load_average()
+    results.update(load=load_average(), date=run_date(), machine=machine_line())
     _save(results)
     logger.info(
         "segment %s done in %.0f s: %d faults (fewest of a kind so far: %d), %d violations",

@@ -29,7 +29,10 @@ the fidelity steps are the epochs of a single fold), ``none`` (NopPruner), Optun
 Measured: after each trial, the incumbent (the completed trial with the best observed, noisy,
 final value) and its noise-free full-fidelity value; regret = that value minus the function's
 global minimum. Reported: median regret over seeds at fixed step budgets, and its ratio to
-``none``'s (below 1: pruning found better configurations for the same budget).
+``none``'s (below 1: pruning found better configurations for the same budget), in parentheses
+after each median. *Anytime ÷ none*: the geometric mean of that ratio over every budget that is
+a whole number of unpruned trials, less sensitive to one late trial than the last column. `—`:
+no trial completed yet.
 """
 
 from __future__ import annotations
@@ -51,21 +54,23 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import (
+    BENCHMARKS_MD,
     FIGURES,
     ROOT,
+    command_line,
     figure,
     load_average,
     machine_line,
     median,
     median_band,
     run_date,
+    section_body,
     update_section,
 )
 
 logger = logging.getLogger("bench.pruning")
 
 HEADING = "Pruning: mfpbench multi-fidelity functions"
-COMMAND = ".venv/bin/python -m bench.pruning"
 VENV = ROOT / "bench" / ".venv-mfp"
 PRUNERS: tuple[str, ...] = ("fold_aware", "none", "median", "hyperband")
 CHECKPOINT_FRACTIONS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
@@ -225,55 +230,38 @@ def geometric_mean(values: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in finite)) if finite else math.nan
 
 
-def write_section(payload: Mapping[str, Any], *, write: bool = True) -> str:
-    """Plot, tables and the BENCHMARKS.md section; returns the summary (or, unwritten, all)."""
+def write_section(payload: Mapping[str, Any], command: str, out: Path | None) -> str:
+    """Plot, tables and the section, written to ``out``; returns the summary (or, with no
+    ``out``, the whole section)."""
     settings = payload["settings"]
     budgets = [round(f * settings["budget_steps"]) for f in CHECKPOINT_FRACTIONS]
     grid = list(range(settings["n_steps"], settings["budget_steps"] + 1, settings["n_steps"]))
     figure = FIGURES / "pruning_mfhartmann.png"
     plot(payload, figure)
     run = payload["run"]
-    versions = ", ".join(f"{k} {v}" for k, v in payload["versions"].items())
-    parts = [
-        "```",
-        f"{COMMAND} --seeds {settings['seeds']} --n-steps {settings['n_steps']} "
-        f"--budget-steps {settings['budget_steps']} --workers {settings['workers']}",
-        "```",
-        "",
-        f"Run {run['date']} on {run['machine']}; worker venv: {versions}; load average at the "
-        f"end {run['load_average']} (the machine was shared with other benchmarks, so the wall "
-        f"times are inflated and only comparable within one row's run); whole run "
-        f"{run['wall_s']:.0f} s.",
-        "",
-        "Setup (details in the module docstring): `mfpbench` is not installable here (not on the "
-        "package index this machine reaches), so the functions are `MFHartmann` from "
-        "`mfhpo-benchmark-api` (the same Kandasamy et al. multi-fidelity Hartmann, with the "
-        "package's per-evaluation Gaussian noise) at bias 0.1 (its default: faithful low "
-        "fidelities) and bias 2 / 3 (misleading low fidelities; see each function's ρ). "
-        f"{settings['n_steps']} fidelity steps per trial (10 %, 20 %, … 100 %), one step = one "
-        f"evaluation; each study spends {settings['budget_steps']} steps "
-        f"(= {settings['budget_steps'] // settings['n_steps']} unpruned trials). Sampler: our "
-        "default TPE, same seed for every pruner. Our pruner maps the fidelity steps to the "
-        "epochs of one fold (`StepGrid(n_folds=1, steps_per_fold=n_steps)`). Regret = the "
-        "incumbent's noise-free full-fidelity value minus the global minimum; cells are medians "
-        f"over {settings['seeds']} seeds, with the ratio to `none`'s median in parentheses "
-        "(below 1 = better than not pruning at the same budget). *Anytime ÷ none*: geometric "
-        f"mean of that ratio over every budget from {grid[0]} to {grid[-1]} steps, less "
-        "sensitive to one late trial than the last column. `—`: no trial completed yet.",
+    facts = [
+        "worker venv: " + ", ".join(f"{k} {v}" for k, v in payload["versions"].items()),
+        f"load average at the end {run['load_average']} (wall times inflated when shared)",
+        f"whole run {run['wall_s']:.0f} s",
+        f"{settings['seeds']} seeds, {settings['n_steps']} fidelity steps per trial, "
+        f"{settings['budget_steps']} steps per study "
+        f"(= {settings['budget_steps'] // settings['n_steps']} unpruned trials); anytime "
+        f"budgets {grid[0]} to {grid[-1]} steps",
     ]
+    parts = []
     all_ratios: dict[str, dict[str, dict[int | str, float]]] = {}
     for name, info in payload["functions"].items():
         runs = [r for r in payload["runs"] if r["function"] == name]
         text, all_ratios[name] = function_table(name, info, runs, budgets, grid)
-        parts += ["", text]
-    parts += ["", f"![regret vs fidelity steps](bench/figures/{figure.name})"]
-    summary = summary_lines(all_ratios, budgets)
-    summary.append(trial_counts_line(payload))
-    parts += ["", "### What the numbers show", "", *summary]
-    if write:
-        update_section(HEADING, "\n".join(parts))
+        parts.append(text)
+    parts.append(f"![regret vs fidelity steps](bench/figures/{figure.name})")
+    summary = [*summary_lines(all_ratios, budgets), trial_counts_line(payload)]
+    parts.append("### What the numbers show\n\n" + "\n".join(summary))
+    body = section_body(command, facts, __doc__, *parts, date=run["date"], machine=run["machine"])
+    if out is not None:
+        update_section(HEADING, body, path=out)
         return "\n".join(summary)
-    return "\n".join(parts)
+    return body
 
 
 def trial_counts_line(payload: Mapping[str, Any]) -> str:
@@ -346,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, help="summarize this worker JSON, run nothing")
     parser.add_argument("--keep", type=Path, help="also save the worker JSON here")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    parser.add_argument("--out", type=Path, default=BENCHMARKS_MD, help="markdown to update")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -366,7 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         if args.keep:
             args.keep.write_text(json.dumps(payload))
-    print(write_section(payload, write=not args.no_write))
+    for key in ("seeds", "n_steps", "budget_steps", "workers"):  # the run's, also when saved
+        setattr(args, key, payload["settings"][key])
+    command = command_line("bench.pruning", parser, args, "results", "keep", "no_write")
+    print(write_section(payload, command, None if args.no_write else args.out))
     return 0
 
 

