@@ -22,7 +22,6 @@ first that applies, looking at the op and the ranges and ops it runs inside:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -137,7 +136,7 @@ def _profile(
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from bench._roofline import encoder_shape, training_flops
-    from trainer.dropout import cpu_dropout
+    from trainer.dropout import training_dropout
     from trainer.fold import _step_loss
     from trainer.model import build_model
     from trainer.optim import linear_warmup_decay, make_optimizer
@@ -192,9 +191,7 @@ def _profile(
                 scheduler.step()
 
     profiled = batches[warmup : warmup + steps]
-    # The training loop's dropout: our masks on the CPU unless compiled (trainer.fold).
-    fast_masks = prepared.device.type == "cpu" and not config.torch_compile
-    with cpu_dropout(model) if fast_masks else contextlib.nullcontext():
+    with training_dropout(model, prepared.device, config.torch_compile):  # as trainer.fold
         for batch in batches[:warmup]:
             step(batch)
         with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -4,7 +4,7 @@
 
 The precision-parity benchmark's demo configurations (``bench.precision_parity``: the demo's
 enqueued trial 0, ``low-lr``, ``high-lr``) at its default size (480 rows, 3 folds, 2 epochs,
-fp32), each seed once with torch's dropout (``trainer.fold.cpu_dropout`` replaced by a no-op)
+fp32), each seed once with torch's dropout (``trainer.dropout.cpu_dropout`` replaced by a no-op)
 and once with ours, in one process. The masks differ between the two arms for the same seed,
 so a paired difference is seed noise plus any effect of the masks; the mean difference over
 the pairs, with its count of better / worse / tied, says whether there is an effect beyond
@@ -29,12 +29,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import torch
 
-    import trainer.fold
+    import trainer.dropout
     from bench.precision_parity import SPEC, demo_configs, run_one
     from hpo import load_spec
 
     torch.set_num_threads(args.threads)
-    ours = trainer.fold.cpu_dropout
+    ours = trainer.dropout.cpu_dropout
     arms: dict[str, Any] = {"torch": lambda model: contextlib.nullcontext(), "ours": ours}
     spec = load_spec(SPEC)
     differences = []
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for name, params in demo_configs(spec).items():
                 pair: dict[str, Any] = {"config": name, "seed": seed}
                 for arm, swap in arms.items():
-                    trainer.fold.cpu_dropout = swap  # type: ignore[assignment]
+                    trainer.dropout.cpu_dropout = swap  # type: ignore[assignment]
                     run = run_one(
                         spec, params, seed=seed, precision="fp32", rows=480, folds=3,
                         epochs=2, cache_dir=None,
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 differences.append(pair["ours"] - pair["torch"])
                 print(json.dumps(pair), flush=True)
     finally:
-        trainer.fold.cpu_dropout = ours  # type: ignore[assignment]
+        trainer.dropout.cpu_dropout = ours  # type: ignore[assignment]
     print(
         f"{len(differences)} pairs: ours - torch = {100 * statistics.mean(differences):+.2f} "
         f"points on average; ours better {sum(d > 0 for d in differences)}, worse "

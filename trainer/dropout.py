@@ -144,6 +144,16 @@ def _register_attention() -> None:
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
+def training_dropout(
+    model: nn.Module, device: torch.device, torch_compile: bool
+) -> contextlib.AbstractContextManager[None]:
+    """The dropout a training loop runs ``model`` under: :func:`cpu_dropout` on the CPU when
+    the model is not compiled (Inductor generates its own masks), torch's otherwise."""
+    if device.type == "cpu" and not torch_compile:
+        return cpu_dropout(model)
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def cpu_dropout(model: nn.Module) -> Iterator[None]:
     """Within the block, ``model``'s dropout (modules, and attention where it runs on SDPA in

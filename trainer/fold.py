@@ -10,7 +10,6 @@ loop), ``_step_loss`` (one batch), ``evaluate``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -29,7 +28,7 @@ from trainer.config import (
     TrainerConfig,
 )
 from trainer.device import autocast, compiled, free_memory
-from trainer.dropout import cpu_dropout
+from trainer.dropout import training_dropout
 from trainer.errors import NonFiniteLossError
 from trainer.loss import class_weights
 from trainer.metrics import classification_metrics
@@ -144,8 +143,7 @@ def _train_fold(
     train_s = 0.0
     pruned = False
     # CPU dropout masks at a fraction of torch's cost, for this loop only (trainer.dropout).
-    fast_masks = prepared.device.type == "cpu" and not config.torch_compile
-    with cpu_dropout(model) if fast_masks else contextlib.nullcontext():
+    with training_dropout(model, prepared.device, config.torch_compile):
         for epoch in range(hparams.epochs):
             model.train()
             started = time.perf_counter()
