@@ -15,7 +15,8 @@ table's precision column says which), ``hf-bf16`` (``TrainingArguments(bf16=True
 use_cpu=True)``) and ``hf-bf16-grouped`` (the same with ``train_sampling_strategy=
 "group_by_length"``, its documented way to cut padding), bf16 autocast over fp32 weights on
 both sides; L1/L2 are off (``Trainer`` has no such loss terms) except in ``ours+l1l2`` (fp32,
-l1 1e-6, l2 1e-4), to show what they cost.
+l1 1e-6, l2 1e-4), to show what they cost. ``ours-auto-compile`` (``ours-auto`` under
+``torch.compile``) runs only when ``--contenders`` names it.
 
 Every run is a fresh process that does two trials back to back (as a worker does); the second is
 the warm one. Contenders are interleaved (ours, ours-auto, hf, hf-bf16, hf-bf16-grouped,
@@ -87,6 +88,7 @@ class Contender:
     precision: Precision | Literal["auto"]
     penalties: bool = False
     group_by_length: bool = False  # HF only: ``train_sampling_strategy="group_by_length"``
+    compiled: bool = False  # ours only: ``train.torch_compile: true``
 
 
 # In the order they run in each round.
@@ -97,7 +99,10 @@ CONTENDERS: dict[str, Contender] = {
     "hf-bf16": Contender("hf", "bf16"),
     "hf-bf16-grouped": Contender("hf", "bf16", group_by_length=True),
     "ours+l1l2": Contender("ours", "fp32", penalties=True),
+    "ours-auto-compile": Contender("ours", "auto", compiled=True),
 }
+# Run when named only: its first trial spends minutes compiling.
+DEFAULT_CONTENDERS = [name for name in CONTENDERS if name != "ours-auto-compile"]
 
 
 def data_config(rows: int) -> DataConfig:
@@ -170,6 +175,7 @@ def contender_setup(
         device="cpu",
         cache_dir=cache_dir,
         precision=resolve_precision(contender.precision, "cpu"),
+        torch_compile=contender.compiled,
     )
 
 
@@ -179,8 +185,8 @@ def ours_trials(
     """Two trials of our trainer on fold 0 in this process, back to back as a worker runs them.
 
     Per trial: precision, train_examples, train_tokens, train_s, wall_s, accuracy, peak_mb (CUDA,
-    else nan); with ``first_step``, setup_s and first_step_s (its global hooks are left out
-    under ``torch.compile``). ``fresh``: the last trial's model is collected and the peak memory
+    else nan), setup_s and first_step_s (nan without ``first_step``: its global hooks are left
+    out under ``torch.compile``). ``fresh``: the last trial's model is collected and the peak memory
     reset before training, so the peak is this trial's own.
     """
     from bench._hf import release_memory
@@ -209,6 +215,7 @@ def ours_trials(
             "peak_mb": peak_memory_mb(prepared.device) if cuda else float("nan"),
             "accuracy": result.metrics["accuracy"],
         }
+        trial |= {"setup_s": float("nan"), "first_step_s": float("nan")}
         if first is not None:
             assert first.at is not None and first.forward_at is not None
             trial |= {"setup_s": first.forward_at - started, "first_step_s": first.at - started}
@@ -242,7 +249,8 @@ def child(name: str, rows: int, epochs: int, threads: int, cache_dir: str, out: 
     contender = CONTENDERS[name]
     sampling = "group_by_length" if contender.group_by_length else "random"
     if contender.trainer == "ours":
-        trials = ours_trials(*contender_setup(rows, epochs, contender, cache_dir))
+        setup = contender_setup(rows, epochs, contender, cache_dir)
+        trials = ours_trials(*setup, first_step=not contender.compiled)
     else:
         examples, fold = first_fold(data_config(rows), 3)
         with tempfile.TemporaryDirectory() as tmp:
@@ -427,8 +435,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--contenders",
         type=contender_list,
-        default=list(CONTENDERS),
-        help=f"comma-separated subset of {','.join(CONTENDERS)} (default: all)",
+        default=DEFAULT_CONTENDERS,
+        help=f"comma-separated subset of {','.join(CONTENDERS)} (default: all but the last)",
     )
     parser.add_argument("--profile", action="store_true", help="only profile a step; print it")
     parser.add_argument("--out", type=Path, default=None, help="update this BENCHMARKS.md")
