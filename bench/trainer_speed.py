@@ -101,8 +101,8 @@ CONTENDERS: dict[str, Contender] = {
     "ours+l1l2": Contender("ours", "fp32", penalties=True),
     "ours-auto-compile": Contender("ours", "auto", compiled=True),
 }
-# Run when named only: its first trial spends minutes compiling.
-DEFAULT_CONTENDERS = [name for name in CONTENDERS if name != "ours-auto-compile"]
+# Compiled contenders run when named only: their first trial spends minutes compiling.
+DEFAULT_CONTENDERS = [name for name, contender in CONTENDERS.items() if not contender.compiled]
 
 
 def data_config(rows: int) -> DataConfig:
@@ -215,8 +215,9 @@ def ours_trials(
             "peak_mb": peak_memory_mb(prepared.device) if cuda else float("nan"),
             "accuracy": result.metrics["accuracy"],
         }
-        trial |= {"setup_s": float("nan"), "first_step_s": float("nan")}
-        if first is not None:
+        if first is None:
+            trial |= {"setup_s": float("nan"), "first_step_s": float("nan")}
+        else:
             assert first.at is not None and first.forward_at is not None
             trial |= {"setup_s": first.forward_at - started, "first_step_s": first.at - started}
         trials.append(trial)
@@ -436,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--contenders",
         type=contender_list,
         default=DEFAULT_CONTENDERS,
-        help=f"comma-separated subset of {','.join(CONTENDERS)} (default: all but the last)",
+        help=f"comma-separated subset of {','.join(CONTENDERS)} "
+        f"(default: {','.join(DEFAULT_CONTENDERS)})",
     )
     parser.add_argument("--profile", action="store_true", help="only profile a step; print it")
     parser.add_argument("--out", type=Path, default=None, help="update this BENCHMARKS.md")
