@@ -422,11 +422,7 @@ class Worker:
                 with self.stop.trial_scope():
                     value = run_trial(trial, self.spec, self.context)
             except Interrupted:
-                # Re-queued only by whoever failed it: a sweeper may have been first.
-                if _fail(self.study, trial, INTERRUPTED_REASON):
-                    requeue(self.study, self.study._storage.get_trial(trial._trial_id))
-                self.summary.failed += 1
-                return Outcome.FAIL
+                return self._interrupted(trial)
             except optuna.exceptions.UpdateFinishedTrialError:
                 return self._lost(trial)
             except optuna.TrialPruned as e:
@@ -437,6 +433,12 @@ class Worker:
                 logger.info("trial %d pruned (%s)", trial.number, e)
                 return Outcome.PRUNED
             except Exception as e:  # OOM, NaN loss, bad data…: this trial fails, we go on
+                if self.stop.requested:
+                    # The stop landed inside C code (an import's module init, a tokenizer),
+                    # which turns ``Interrupted`` into another error (``SystemError: ...
+                    # returned a result with an exception set``): an interrupted trial still,
+                    # re-queued, not a failure of its configuration.
+                    return self._interrupted(trial)
                 reason = mask_secrets(f"{type(e).__name__}: {e}".splitlines()[0])
                 logger.error("trial %d failed: %s", trial.number, reason)
                 _fail(self.study, trial, reason)
@@ -460,6 +462,14 @@ class Worker:
             return Outcome.COMPLETE
         finally:
             heartbeat.watch(None)
+
+    def _interrupted(self, trial: optuna.Trial) -> Outcome:
+        """This worker was told to stop inside ``trial``: fail it as interrupted and re-queue
+        it (only if this worker failed it: a sweeper may have been first)."""
+        if _fail(self.study, trial, INTERRUPTED_REASON):
+            requeue(self.study, self.study._storage.get_trial(trial._trial_id))
+        self.summary.failed += 1
+        return Outcome.FAIL
 
     def _lost(self, trial: optuna.Trial) -> Outcome:
         """Our lease on ``trial`` lapsed (we were frozen or cut off past the grace period) and

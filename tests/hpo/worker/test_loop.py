@@ -408,3 +408,40 @@ def test_a_worker_whose_trial_was_failed_elsewhere_says_so_once(
     assert summary.lost == 1
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(said) == 1 and "no longer this worker's" in said[0], said
+
+
+def test_a_stop_that_c_code_turns_into_another_error_still_interrupts_the_trial(
+    tmp_path: Path, spec_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGINT that lands inside an extension module (here, as in CI: pandas' module init
+    during a trial's first import) surfaces as ``SystemError: ... returned a result with an
+    exception set``, not ``Interrupted``. The trial must still end as interrupted and be
+    re-queued; it used to be failed with the SystemError as its reason, as if its
+    configuration had failed."""
+    import hpo.worker.loop
+    from hpo.worker.loop import Interrupted, StopSignal, Worker, WorkerOptions
+
+    url = str(tmp_path / "journal.log")
+    create_study(parse_spec(spec_dict), open_storage(url))
+
+    def stopped_inside_c_code(trial: optuna.Trial, *args: Any) -> float:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here
+        except Interrupted as e:  # what CPython does when C code returns with it set
+            raise SystemError("<class '__pyx_defaults'> returned a result with an error set") from e
+        return 0.9
+
+    monkeypatch.setattr(hpo.worker.loop, "run_trial", stopped_inside_c_code)
+    stop = StopSignal()
+    stop.install()
+    try:
+        options = WorkerOptions(storage_url=url, study_name=spec_dict["name"], device="cpu")
+        summary = Worker(options, stop).run()
+    finally:
+        stop.restore()
+    trials = optuna.load_study(study_name=spec_dict["name"], storage=open_storage(url)).trials
+    assert summary.failed == 1 and summary.completed == 0
+    assert trials[0].state == TrialState.FAIL
+    assert trials[0].user_attrs["fail_reason"] == "interrupted"
+    assert [t.state for t in trials[1:]] == [TrialState.WAITING]  # re-queued for another worker
