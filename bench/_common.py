@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,6 @@ def machine_line() -> str:
     parts = [f"nproc {os.cpu_count()}", f"CPU {cpu}", f"Python {platform.python_version()}"]
     for package in ("torch", "transformers", "optuna", "sqlalchemy"):
         try:
-            from importlib.metadata import version
-
             parts.append(f"{package} {version(package)}")
         except Exception:  # a benchmark that does not need the package still reports the rest
             continue

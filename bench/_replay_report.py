@@ -19,12 +19,16 @@ from bench._surrogate import Surrogate, loo_fidelity
 if TYPE_CHECKING:
     from bench.replay import Run, Settings
 
+    ByContender = Mapping[str, Mapping[int, Run]]  # runs by contender, then by seed
+
 HEADING = "Search on the real task (replay)"
 FRACTIONS: tuple[float, ...] = (0.25, 0.5, 1.0)
 TRIAL_BUDGETS: tuple[int, ...] = (25, 50, 100)
 WARMUP_BUDGETS: tuple[int, ...] = (20, 25, 50, 100)
 FIGURE = Path("bench") / "figures" / "replay.png"
 BASELINES: tuple[str, ...] = ("random-nopruning", "hf-default", "ours-nopruning")
+# The pairs compared by trial budget (first vs second), on the main and every check surrogate.
+SAMPLER_PAIRS = (("gp", "ours"), ("gp-nopruning", "ours-nopruning"), ("ours", "random-nopruning"))
 
 
 # --- regret -----------------------------------------------------------------------------------
@@ -117,6 +121,11 @@ def _ratio(a: float, b: float) -> str:
 
 def _counts(b: int, t: int, w: int) -> str:
     return f"{b}/{t}/{w}"
+
+
+def _tested(b: int, t: int, w: int) -> str:
+    """Paired counts with their two-sided sign test."""
+    return f"{_counts(b, t, w)} (p {sign_test(b, w):.2g})"
 
 
 # --- the section ------------------------------------------------------------------------------
@@ -216,9 +225,7 @@ def _fold_sd(table: Any) -> float:
     return float(np.sqrt(np.mean(np.var(finals - finals.mean(axis=1, keepdims=True), axis=1))))
 
 
-def compute_table(
-    by: Mapping[str, Mapping[int, Run]], seeds: Sequence[int], best: float, budget: float
-) -> list[str]:
+def compute_table(by: ByContender, seeds: Sequence[int], best: float, budget: float) -> list[str]:
     """Median regret [IQR] at each share of the budget, ÷ random's; compute to reach random's
     full-budget median regret."""
     random = by.get("random-nopruning", {})
@@ -273,9 +280,7 @@ def compute_table(
     return lines
 
 
-def paired_table(
-    by: Mapping[str, Mapping[int, Run]], seeds: Sequence[int], best: float, budget: float
-) -> list[str]:
+def paired_table(by: ByContender, seeds: Sequence[int], best: float, budget: float) -> list[str]:
     """Better/tied/worse (lower regret) on the same seed vs random and vs hf-default."""
     present = [b for b in BASELINES if b in by]
     if not present:
@@ -303,9 +308,7 @@ def paired_table(
     return lines
 
 
-def goal_lines(
-    by: Mapping[str, Mapping[int, Run]], seeds: Sequence[int], best: float, budget: float
-) -> list[str]:
+def goal_lines(by: ByContender, seeds: Sequence[int], best: float, budget: float) -> list[str]:
     """The issue's two goals, as measured, and where ours loses."""
     if not {"ours", "random-nopruning"} <= set(by):
         return []
@@ -355,14 +358,19 @@ def goal_lines(
     return lines
 
 
-def _trial_rows(
-    by: Mapping[str, Mapping[int, Run]],
+def _trial_table(
+    by: ByContender,
     seeds: Sequence[int],
     best: float,
     pairs: Sequence[tuple[str, str]],
     budgets: Sequence[int],
 ) -> list[str]:
-    rows = []
+    """A row per pair (a, b) that ran: a's median regret vs b's after n trials, paired counts
+    for a and their sign test, a column per n of ``budgets``."""
+    rows = [
+        "| pair | " + " | ".join(f"{n} trials" for n in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
     for a, b in pairs:
         if a not in by or b not in by:
             continue
@@ -370,23 +378,16 @@ def _trial_rows(
         for n in budgets:
             mine = [regret_at_trials(by[a][s], n, best) for s in seeds]
             theirs = [regret_at_trials(by[b][s], n, best) for s in seeds]
-            better, tied, worse = paired(mine, theirs)
-            cells.append(
-                f"{_pts(median(mine))} vs {_pts(median(theirs))}; "
-                f"{_counts(better, tied, worse)} (p {sign_test(better, worse):.2g})"
-            )
+            vs = f"{_pts(median(mine))} vs {_pts(median(theirs))}"
+            cells.append(f"{vs}; {_tested(*paired(mine, theirs))}")
         rows.append(f"| {a} vs {b} | " + " | ".join(cells) + " |")
     return rows
 
 
 def sampler_lines(
-    by: Mapping[str, Mapping[int, Run]],
-    seeds: Sequence[int],
-    best: float,
-    offline: Sequence[Mapping[str, Any]] | None,
+    by: ByContender, seeds: Sequence[int], best: float, offline: Sequence[Mapping[str, Any]] | None
 ) -> list[str]:
     """TPE vs GP at 25, 50 and 100 finished trials (complete + pruned, as the budget counts)."""
-    pairs = [("gp", "ours"), ("gp-nopruning", "ours-nopruning"), ("ours", "random-nopruning")]
     lines = [
         "### Sampler default: TPE vs GP by trial budget",
         "",
@@ -394,9 +395,7 @@ def sampler_lines(
         "trials (complete + pruned, what `budget.n_trials` counts), and paired better / tied / "
         "worse for the first, two-sided sign test:",
         "",
-        "| pair | " + " | ".join(f"{n} trials" for n in TRIAL_BUDGETS) + " |",
-        "|---|" + "---|" * len(TRIAL_BUDGETS),
-        *_trial_rows(by, seeds, best, pairs, TRIAL_BUDGETS),
+        *_trial_table(by, seeds, best, SAMPLER_PAIRS, TRIAL_BUDGETS),
     ]
     lines += [
         "",
@@ -445,11 +444,7 @@ def offline_lines(offline: Sequence[Mapping[str, Any]]) -> list[str]:
         for n in TRIAL_BUDGETS:
             gp = [p["ours-gp"][n - 1] for p in pairs]
             tpe = [p["ours"][n - 1] for p in pairs]
-            b, t, w = paired(gp, tpe)
-            cells.append(
-                f"{median(gp):.3g} vs {median(tpe):.3g}; {_counts(b, t, w)} "
-                f"(p {sign_test(b, w):.2g})"
-            )
+            cells.append(f"{median(gp):.3g} vs {median(tpe):.3g}; {_tested(*paired(gp, tpe))}")
         datasets = sorted({k[1] for k in by if k[0] == family})
         lines.append(
             f"| {family} ({', '.join(datasets)}) | {len(pairs)} | " + " | ".join(cells) + " |"
@@ -457,18 +452,14 @@ def offline_lines(offline: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def warmup_lines(
-    by: Mapping[str, Mapping[int, Run]], seeds: Sequence[int], best: float, budget: float
-) -> list[str]:
+def warmup_lines(by: ByContender, seeds: Sequence[int], best: float, budget: float) -> list[str]:
     """The pruner's warm-up, ``n_startup_trials`` 8 vs the default 4."""
     if not {"ours", "ours-warmup8"} <= set(by):
         return []
-    lines = [
+    return [
         "### Pruner warm-up: `n_startup_trials` 8 vs 4",
         "",
-        "| pair | " + " | ".join(f"{n} trials" for n in WARMUP_BUDGETS) + " |",
-        "|---|" + "---|" * len(WARMUP_BUDGETS),
-        *_trial_rows(by, seeds, best, [("ours-warmup8", "ours")], WARMUP_BUDGETS),
+        *_trial_table(by, seeds, best, [("ours-warmup8", "ours")], WARMUP_BUDGETS),
         "",
         "By compute: "
         + "; ".join(
@@ -483,12 +474,9 @@ def warmup_lines(
         )
         + " (warm-up 8 better / tied / worse).",
     ]
-    return lines
 
 
-def pruner_lines(
-    by: Mapping[str, Mapping[int, Run]], seeds: Sequence[int], best: float, table: Any
-) -> list[str]:
+def pruner_lines(by: ByContender, seeds: Sequence[int], best: float, table: Any) -> list[str]:
     """Where each pruning contender stopped trials, and what it cost: pruned trials whose true
     final CV mean beat the incumbent's true mean at the time they were stopped."""
     from scipy.stats import spearmanr
@@ -576,7 +564,7 @@ def robustness_lines(surrogate: Surrogate, runs: Sequence[Run], budget_trials: f
     by = _by(runs)
     seeds = sorted(set.intersection(*(set(v) for v in by.values()))) if by else []
     best = reference(surrogate, runs)
-    lines = [
+    return [
         f"### Check: surrogate `{surrogate.kind}`, cost `{surrogate.cost}`",
         "",
         f"{len(seeds)} seeds, the same table, budget ({budget_trials:g} unpruned trials' "
@@ -585,28 +573,21 @@ def robustness_lines(surrogate: Surrogate, runs: Sequence[Run], budget_trials: f
         "",
         *compute_table(by, seeds, best, budget)[4:],
         "",
-        "| pair | " + " | ".join(f"{n} trials" for n in TRIAL_BUDGETS) + " |",
-        "|---|" + "---|" * len(TRIAL_BUDGETS),
-        *_trial_rows(
-            by,
-            seeds,
-            best,
-            [("gp", "ours"), ("gp-nopruning", "ours-nopruning"), ("ours", "random-nopruning")],
-            TRIAL_BUDGETS,
-        ),
+        *_trial_table(by, seeds, best, SAMPLER_PAIRS, TRIAL_BUDGETS),
     ]
-    return lines
 
 
 def _regret_pairs(
-    by: Mapping[str, Mapping[int, Run]], best: float, a: str, b: str, n: int
-) -> list[tuple[float, float]]:
+    by: ByContender, best: float, a: str, b: str, n: int
+) -> tuple[list[float], list[float]]:
+    """Regrets of ``a`` and of ``b`` after ``n`` trials, on the seeds both ran."""
     if a not in by or b not in by:
-        return []
+        return [], []
     seeds = sorted(set(by[a]) & set(by[b]))
-    return [
-        (regret_at_trials(by[a][s], n, best), regret_at_trials(by[b][s], n, best)) for s in seeds
-    ]
+    return (
+        [regret_at_trials(by[a][s], n, best) for s in seeds],
+        [regret_at_trials(by[b][s], n, best) for s in seeds],
+    )
 
 
 def decision_lines(
@@ -618,7 +599,7 @@ def decision_lines(
     the product runs, with the default pruner; the sampler alone, without pruning), and the
     rule that turns them into a recommendation: change a default only where the product
     setting's pooled counts say so at sign-test p < 0.05."""
-    sources: list[tuple[str, Mapping[str, Mapping[int, Run]], float]] = []
+    sources: list[tuple[str, ByContender, float]] = []
     for surrogate, runs in (primary, *checks):
         label = f"replay `{surrogate.kind}`/`{surrogate.cost}`"
         sources.append((label, _by(runs), reference(surrogate, runs)))
@@ -652,10 +633,7 @@ def decision_lines(
             ("gp", "ours", "with pruning"),
             ("gp-nopruning", "ours-nopruning", "alone"),
         ):
-            counts = []
-            for n in TRIAL_BUDGETS:
-                pairs = _regret_pairs(by, best, gp_name, tpe_name, n)
-                counts.append(paired([p[0] for p in pairs], [p[1] for p in pairs]))
+            counts = [paired(*_regret_pairs(by, best, gp_name, tpe_name, n)) for n in TRIAL_BUDGETS]
             if any(sum(c) for c in counts):
                 add_row(group, f"{label}, {group}", counts)
     for family, studies in sorted(offline_pairs.items()):
@@ -672,10 +650,7 @@ def decision_lines(
     for group, pooled in groups.items():
         lines.append(
             f"| **pooled, {group}** | "
-            + " | ".join(
-                _counts(*pooled[n]) + f" (p {sign_test(pooled[n][0], pooled[n][2]):.2g})"
-                for n in TRIAL_BUDGETS
-            )
+            + " | ".join(_tested(*pooled[n]) for n in TRIAL_BUDGETS)
             + " |"
         )
     verdicts = []
@@ -696,10 +671,9 @@ def decision_lines(
     best = reference(*primary)
     warm = []
     for n in WARMUP_BUDGETS:
-        pairs = _regret_pairs(primary_by, best, "ours-warmup8", "ours", n)
-        if pairs:
-            b, t, w = paired([p[0] for p in pairs], [p[1] for p in pairs])
-            warm.append(f"{n}: {_counts(b, t, w)} (p {sign_test(b, w):.2g})")
+        mine, theirs = _regret_pairs(primary_by, best, "ours-warmup8", "ours", n)
+        if mine:
+            warm.append(f"{n}: {_tested(*paired(mine, theirs))}")
     if warm:
         lines.append(
             "- Pruner warm-up, `n_startup_trials` 8 better / tied / worse than 4 after n trials "

@@ -310,9 +310,7 @@ def run_once(context: Any, contender: str, workers: int, url: str, seconds: floa
     trials = sum(r.trials for r in reported)
     per_trial = max(trials, 1)
     asks = [x for r in reported for x in r.ask_ms]
-    errors: collections.Counter[str] = collections.Counter()
-    for r in reported:
-        errors.update(r.errors)
+    errors = sum((r.errors for r in reported), collections.Counter[str]())
     statements = sum(r.statements for r in reported) + proxy_counts[0]
     commits = sum(r.commits for r in reported) + proxy_counts[1]
     return Run(
@@ -410,9 +408,7 @@ FIELDS = (
 
 
 def _errors_cell(runs: Sequence[Run]) -> str:
-    total: collections.Counter[str] = collections.Counter()
-    for r in runs:
-        total.update(r.errors)
+    total = sum((r.errors for r in runs), collections.Counter[str]())
     if not total:
         return "0"
     return "; ".join(f"{n} {cause}" for cause, n in total.most_common())

@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench._common import ROOT, machine_line, run_date
+from bench._common import ROOT, machine_line, offline_env, run_date
 
 SPEC = ROOT / "studies" / "rt-curves.yaml"
 # The study itself is kept in git beside the table (about 10 KB a configuration), so a build
@@ -60,13 +60,11 @@ def build(store: Path, threads: int, workers: int) -> None:
     spec = _spec()
     store.parent.mkdir(parents=True, exist_ok=True)
     create_study(spec, open_storage(str(store)))
-    env = {**os.environ, "HPO_STORAGE": str(store), "HF_HUB_OFFLINE": "1"}
-    env["HF_DATASETS_OFFLINE"] = "1"
-    log_dir = LOG_DIR
-    log_dir.mkdir(parents=True, exist_ok=True)
+    env = offline_env(HPO_STORAGE=str(store))
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
     procs = []
     for index in range(workers):
-        log = open(log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(LOG_DIR / f"worker-{index}.log", "ab")  # noqa: SIM115 - owned by the child
         procs.append(
             subprocess.Popen(
                 worker_command(spec.name, device="cpu", stream=index, threads=threads),

@@ -218,13 +218,8 @@ def _hf_model_init(dropout: float | None) -> Any:
 
     from trainer.resources import resolve_local
 
-    overrides: dict[str, Any] = {}
-    if dropout is not None:
-        overrides = {
-            "hidden_dropout_prob": dropout,
-            "attention_probs_dropout_prob": dropout,
-            "classifier_dropout": dropout,
-        }
+    names = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
+    overrides = {} if dropout is None else dict.fromkeys(names, dropout)
     return AutoModelForSequenceClassification.from_pretrained(
         str(resolve_local(MODEL)),
         num_labels=len(LABELS),
@@ -405,20 +400,11 @@ def _launch_search(
         command = bench_command(
             "_hf_search", str(work), "--budget-s", str(budget_s), "--hf-trials", str(hf_trials)
         )
-    else:
-        command = hpo_command(
-            "worker",
-            "--study",
-            f"e2e-{name}",
-            "--storage",
-            str(work / name / "journal.log"),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--stream",
-            "0",
-        )
+    else:  # the worker `hpo run --workers 1` starts, on one thread
+        from hpo.local import worker_command
+
+        worker = worker_command(f"e2e-{name}", device="cpu", stream=0, threads=1)
+        command = [*worker, "--storage", str(work / name / "journal.log")]
     return start_logged(command, work / "logs" / f"{name}-search.log", work)
 
 
@@ -733,8 +719,7 @@ def reading(results: dict[str, Any]) -> str:
         f"({', '.join(f'{n} {med[n]:.4f}' for n in order)}): ours − HF = "
         f"{((med['ours'] or 0.0) - (med['hf'] or 0.0)) * 100:+.1f} points, ours − random = "
         f"{((med['ours'] or 0.0) - (med['random'] or 0.0)) * 100:+.1f}. For scale, one accuracy "
-        f"measured on "
-        f"{results['data']['heldout_rows']} rows has a standard error of up to "
+        f"measured on {results['data']['heldout_rows']} rows has a standard error of up to "
         f"{se * 100:.1f} points, and retraining the same winner with another seed moved "
         f"held-out accuracy by up to {seed_range * 100:.1f} points."
     ]

@@ -163,8 +163,7 @@ def run_child(
 ) -> list[dict[str, Any]]:
     command = ["--child", contender, "--model-dir", model_dir, "--data", str(data)]
     command += ["--rows", str(args.rows), "--epochs", str(args.epochs), "--device", args.device]
-    trials: list[dict[str, Any]] = run_child_process("bench.gpu_throughput", command)
-    return trials
+    return run_child_process("bench.gpu_throughput", command)
 
 
 def device_name(device: str) -> str:

@@ -353,6 +353,7 @@ def run_all(
 def offline_studies(path: Path, seeds: int) -> None:
     """Run ``bench.search_quality``'s studies of ``ours`` and ``ours-gp`` (100 trials, every
     table, seeds below ``seeds``) that ``path`` lacks, appending one task's runs a line."""
+    from bench._replay_report import read_offline
     from bench.search_quality import DEFAULT_DATASETS, ensure_tables_package, make_tasks
     from bench.search_quality import run_task as run_offline_task
 
@@ -361,12 +362,7 @@ def offline_studies(path: Path, seeds: int) -> None:
     import torch
 
     torch.set_num_threads(1)
-    done = set()
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                first = json.loads(line)[0]
-                done.add((first["dataset"], first["seed"]))
+    done = {(run["dataset"], run["seed"]) for run in read_offline(path)} if path.exists() else set()
     tasks = make_tasks(DEFAULT_DATASETS, seeds, 100, seeds, ["ours", "ours-gp"])
     for task in sorted(tasks, key=lambda t: (t.seed, t.family != "hpobench")):
         if (task.dataset, task.seed) in done:

@@ -440,17 +440,12 @@ def family_report(family: str, runs: Sequence[Run], n_trials: int) -> tuple[str,
     if ablations:
         lines += ["", *ablation_table(runs, present, n_trials)]
 
-    lines.append("")
-    lines.append(
-        f"Per dataset, median final regret (trial {n_trials}) in the table's units "
-        + (
-            "(validation accuracy lost, as a fraction)"
-            if family == "hpobench"
-            else "(validation MSE)"
-        )
-        + ":"
-    )
-    lines.append("")
+    units = "validation accuracy lost, as a fraction" if family == "hpobench" else "validation MSE"
+    lines += [
+        "",
+        f"Per dataset, median final regret (trial {n_trials}) in the table's units ({units}):",
+        "",
+    ]
     baselines = [n for n in CORE_CONTENDERS if n != "ours" and n in by_contender]
     verdict_column = has_ours and bool(baselines)
     verdict_header = (
@@ -586,22 +581,16 @@ def summary_lines(headlines: dict[str, dict[str, float]]) -> list[str]:
         if not all(key in h for key in needed):
             # A run without all of ours / Optuna default / random: its tables say it all.
             continue
-        verdict = (
-            "better"
-            if h["better vs optuna-default"] > h["worse vs optuna-default"]
-            else (
-                "worse" if h["better vs optuna-default"] < h["worse vs optuna-default"] else "even"
-            )
-        )
+        wins, losses = h["better vs optuna-default"], h["worse vs optuna-default"]
+        verdict = "better" if wins > losses else "worse" if wins < losses else "even"
         lines.append(
             f"- {FAMILIES[family]}: after the last trial our default's median normalized regret "
             f"is {h['ours/random']:.2f}x random's and {h['ours/optuna-default']:.2f}x Optuna's "
             f"default TPE's (ratio of medians pooled over tables x seeds; above 1 = ours worse). "
-            f"Paired per (table, seed), ours beats Optuna's default "
-            f"{h['better vs optuna-default']:.0f} times, ties {h['tied vs optuna-default']:.0f}, "
-            f"loses {h['worse vs optuna-default']:.0f} ({verdict} overall); mean ranks (1 best, "
-            f"of {h.get('ranked', 3):.0f}): ours {h['rank ours']:.2f}, Optuna default "
-            f"{h['rank optuna-default']:.2f}, random {h['rank random']:.2f}."
+            f"Paired per (table, seed), ours beats Optuna's default {wins:.0f} times, ties "
+            f"{h['tied vs optuna-default']:.0f}, loses {losses:.0f} ({verdict} overall); mean "
+            f"ranks (1 best, of {h.get('ranked', 3):.0f}): ours {h['rank ours']:.2f}, Optuna "
+            f"default {h['rank optuna-default']:.2f}, random {h['rank random']:.2f}."
         )
         if "gp studies" in h:
             lines.append(

@@ -213,10 +213,9 @@ def run_once(kind: str, processes: int, seconds: float) -> RunResult:
     end = dt.datetime.fromtimestamp(window_end)
     in_window = sum(1 for t in trials if t.datetime_complete and t.datetime_complete <= end)
     latencies = [x for r in reported for x in r.ask_latencies_s]
-    errors: collections.Counter[str] = collections.Counter()
+    errors = sum((r.errors for r in reported), collections.Counter[str]())
     first_error: dict[str, str] = {}
     for r in reported:
-        errors.update(r.errors)
         for name, message in r.first_error.items():
             first_error.setdefault(name, message)
     return RunResult(

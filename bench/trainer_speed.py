@@ -288,8 +288,7 @@ def run_child(name: str, args: argparse.Namespace, cache_dir: str) -> list[dict[
     command = ["--rows", str(args.rows), "--epochs", str(args.epochs)]
     command += ["--threads", str(args.threads), "--cache-dir", cache_dir]
     command += ["--profile"] if name == "profile" else ["--child", name]
-    trials: list[dict[str, Any]] = run_child_process("bench.trainer_speed", command)
-    return trials
+    return run_child_process("bench.trainer_speed", command)
 
 
 def render(

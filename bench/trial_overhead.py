@@ -218,13 +218,10 @@ def child(store: str, url: str, study_name: str, threads: int, out: Path) -> Non
     worker = worker_module.Worker(options)
     loaded = time.time()
     storage = worker.study._storage
+    hooks = {"create_new_trial": meter.trial_created, "set_trial_state_values": meter.state_set}
     for name in STORE_METHODS:
         if hasattr(storage, name):
-            hook = {
-                "create_new_trial": meter.trial_created,
-                "set_trial_state_values": meter.state_set,
-            }
-            meter.wrap(storage, name, hook.get(name))
+            meter.wrap(storage, name, hooks.get(name))
     for name in SAMPLER_METHODS:
         meter.wrap(worker.study.sampler, name)
     meter.wrap(worker.study.pruner, "prune")
@@ -299,7 +296,7 @@ def summarize(result: dict[str, Any]) -> dict[str, float]:
     warm = [t for t in trials[1:] if t["first_forward"] is not None]
     main_s = sum(t["main"][1] for t in trials)
     span_s = sum(t["span_s"] for t in trials)
-    per = {
+    return {
         "trials": len(trials),
         "calls": median([t["main"][0] + t["heartbeat"][0] for t in trials]),
         "statements": median([t["main"][2] + t["heartbeat"][2] for t in trials]),
@@ -316,7 +313,6 @@ def summarize(result: dict[str, Any]) -> dict[str, float]:
         "to_loaded_s": result["loaded"] - result["spawned"],
         "to_handed_out_s": trials[0]["handed_out"] - result["spawned"],
     }
-    return per
 
 
 def render(rows: dict[str, dict[str, float]]) -> str:
