@@ -209,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds from this one on")
     parser.add_argument("--n-steps", type=int, default=10)
     parser.add_argument("--budget-steps", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     described = {name: describe(FUNCTIONS[name], args.n_steps) for name in args.functions}
     tasks = [
         (name, seed, args.n_steps, args.budget_steps, tuple(args.pruners))
-        for seed in range(args.seeds)
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
         for name in args.functions
     ]
     runs = pool_map(
@@ -245,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": {p: version(p) for p in ("optuna", "mfhpo-benchmark-api", "numpy")},
         "settings": {
             "seeds": args.seeds,
+            "first_seed": args.first_seed,
             "n_steps": args.n_steps,
             "budget_steps": args.budget_steps,
             "pruners": args.pruners,

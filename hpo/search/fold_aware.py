@@ -27,6 +27,15 @@ At each checkpoint of a trial (every epoch's step on the study's ``StepGrid``):
    probability ``keep``, given how correlated its ranks at the checkpoints are in the completed
    trials (a Gaussian copula; independent checkpoints give ``1 − keep^(1/K)``, identical ones
    ``1 − keep``). Weak evidence anywhere only makes pruning gentler than the setting.
+5. **Strong evidence prunes harder.** Where every checkpoint of the trial is shown to predict
+   the final score (the smallest of their lower bounds above ``SURE_FROM``, 0.4), the share kept
+   moves from ``keep_percentile`` towards ``sure_keep_percentile``, log-linearly as that bound
+   rises to 1: a trial that is behind where being behind is near-certainly final is not worth
+   finishing. The smallest bound, so one misleading or unproven checkpoint turns it off.
+   Fine-tuning curves stay below it (in the real-task replay the smallest bound stays under
+   0.15: their epoch scores predict the final CV mean with rho 0.2-0.9, BENCHMARKS.md "The
+   pruner on real curves"), so there ``keep_percentile`` holds; set ``sure_keep_percentile``
+   equal to it to turn this off.
 
 The last step (the last fold's last epoch) never prunes: that compute is already spent.
 """
@@ -46,6 +55,9 @@ from optuna.trial import FrozenTrial, TrialState
 from trainer.steps import StepGrid
 
 _COMPARED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+# The weakest checkpoint's lower bound on its rank correlation with the final score above which
+# the evidence starts to count as near-certain (point 5 of the module docstring).
+SURE_FROM = 0.4
 
 
 def rank_correlation_bound(
@@ -83,6 +95,10 @@ class FoldAwarePruner(BasePruner):
         recent: the reference is the latest this many trials (0: every trial). 20 was chosen
             on the MF-Hartmann benchmark (BENCHMARKS.md, "Pruning"); the evidence (rank
             correlations) is always learnt from every completed trial.
+        sure_keep_percentile: the share kept, in percent, where the evidence is near-certain
+            (point 5 of the module docstring); at most ``keep_percentile``. 5, with
+            ``SURE_FROM`` 0.4, was chosen on the MF-Hartmann functions at 40 seeds (BENCHMARKS.md,
+            "Pruning"); it never engaged in the real-task replay.
     """
 
     def __init__(
@@ -95,9 +111,15 @@ class FoldAwarePruner(BasePruner):
         n_warmup_steps: int = 0,
         confidence: float = 0.95,
         recent: int = 20,
+        sure_keep_percentile: float = 5.0,
     ) -> None:
         if not 0.0 < keep_percentile <= 100.0:
             raise ValueError(f"keep_percentile must be in (0, 100], got {keep_percentile}")
+        if not 0.0 < sure_keep_percentile <= keep_percentile:
+            raise ValueError(
+                f"sure_keep_percentile must be in (0, keep_percentile={keep_percentile}], "
+                f"got {sure_keep_percentile}"
+            )
         if n_startup_trials < 4:
             raise ValueError(
                 f"n_startup_trials must be >= 4 (a rank correlation needs 4 trials), "
@@ -112,6 +134,7 @@ class FoldAwarePruner(BasePruner):
         self._recent = recent
         self._grid = StepGrid(n_folds=n_folds, steps_per_fold=steps_per_fold)
         self._keep = keep_percentile / 100.0
+        self._sure_keep = sure_keep_percentile / 100.0
         self._n_startup_trials = n_startup_trials
         self._n_warmup_steps = n_warmup_steps
         self._confidence = confidence
@@ -193,10 +216,19 @@ class FoldAwarePruner(BasePruner):
                 ]
             )
             evidence = np.where(np.isfinite(evidence), np.clip(evidence, 0.0, 1.0), 0.0)
-            base = _calibrated_share(matrix[:, :-1], evidence, self._keep)
+            base = _calibrated_share(matrix[:, :-1], evidence, self._kept_share(evidence))
             self._cache.clear()  # one entry: the set of completed trials only grows
             self._cache[key] = dict(zip(steps, (base * evidence).tolist(), strict=True))
         return self._cache[key]
+
+    def _kept_share(self, evidence: np.ndarray) -> float:
+        """The share of trials to keep over a whole trial: ``keep``, moving log-linearly to
+        ``sure_keep`` as the weakest checkpoint's evidence goes from ``SURE_FROM`` to 1."""
+        if len(evidence) == 0:
+            return self._keep
+        weakest = float(np.min(evidence))
+        sureness = min(max((weakest - SURE_FROM) / (1.0 - SURE_FROM), 0.0), 1.0)
+        return float(self._keep * (self._sure_keep / self._keep) ** sureness)
 
     def _trial_checkpoints(self, trial: FrozenTrial) -> list[int]:
         """Steps at which this trial may be pruned: its epochs' steps, warm-up and last left out."""

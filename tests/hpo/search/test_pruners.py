@@ -64,13 +64,17 @@ def _completed_share(outcomes: list[tuple[TrialState, int | None]], startup: int
 
 
 @pytest.mark.parametrize(
-    ("options", "low", "high"), [({}, 0.15, 0.45), ({"keep_percentile": 50}, 0.35, 0.75)]
+    ("options", "low", "high"),
+    [
+        ({"sure_keep_percentile": 25}, 0.15, 0.45),
+        ({"keep_percentile": 50, "sure_keep_percentile": 50}, 0.35, 0.75),
+    ],
 )
 def test_fold_aware_lets_about_its_keep_share_of_same_distribution_trials_complete(
     options: dict[str, float], low: float, high: float
 ) -> None:
     """Trials drawn like the first ones complete at about keep_percentile (the default 25, or
-    50), not ~never."""
+    50), not ~never (the strong-evidence share turned off: these checkpoints predict well)."""
     shares = [
         _completed_share(_simulate(make_pruner("fold_aware", options, GRID), seed=s))
         for s in (0, 1)
@@ -78,6 +82,29 @@ def test_fold_aware_lets_about_its_keep_share_of_same_distribution_trials_comple
     assert low <= float(np.mean(shares)) <= high, shares
     generous = make_pruner("fold_aware", {**options, "keep_percentile": 80}, GRID)
     assert _completed_share(_simulate(generous, seed=0)) > float(np.mean(shares))
+
+
+def test_fold_aware_prunes_harder_only_where_every_checkpoint_predicts_well() -> None:
+    """Checkpoints that rank trials almost as their final scores do (noise 0.01 on qualities
+    spread over 0.4) let fewer trials complete than keep_percentile, towards
+    sure_keep_percentile; checkpoints as noisy as fine-tuning's (noise 0.15) are pruned exactly
+    as with the strong-evidence share turned off."""
+    off = {"sure_keep_percentile": 25}
+    faithful = [
+        _completed_share(_simulate(make_pruner("fold_aware", {}, GRID), seed=s, noise=0.01))
+        for s in (0, 1)
+    ]
+    faithful_off = [
+        _completed_share(_simulate(make_pruner("fold_aware", off, GRID), seed=s, noise=0.01))
+        for s in (0, 1)
+    ]
+    assert 0.02 <= float(np.mean(faithful)) < float(np.mean(faithful_off)) - 0.1, (
+        faithful,
+        faithful_off,
+    )
+    noisy = _simulate(make_pruner("fold_aware", {}, GRID), seed=0, noise=0.15)
+    assert any(state == TrialState.PRUNED for state, _ in noisy)
+    assert noisy == _simulate(make_pruner("fold_aware", off, GRID), seed=0, noise=0.15)
 
 
 def test_fold_aware_does_not_prune_where_early_scores_mislead() -> None:
@@ -247,6 +274,7 @@ def test_fold_aware_compares_a_trial_with_the_latest_trials_not_the_first() -> N
         trial.report(0.74, 0)  # better than most trials so far, worse than the latest 20
         return trial.should_prune()
 
-    half = {"keep_percentile": 50}  # 0.74 beats about 60 % of all trials: kept at 50 %
+    # 0.74 beats about 60 % of all trials: kept at 50 % (the strong-evidence share off)
+    half = {"keep_percentile": 50, "sure_keep_percentile": 50}
     assert pruned_at_first_epoch(make_pruner("fold_aware", half, GRID))
     assert not pruned_at_first_epoch(make_pruner("fold_aware", {**half, "recent": 0}, GRID))
