@@ -400,7 +400,7 @@ def _launch_search(
         command = bench_command(
             "_hf_search", str(work), "--budget-s", str(budget_s), "--hf-trials", str(hf_trials)
         )
-    else:  # the worker `hpo run --workers 1` starts, on one thread
+    else:  # one `hpo worker` on one thread, stream 0, on the study's journal
         from hpo.local import worker_command
 
         worker = worker_command(f"e2e-{name}", device="cpu", stream=0, threads=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class HpoError(Exception):
     """Root of all errors the service raises deliberately."""
@@ -30,3 +32,19 @@ class StudyConflictError(HpoError):
 
 class StudyNotFoundError(HpoError):
     """No study of this name in the store."""
+
+
+def exception_chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then its causes and contexts (and SQLAlchemy's wrapped driver errors,
+    ``orig``), each once."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for linked in (current.__cause__, current.__context__, getattr(current, "orig", None)):
+            if isinstance(linked, BaseException):
+                pending.append(linked)

@@ -29,9 +29,10 @@ At each checkpoint of a trial (every epoch's step on the study's ``StepGrid``):
    ``1 − keep``). Weak evidence anywhere only makes pruning gentler than the setting.
 5. **Strong evidence prunes harder.** Where every checkpoint of the trial is shown to predict
    the final score (the smallest of their lower bounds above ``SURE_FROM``, 0.4), the share kept
-   moves from ``keep_percentile`` towards ``sure_keep_percentile``, log-linearly as that bound
-   rises to 1: a trial that is behind where being behind is near-certainly final is not worth
-   finishing. The smallest bound, so one misleading or unproven checkpoint turns it off.
+   moves from ``keep_percentile`` towards ``sure_keep_percentile`` (by default a fifth of it:
+   25 → 5), log-linearly as that bound rises to 1: a trial that is behind where being behind
+   is near-certainly final is not worth finishing. The smallest bound, so one misleading or
+   unproven checkpoint turns it off.
    Fine-tuning curves stay below it (in the real-task replay the smallest bound stays under
    0.15: their epoch scores predict the final CV mean with rho 0.2-0.9, BENCHMARKS.md "The
    pruner on real curves"), so there ``keep_percentile`` holds; set ``sure_keep_percentile``
@@ -85,7 +86,8 @@ class FoldAwarePruner(BasePruner):
         steps_per_fold: positions per fold on the study's step grid (the most epochs).
         n_folds: folds per trial.
         keep_percentile: share of trials, in percent, that are no better than the reference
-            and should still survive the whole trial (50 = half of them). 25, with
+            and should still survive the whole trial (50 = half of them), unless every
+            checkpoint is shown to predict (``sure_keep_percentile``). 25, with
             ``confidence`` 0.95, was chosen on the MF-Hartmann functions and the real-task
             replay (BENCHMARKS.md, "Pruning", candidates for the default).
         n_startup_trials: no pruning until this many trials have completed.
@@ -96,9 +98,10 @@ class FoldAwarePruner(BasePruner):
             on the MF-Hartmann benchmark (BENCHMARKS.md, "Pruning"); the evidence (rank
             correlations) is always learnt from every completed trial.
         sure_keep_percentile: the share kept, in percent, where the evidence is near-certain
-            (point 5 of the module docstring); at most ``keep_percentile``. 5, with
-            ``SURE_FROM`` 0.4, was chosen on the MF-Hartmann functions at 40 seeds (BENCHMARKS.md,
-            "Pruning"); it never engaged in the real-task replay.
+            (point 5 of the module docstring); at most ``keep_percentile``, and by default a
+            fifth of it (so a gentler ``keep_percentile`` stays gentler here too; equal to it:
+            off). A fifth, with ``SURE_FROM`` 0.4, was chosen on the MF-Hartmann functions at
+            40 seeds (BENCHMARKS.md, "Pruning"); it never engaged in the real-task replay.
     """
 
     def __init__(
@@ -111,10 +114,12 @@ class FoldAwarePruner(BasePruner):
         n_warmup_steps: int = 0,
         confidence: float = 0.95,
         recent: int = 20,
-        sure_keep_percentile: float = 5.0,
+        sure_keep_percentile: float | None = None,
     ) -> None:
         if not 0.0 < keep_percentile <= 100.0:
             raise ValueError(f"keep_percentile must be in (0, 100], got {keep_percentile}")
+        if sure_keep_percentile is None:
+            sure_keep_percentile = keep_percentile / 5.0
         if not 0.0 < sure_keep_percentile <= keep_percentile:
             raise ValueError(
                 f"sure_keep_percentile must be in (0, keep_percentile={keep_percentile}], "

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from hpo.errors import StorageError
+from hpo.errors import StorageError, exception_chain
 
 # The store's bookkeeping keys (their meaning: hpo.records). Trial system attributes that make
 # retried writes idempotent and transitions attributable: the request that created or popped
@@ -51,21 +51,6 @@ def error_summary(error: BaseException, url: str | None = None) -> str:
     return mask_secrets(lines[0] if lines else type(cause).__name__, url)
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """``error``, then its causes and contexts and SQLAlchemy's wrapped driver errors."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [error]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        for linked in (current.__cause__, current.__context__, getattr(current, "orig", None)):
-            if isinstance(linked, BaseException):
-                pending.append(linked)
-
-
 # PostgreSQL's words when it is at max_connections (or a role's / database's own limit).
 _CONNECTION_LIMIT_MARKERS = (
     "too many clients",
@@ -92,7 +77,7 @@ def is_transient(error: BaseException) -> bool:
         transient += (psycopg2.OperationalError, psycopg2.InterfaceError)
     except ImportError:  # pragma: no cover - psycopg2 is a dependency
         pass
-    return any(isinstance(e, transient) or _grpc_unavailable(e) for e in _chain(error))
+    return any(isinstance(e, transient) or _grpc_unavailable(e) for e in exception_chain(error))
 
 
 def _grpc_unavailable(error: BaseException) -> bool:
@@ -116,7 +101,7 @@ def is_connection_limit(error: BaseException) -> bool:
     Looks through the whole chain: Optuna wraps the driver's error in a
     ``StorageInternalError`` that speaks of "invalid data in the commit".
     """
-    for e in _chain(error):
+    for e in exception_chain(error):
         if getattr(e, "pgcode", None) == _TOO_MANY_CONNECTIONS_SQLSTATE:
             return True
         text = str(e).lower()

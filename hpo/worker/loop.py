@@ -22,7 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from hpo import records
-from hpo.errors import HpoError, StorageError
+from hpo.errors import HpoError, StorageError, exception_chain
 from hpo.notes import write_trial_note
 from hpo.spec.model import StudySpec
 from hpo.store import (
@@ -147,6 +147,13 @@ class StopSignal:
             # Never half-way through a store call (a lock, a write): raised when it returns.
             if not SHIELD.deferring(Interrupted()):
                 raise Interrupted
+
+    def check(self) -> None:
+        """Raise ``Interrupted`` if a stop was requested: called at each report of a trial, for
+        a stop whose exception was swallowed on its way (by C code, a ``__del__``, a library's
+        ``except BaseException``), so the trial still stops at its next epoch."""
+        if self.requested:
+            raise Interrupted
 
     @contextmanager
     def trial_scope(self) -> Iterator[None]:
@@ -420,7 +427,7 @@ class Worker:
             started = time.monotonic()
             try:
                 with self.stop.trial_scope():
-                    value = run_trial(trial, self.spec, self.context)
+                    value = run_trial(trial, self.spec, self.context, self.stop.check)
             except Interrupted:
                 return self._interrupted(trial)
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -433,11 +440,14 @@ class Worker:
                 logger.info("trial %d pruned (%s)", trial.number, e)
                 return Outcome.PRUNED
             except Exception as e:  # OOM, NaN loss, bad data…: this trial fails, we go on
-                if self.stop.requested:
+                if any(isinstance(c, Interrupted) for c in exception_chain(e)):
                     # The stop landed inside C code (an import's module init, a tokenizer),
-                    # which turns ``Interrupted`` into another error (``SystemError: ...
-                    # returned a result with an exception set``): an interrupted trial still,
-                    # re-queued, not a failure of its configuration.
+                    # which raised another error from it (``SystemError: ... returned a result
+                    # with an exception set``): an interrupted trial still, re-queued, not a
+                    # failure of its configuration. A failure of its own keeps its reason.
+                    logger.warning(
+                        "trial %d: the stop surfaced as %s", trial.number, type(e).__name__
+                    )
                     return self._interrupted(trial)
                 reason = mask_secrets(f"{type(e).__name__}: {e}".splitlines()[0])
                 logger.error("trial %d failed: %s", trial.number, reason)

@@ -8,6 +8,7 @@ trial (the trainer places them on the study's step grid).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,8 +33,30 @@ class TrialContext:
     cache_dir: str | None = None
 
 
-def run_trial(trial: optuna.Trial, spec: StudySpec, context: TrialContext) -> float:
-    """Train and cross-validate one trial; record its results as user attrs.
+class _CheckedReporter:
+    """The trial as the trainer's reporter, calling ``check`` (which may raise to stop the
+    trial) before each report."""
+
+    def __init__(self, trial: optuna.Trial, check: Callable[[], None]) -> None:
+        self._trial = trial
+        self._check = check
+
+    def report(self, value: float, step: int) -> None:
+        self._check()
+        self._trial.report(value, step)
+
+    def should_prune(self) -> bool:
+        return self._trial.should_prune()
+
+
+def run_trial(
+    trial: optuna.Trial,
+    spec: StudySpec,
+    context: TrialContext,
+    check: Callable[[], None] | None = None,
+) -> float:
+    """Train and cross-validate one trial; record its results as user attrs. ``check``, if
+    given, is called before each report (the worker's: raise to stop the trial).
 
     Returns:
         The mean CV score of the configured metric.
@@ -72,7 +95,7 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, context: TrialContext) -> fl
         trainer_config(
             spec, device=context.device, cache_dir=context.cache_dir, precision=precision
         ),
-        reporter=trial,
+        reporter=trial if check is None else _CheckedReporter(trial, check),
         done_folds=done,
         on_fold_end=lambda fold: records.write_fold(trial, fold),
     )

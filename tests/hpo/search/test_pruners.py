@@ -107,6 +107,32 @@ def test_fold_aware_prunes_harder_only_where_every_checkpoint_predicts_well() ->
     assert noisy == _simulate(make_pruner("fold_aware", off, GRID), seed=0, noise=0.15)
 
 
+def test_a_gentler_keep_percentile_stays_gentler_where_every_checkpoint_predicts() -> None:
+    """The strong-evidence share is relative (a fifth of keep_percentile by default): a study
+    that asked for keep 50 or 3 (below the default's 5) loads, and keep 50 lets more trials
+    complete than the default, on the same faithful study (review finding: an absolute 5
+    pulled keep 50 and 100 below the default, and refused keep 3)."""
+    check_pruner_options("fold_aware", {"keep_percentile": 3})
+    with pytest.raises(ValueError, match="sure_keep_percentile"):
+        check_pruner_options("fold_aware", {"keep_percentile": 3, "sure_keep_percentile": 5})
+    shares = {
+        keep: np.mean(
+            [
+                _completed_share(
+                    _simulate(
+                        make_pruner("fold_aware", {"keep_percentile": keep}, GRID),
+                        seed=s,
+                        noise=0.01,
+                    )
+                )
+                for s in (0, 1)
+            ]
+        )
+        for keep in (25, 50)
+    }
+    assert shares[50] > shares[25] + 0.05, shares
+
+
 def test_fold_aware_does_not_prune_where_early_scores_mislead() -> None:
     """A first epoch that ranks trials backwards is learned as no evidence: nobody is pruned
     there, and the later, faithful checkpoints still prune."""

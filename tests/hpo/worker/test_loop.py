@@ -419,7 +419,7 @@ def test_a_stop_that_c_code_turns_into_another_error_still_interrupts_the_trial(
     re-queued; it used to be failed with the SystemError as its reason, as if its
     configuration had failed."""
     import hpo.worker.loop
-    from hpo.worker.loop import Interrupted, StopSignal, Worker, WorkerOptions
+    from hpo.worker.loop import Interrupted
 
     url = str(tmp_path / "journal.log")
     create_study(parse_spec(spec_dict), open_storage(url))
@@ -433,15 +433,78 @@ def test_a_stop_that_c_code_turns_into_another_error_still_interrupts_the_trial(
         return 0.9
 
     monkeypatch.setattr(hpo.worker.loop, "run_trial", stopped_inside_c_code)
-    stop = StopSignal()
-    stop.install()
-    try:
-        options = WorkerOptions(storage_url=url, study_name=spec_dict["name"], device="cpu")
-        summary = Worker(options, stop).run()
-    finally:
-        stop.restore()
-    trials = optuna.load_study(study_name=spec_dict["name"], storage=open_storage(url)).trials
-    assert summary.failed == 1 and summary.completed == 0
+    trials = _run_one_trial_stopped_inside(url, spec_dict["name"])
     assert trials[0].state == TrialState.FAIL
     assert trials[0].user_attrs["fail_reason"] == "interrupted"
     assert [t.state for t in trials[1:]] == [TrialState.WAITING]  # re-queued for another worker
+
+
+def _run_one_trial_stopped_inside(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """A worker on ``url`` runs one trial with its stop handler installed; the trial's
+    study, as stock Optuna reads it after."""
+    from hpo.worker.loop import StopSignal, Worker, WorkerOptions
+
+    stop = StopSignal()
+    stop.install()
+    try:
+        Worker(WorkerOptions(storage_url=url, study_name=name, device="cpu"), stop).run()
+    finally:
+        stop.restore()
+    return optuna.load_study(study_name=name, storage=open_storage(url)).trials
+
+
+def _swallowed_stop() -> None:
+    """A SIGINT whose ``Interrupted`` is swallowed on its way (a ``__del__``, a library's
+    ``except BaseException``)."""
+    from hpo.worker.loop import Interrupted
+
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # the handler runs here
+    except Interrupted:
+        pass
+
+
+def test_a_trial_that_fails_for_its_own_reason_after_a_stop_keeps_that_reason(
+    tmp_path: Path, spec_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only an error raised from the stop counts as the stop: a trial's own failure after a
+    stop request is recorded with its reason and not re-queued (review finding)."""
+    import hpo.worker.loop
+
+    url = str(tmp_path / "journal.log")
+    create_study(parse_spec(spec_dict), open_storage(url))
+
+    def fails_on_its_own(trial: optuna.Trial, *args: Any) -> float:
+        _swallowed_stop()
+        raise ValueError("the data has one class")
+
+    monkeypatch.setattr(hpo.worker.loop, "run_trial", fails_on_its_own)
+    trials = _run_one_trial_stopped_inside(url, spec_dict["name"])
+    assert [t.state for t in trials] == [TrialState.FAIL]
+    assert trials[0].user_attrs["fail_reason"] == "ValueError: the data has one class"
+
+
+def test_a_swallowed_stop_still_stops_the_trial_at_its_next_report(
+    tmp_path: Path, spec_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop whose exception never reaches the worker still ends the trial, at its next
+    epoch's report, as interrupted and re-queued; it used to train on to the end."""
+    import trainer
+
+    url = str(tmp_path / "journal.log")
+    create_study(parse_spec(spec_dict), open_storage(url))
+    reported: list[int] = []
+
+    def swallows_the_stop(*args: Any, reporter: Any, **kwargs: Any) -> Any:
+        _swallowed_stop()
+        for step in range(3):
+            reporter.report(0.5, step)
+            reported.append(step)
+        raise AssertionError("trained on after the stop")
+
+    monkeypatch.setattr(trainer, "run_cv", swallows_the_stop)
+    trials = _run_one_trial_stopped_inside(url, spec_dict["name"])
+    assert reported == []
+    assert trials[0].user_attrs["fail_reason"] == "interrupted"
+    assert [t.state for t in trials[1:]] == [TrialState.WAITING]
