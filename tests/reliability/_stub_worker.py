@@ -103,7 +103,9 @@ def install(log: EventLog, step_s: float) -> None:
         log("write", trial=trial_id, what=what, t0=t0, t1=time.time(), **fields)
         return result
 
-    def run_trial(trial: optuna.Trial, spec: Any, context: Any) -> float:
+    def run_trial(
+        trial: optuna.Trial, spec: Any, context: Any, check: Callable[[], None] | None = None
+    ) -> float:
         params = suggest(trial, spec.search.space)
         done = records.saved_folds(trial.user_attrs)
         log(
@@ -121,6 +123,8 @@ def install(log: EventLog, step_s: float) -> None:
                 time.sleep(step_s)
                 score = stub_score(params, fold, epoch, epochs)
                 step = grid.step(fold, epoch, epochs)
+                if check is not None:  # as the real reporter: a swallowed stop stops here
+                    check()
                 report = functools.partial(trial.report, score, step)
                 fenced(trial._trial_id, "report", report, step=step)
                 if trial.should_prune():

@@ -33,7 +33,7 @@ START_TIMEOUT_S = 120.0
 RUN_TIMEOUT_S = 240.0
 
 
-def _no_training(trial: optuna.Trial, spec: StudySpec, context: Any) -> float:
+def _no_training(trial: optuna.Trial, spec: StudySpec, context: Any, check: Any = None) -> float:
     """``run_trial`` without the model: suggest the spec's params, report, maybe prune."""
     from hpo.spec.space import suggest
 
