@@ -158,8 +158,7 @@ class StopSignal:
     @contextmanager
     def trial_scope(self) -> Iterator[None]:
         """While inside, a first signal interrupts the running trial."""
-        if self.requested:
-            raise Interrupted
+        self.check()
         self._in_trial = True
         try:
             yield

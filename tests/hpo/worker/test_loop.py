@@ -410,6 +410,32 @@ def test_a_worker_whose_trial_was_failed_elsewhere_says_so_once(
     assert len(said) == 1 and "no longer this worker's" in said[0], said
 
 
+def _run_one_trial_stopped_inside(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """A worker on ``url`` runs one trial with its stop handler installed; the trial's
+    study, as stock Optuna reads it after."""
+    from hpo.worker.loop import StopSignal, Worker, WorkerOptions
+
+    stop = StopSignal()
+    stop.install()
+    try:
+        Worker(WorkerOptions(storage_url=url, study_name=name, device="cpu"), stop).run()
+    finally:
+        stop.restore()
+    return optuna.load_study(study_name=name, storage=open_storage(url)).trials
+
+
+def _swallowed_stop() -> None:
+    """A SIGINT whose ``Interrupted`` is swallowed on its way (a ``__del__``, a library's
+    ``except BaseException``)."""
+    from hpo.worker.loop import Interrupted
+
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # the handler runs here
+    except Interrupted:
+        pass
+
+
 def test_a_stop_that_c_code_turns_into_another_error_still_interrupts_the_trial(
     tmp_path: Path, spec_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -437,32 +463,6 @@ def test_a_stop_that_c_code_turns_into_another_error_still_interrupts_the_trial(
     assert trials[0].state == TrialState.FAIL
     assert trials[0].user_attrs["fail_reason"] == "interrupted"
     assert [t.state for t in trials[1:]] == [TrialState.WAITING]  # re-queued for another worker
-
-
-def _run_one_trial_stopped_inside(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    """A worker on ``url`` runs one trial with its stop handler installed; the trial's
-    study, as stock Optuna reads it after."""
-    from hpo.worker.loop import StopSignal, Worker, WorkerOptions
-
-    stop = StopSignal()
-    stop.install()
-    try:
-        Worker(WorkerOptions(storage_url=url, study_name=name, device="cpu"), stop).run()
-    finally:
-        stop.restore()
-    return optuna.load_study(study_name=name, storage=open_storage(url)).trials
-
-
-def _swallowed_stop() -> None:
-    """A SIGINT whose ``Interrupted`` is swallowed on its way (a ``__del__``, a library's
-    ``except BaseException``)."""
-    from hpo.worker.loop import Interrupted
-
-    try:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1)  # the handler runs here
-    except Interrupted:
-        pass
 
 
 def test_a_trial_that_fails_for_its_own_reason_after_a_stop_keeps_that_reason(
