@@ -111,6 +111,20 @@ def command_line(
     return " ".join(parts)
 
 
+def bench_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, *, out: Path | None = None
+) -> argparse.Namespace:
+    """``parser``'s arguments from ``argv``, with ``--out`` (the markdown whose section to update;
+    default ``out``, and where that is a file ``--no-write`` too: print only), logging set up
+    as every benchmark logs."""
+    parser.add_argument("--out", type=Path, default=out, help="markdown to update")
+    if out is not None:
+        parser.add_argument("--no-write", action="store_true", help="print, do not touch --out")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return args
+
+
 def section_body(
     command: str,
     facts: Sequence[str],
@@ -204,6 +218,10 @@ class StartLine:
     messages may share the queue (``put``/``get``); ``run`` reads past them.
     """
 
+    READY_TIMEOUT_S = 600.0  # 64 processes importing Optuna on 2 shared cores take a while
+    FINISH_GRACE_S = 300.0  # after the window: a process still in a store call may finish it
+    START_DELAY_S = 1.0  # the start line is set this far ahead so every process sees it in time
+
     def __init__(self, context: Any) -> None:
         self._results = context.Queue()
         self._start = context.Event()
@@ -216,11 +234,11 @@ class StartLine:
         kind, payload = self._results.get(timeout=timeout_s)
         return kind, payload
 
-    def ready(self, ok: bool, timeout_s: float) -> float | None:
+    def ready(self, ok: bool) -> float | None:
         """In a benchmark process: say whether it got ready; wait for the start line, then for
         its instant. The start time (``time.time()``), or None: report what you have and end."""
         self.put("ready", ok)
-        if not ok or not self._start.wait(timeout_s):
+        if not ok or not self._start.wait(self.READY_TIMEOUT_S + 60):
             return None
         return self.wait_for_start()
 
@@ -233,26 +251,18 @@ class StartLine:
     def report(self, result: Any) -> None:
         self.put("result", result)
 
-    def run(
-        self,
-        processes: Sequence[Any],
-        seconds: float,
-        *,
-        ready_timeout_s: float,
-        finish_grace_s: float,
-        start_delay_s: float,
-    ) -> tuple[list[Any], int, float]:
-        """Start ``processes``, wait until all are ready (or ``ready_timeout_s``), set the start
-        line ``start_delay_s`` ahead, and collect their reports until all have reported, all
-        exited, or ``finish_grace_s`` after the window. Returns the reports, how many got
+    def run(self, processes: Sequence[Any], seconds: float) -> tuple[list[Any], int, float]:
+        """Start ``processes``, wait until all are ready (or ``READY_TIMEOUT_S``), set the start
+        line ``START_DELAY_S`` ahead, and collect their reports until all have reported, all
+        exited, or ``FINISH_GRACE_S`` after the window. Returns the reports, how many got
         ready, and the start time. The processes are left to the caller to join."""
         for process in processes:
             process.start()
         reports: list[Any] = []
-        ready = self._collect(processes, reports, "ready", time.time() + ready_timeout_s)
-        self._at.value = time.time() + start_delay_s
+        ready = self._collect(processes, reports, "ready", time.time() + self.READY_TIMEOUT_S)
+        self._at.value = time.time() + self.START_DELAY_S
         self._start.set()
-        until = self._at.value + seconds + finish_grace_s
+        until = self._at.value + seconds + self.FINISH_GRACE_S
         self._collect(processes, reports, "result", until)
         return reports, ready, float(self._at.value)
 

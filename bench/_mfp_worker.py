@@ -245,12 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": runs,
         "versions": {p: version(p) for p in ("optuna", "mfhpo-benchmark-api", "numpy")},
         "settings": {
-            "seeds": args.seeds,
-            "first_seed": args.first_seed,
-            "n_steps": args.n_steps,
-            "budget_steps": args.budget_steps,
-            "pruners": args.pruners,
-            "workers": args.workers,
+            key: getattr(args, key)
+            for key in ("seeds", "first_seed", "n_steps", "budget_steps", "pruners", "workers")
         },
     }
     args.out.write_text(json.dumps(payload))

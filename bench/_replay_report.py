@@ -57,8 +57,7 @@ def trials_within(run: Run, compute_s: float) -> int:
 
 def regret_at_compute(run: Run, compute_s: float, best: float) -> float:
     """Regret (accuracy) of the incumbent at ``compute_s``; inf before any trial completed."""
-    value = incumbent_true(run, trials_within(run, compute_s))
-    return math.inf if math.isnan(value) else max(best - value, 0.0)
+    return regret_at_trials(run, trials_within(run, compute_s), best)
 
 
 def regret_at_trials(run: Run, n_trials: int, best: float) -> float:
@@ -99,11 +98,16 @@ def sign_test(better: int, worse: int) -> float:
     return 1.0 if n == 0 else float(binomtest(better, n, 0.5).pvalue)
 
 
-def _by(runs: Sequence[Run]) -> dict[str, dict[int, Run]]:
-    out: dict[str, dict[int, Run]] = {}
+def _grouped(
+    surrogate: Surrogate, runs: Sequence[Run]
+) -> tuple[dict[str, dict[int, Run]], list[int], float]:
+    """The runs by contender, then seed; the seeds every contender ran; the best true final CV
+    mean (``reference``)."""
+    by: dict[str, dict[int, Run]] = {}
     for run in runs:
-        out.setdefault(run.contender, {})[run.seed] = run
-    return out
+        by.setdefault(run.contender, {})[run.seed] = run
+    seeds = sorted(set.intersection(*(set(v) for v in by.values()))) if by else []
+    return by, seeds, reference(surrogate, runs)
 
 
 def _pts(value: float) -> str:
@@ -143,10 +147,7 @@ def section(
     """The whole BENCHMARKS.md section, from the runs (and a second surrogate's, if given)."""
     from bench.replay import budget_seconds
 
-    by = _by(runs)
-    names = [n for n in by if by[n]]
-    seeds = sorted(set.intersection(*(set(by[n]) for n in names))) if names else []
-    best = reference(surrogate, runs)
+    by, seeds, best = _grouped(surrogate, runs)
     budget = budget_seconds(surrogate, settings.budget_trials)
     table = surrogate.table
     fidelity = loo_fidelity(table)
@@ -252,14 +253,10 @@ def compute_table(by: ByContender, seeds: Sequence[int], best: float, budget: fl
         cells = []
         for fraction in FRACTIONS:
             mine = [regret_at_compute(runs[s], fraction * budget, best) for s in seeds]
-            theirs = (
-                [regret_at_compute(random[s], fraction * budget, best) for s in seeds]
-                if random
-                else []
-            )
             cell = f"{_pts(median(mine))} [{_pts(percentile(mine, 25))}, "
             cell += f"{_pts(percentile(mine, 75))}]"
-            if theirs and name != "random-nopruning":
+            if seeds and random and name != "random-nopruning":
+                theirs = [regret_at_compute(random[s], fraction * budget, best) for s in seeds]
                 cell += f" ({_ratio(median(mine), median(theirs))})"
             cells.append(cell)
         reach = median([compute_to_reach(runs[s], target, best) for s in seeds])
@@ -396,8 +393,6 @@ def sampler_lines(
         "worse for the first, two-sided sign test:",
         "",
         *_trial_table(by, seeds, best, SAMPLER_PAIRS, TRIAL_BUDGETS),
-    ]
-    lines += [
         "",
         "In Optuna 5.0, `GPSampler` fits only COMPLETE trials (a pruned trial teaches it "
         "nothing, and its start-up phase counts completed trials), while `TPESampler` also "
@@ -415,19 +410,35 @@ def sampler_lines(
 
 def read_offline(path: Path) -> list[dict[str, Any]]:
     """search_quality runs saved one task (a list of runs) per line."""
-    runs: list[dict[str, Any]] = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            runs.extend(json.loads(line))
-    return runs
+    lines = path.read_text().splitlines()
+    return [run for line in lines if line.strip() for run in json.loads(line)]
+
+
+def _offline_pairs(
+    offline: Sequence[Mapping[str, Any]], series: str
+) -> list[tuple[str, list[str], int, list[tuple[list[float], list[float]]]]]:
+    """The offline studies (one per dataset and seed) that ran both ``ours-gp`` and ``ours``,
+    per family that has some, sorted: the family, all its datasets (sorted), how many such
+    studies, and for each n of ``TRIAL_BUDGETS`` their ``series`` values after n trials
+    (``ours-gp``'s list, ``ours``'s list, paired by study)."""
+    studies: dict[str, dict[tuple[str, int], dict[str, Sequence[float]]]] = {}
+    for run in offline:
+        of_family = studies.setdefault(run["family"], {})
+        of_family.setdefault((run["dataset"], run["seed"]), {})[run["contender"]] = run[series]
+    found = []
+    for family, of_family in sorted(studies.items()):
+        both = [v for v in of_family.values() if {"ours", "ours-gp"} <= set(v)]
+        if both:
+            by_n = [
+                ([v["ours-gp"][n - 1] for v in both], [v["ours"][n - 1] for v in both])
+                for n in TRIAL_BUDGETS
+            ]
+            found.append((family, sorted({dataset for dataset, _ in of_family}), len(both), by_n))
+    return found
 
 
 def offline_lines(offline: Sequence[Mapping[str, Any]]) -> list[str]:
     """``ours-gp`` vs ``ours`` on the offline tables at 25, 50 and 100 trials, per family."""
-    by: dict[tuple[str, str, int], dict[str, Sequence[float]]] = {}
-    for run in offline:
-        key = (run["family"], run["dataset"], run["seed"])
-        by.setdefault(key, {})[run["contender"]] = run["normalized"]
     lines = [
         "Offline tables (`bench.search_quality`'s `ours` vs `ours-gp`, no pruning, normalized "
         "regret), paired per (table, seed), gp better / tied / worse than TPE and median "
@@ -436,18 +447,13 @@ def offline_lines(offline: Sequence[Mapping[str, Any]]) -> list[str]:
         "| family | studies | " + " | ".join(f"{n} trials" for n in TRIAL_BUDGETS) + " |",
         "|---|--:|" + "---|" * len(TRIAL_BUDGETS),
     ]
-    for family in sorted({k[0] for k in by}):
-        pairs = [v for k, v in by.items() if k[0] == family and {"ours", "ours-gp"} <= set(v)]
-        if not pairs:
-            continue
-        cells = []
-        for n in TRIAL_BUDGETS:
-            gp = [p["ours-gp"][n - 1] for p in pairs]
-            tpe = [p["ours"][n - 1] for p in pairs]
-            cells.append(f"{median(gp):.3g} vs {median(tpe):.3g}; {_tested(*paired(gp, tpe))}")
-        datasets = sorted({k[1] for k in by if k[0] == family})
+    for family, datasets, n_studies, by_n in _offline_pairs(offline, "normalized"):
+        cells = [
+            f"{median(gp):.3g} vs {median(tpe):.3g}; {_tested(*paired(gp, tpe))}"
+            for gp, tpe in by_n
+        ]
         lines.append(
-            f"| {family} ({', '.join(datasets)}) | {len(pairs)} | " + " | ".join(cells) + " |"
+            f"| {family} ({', '.join(datasets)}) | {n_studies} | " + " | ".join(cells) + " |"
         )
     return lines
 
@@ -561,9 +567,7 @@ def robustness_lines(surrogate: Surrogate, runs: Sequence[Run], budget_trials: f
     from bench.replay import budget_seconds
 
     budget = budget_seconds(surrogate, budget_trials)
-    by = _by(runs)
-    seeds = sorted(set.intersection(*(set(v) for v in by.values()))) if by else []
-    best = reference(surrogate, runs)
+    by, seeds, best = _grouped(surrogate, runs)
     return [
         f"### Check: surrogate `{surrogate.kind}`, cost `{surrogate.cost}`",
         "",
@@ -599,14 +603,6 @@ def decision_lines(
     the product runs, with the default pruner; the sampler alone, without pruning), and the
     rule that turns them into a recommendation: change a default only where the product
     setting's pooled counts say so at sign-test p < 0.05."""
-    sources: list[tuple[str, ByContender, float]] = []
-    for surrogate, runs in (primary, *checks):
-        label = f"replay `{surrogate.kind}`/`{surrogate.cost}`"
-        sources.append((label, _by(runs), reference(surrogate, runs)))
-    offline_pairs: dict[str, dict[tuple[str, int], dict[str, Sequence[float]]]] = {}
-    for run in offline or ():
-        of_family = offline_pairs.setdefault(run["family"], {})
-        of_family.setdefault((run["dataset"], run["seed"]), {})[run["contender"]] = run["regret"]
     lines = [
         "### Recommendation, by rule",
         "",
@@ -628,7 +624,9 @@ def decision_lines(
                 groups[group][n][k] += count[k]
         lines.append(f"| {label} | " + " | ".join(_counts(*c) for c in counts) + " |")
 
-    for label, by, best in sources:
+    for surrogate, runs in (primary, *checks):
+        label = f"replay `{surrogate.kind}`/`{surrogate.cost}`"
+        by, _, best = _grouped(surrogate, runs)
         for gp_name, tpe_name, group in (
             ("gp", "ours", "with pruning"),
             ("gp-nopruning", "ours-nopruning", "alone"),
@@ -636,17 +634,9 @@ def decision_lines(
             counts = [paired(*_regret_pairs(by, best, gp_name, tpe_name, n)) for n in TRIAL_BUDGETS]
             if any(sum(c) for c in counts):
                 add_row(group, f"{label}, {group}", counts)
-    for family, studies in sorted(offline_pairs.items()):
-        both = [v for v in studies.values() if {"ours", "ours-gp"} <= set(v)]
-        if both:
-            add_row(
-                "alone",
-                f"offline {family} ({len(both)} studies), alone",
-                [
-                    paired([v["ours-gp"][n - 1] for v in both], [v["ours"][n - 1] for v in both])
-                    for n in TRIAL_BUDGETS
-                ],
-            )
+    for family, _, n_studies, by_n in _offline_pairs(offline or (), "regret"):
+        counts = [paired(gp, tpe) for gp, tpe in by_n]
+        add_row("alone", f"offline {family} ({n_studies} studies), alone", counts)
     for group, pooled in groups.items():
         lines.append(
             f"| **pooled, {group}** | "
@@ -667,8 +657,7 @@ def decision_lines(
         + "; ".join(verdicts)
         + ".",
     ]
-    primary_by = _by(primary[1])
-    best = reference(*primary)
+    primary_by, _, best = _grouped(*primary)
     warm = []
     for n in WARMUP_BUDGETS:
         mine, theirs = _regret_pairs(primary_by, best, "ours-warmup8", "ours", n)
@@ -691,8 +680,7 @@ PLOT_FLOOR = 0.02  # points: a log axis cannot show a regret of 0
 
 def plot(surrogate: Surrogate, runs: Sequence[Run], path: Path, budget: float) -> None:
     """Median regret vs compute per contender (log y, points), IQR shaded for the main ones."""
-    best = reference(surrogate, runs)
-    by = _by(runs)
+    by, _, best = _grouped(surrogate, runs)
     grid = np.linspace(budget / 100, budget, 100)
     with figure(path, figsize=(8, 5), dpi=100) as (_fig, ax):
         for name, mine in by.items():

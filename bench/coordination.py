@@ -50,6 +50,7 @@ from bench._common import (
     BENCHMARKS_MD,
     FIGURES,
     StartLine,
+    bench_args,
     command_line,
     end_all,
     figure,
@@ -69,9 +70,6 @@ BIG_STUDY = "bench-coordination-2000"
 BIG_STUDY_TRIALS = 2000
 N_PARAMS = 4
 N_REPORTS = 3
-READY_TIMEOUT_S = 300.0
-FINISH_GRACE_S = 120.0
-START_DELAY_S = 1.0
 
 
 @dataclass
@@ -203,7 +201,7 @@ def _worker(
         result.ready = True
     except Exception as e:
         result.errors[f"open: {_cause(e)}"] += 1
-    started = line.ready(result.ready, READY_TIMEOUT_S + 60)
+    started = line.ready(result.ready)
     if started is None:
         line.report(result)
         return
@@ -289,19 +287,13 @@ def run_once(context: Any, contender: str, workers: int, url: str, seconds: floa
         proxy_port = _free_port()
         proxy = context.Process(target=_proxy_server, args=(url, proxy_port, line, stop_proxy))
         proxy.start()
-        message, _ = line.get(READY_TIMEOUT_S)
+        message, _ = line.get(line.READY_TIMEOUT_S)
         assert message == "proxy-ready", message
     procs = [
         context.Process(target=_worker, args=(contender, url, name, proxy_port, i, seconds, line))
         for i in range(workers)
     ]
-    reported, _, _ = line.run(
-        procs,
-        seconds,
-        ready_timeout_s=READY_TIMEOUT_S,
-        finish_grace_s=FINISH_GRACE_S,
-        start_delay_s=START_DELAY_S,
-    )
+    reported, _, _ = line.run(procs, seconds)
     proxy_counts = (0, 0, 0.0)
     if proxy is not None:
         stop_proxy.set()
@@ -496,10 +488,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cold-rounds", type=int, default=3)
     parser.add_argument("--url", default=DEFAULT_URL, help="PostgreSQL URL (test database)")
     parser.add_argument("--notes", type=Path, help="markdown appended to the section")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--out", type=Path, default=BENCHMARKS_MD, help="markdown to update")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = bench_args(parser, argv, out=BENCHMARKS_MD)
     warnings.simplefilter("ignore")
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(

@@ -63,6 +63,7 @@ from bench._common import (
     BENCHMARKS_MD,
     FIGURES,
     ROOT,
+    bench_args,
     command_line,
     figure,
     load_average,
@@ -818,7 +819,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         }
     results = {
         "command": command_line(
-            "bench.e2e", build_parser(), args, "work_dir", "out", "figure", "from_results"
+            "bench.e2e", build_parser(), args, "work_dir", "figure", "from_results"
         ),
         "date": run_date(),
         "machine": machine_line(),
@@ -850,7 +851,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hf-trials", type=int, default=20, help="Trainer's n_trials")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="retrain seeds")
     parser.add_argument("--work-dir", help="where everything goes (default: a new temp dir)")
-    parser.add_argument("--out", type=Path, default=BENCHMARKS_MD, help="markdown to update")
     parser.add_argument("--figure", type=Path, default=FIGURES / "e2e.png")
     parser.add_argument(
         "--from-results", type=Path, help="re-render the section and figure from a results.json"
@@ -884,14 +884,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv and argv[0].startswith("_"):
         _internal(argv)
         return
-    args = build_parser().parse_args(argv)
+    args = bench_args(build_parser(), argv, out=BENCHMARKS_MD)
     if args.from_results:
         results = json.loads(args.from_results.read_text())
         results["reading"] = reading(results)
     else:
         results = bench(args)
-    plot(results, args.figure)
-    update_section(HEADING, render(results, args.figure), path=args.out)
+    if not args.no_write:
+        plot(results, args.figure)
+        update_section(HEADING, render(results, args.figure), path=args.out)
     print(json.dumps({k: v for k, v in results.items() if k != "contenders"}, indent=2))
 
 

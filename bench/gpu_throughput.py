@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench._common import command_line, median, section_body, update_section
+from bench._common import bench_args, command_line, median, section_body, update_section
 from bench._common import run_child as run_child_process
 
 logger = logging.getLogger("bench.gpu_throughput")
@@ -222,13 +222,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak")
-    parser.add_argument("--out", type=Path, default=None, help="update this BENCHMARKS.md")
     parser.add_argument("--child", choices=CONTENDERS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = bench_args(parser, argv)
     if args.child:
         child(args)
         return

@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench._common import ROOT, command_line, load_average, section_body, update_section
+from bench._common import ROOT, bench_args, command_line, load_average, section_body, update_section
 from trainer import ConfigError, Precision
 
 logger = logging.getLogger("bench.precision_parity")
@@ -211,9 +211,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--results", type=Path, default=RESULTS, help="finished runs (JSON)")
     parser.add_argument("--cache-dir", default=None, help="tokenization cache")
-    parser.add_argument("--out", type=Path, default=None, help="update this BENCHMARKS.md")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = bench_args(parser, argv)
 
     import torch
 

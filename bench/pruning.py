@@ -57,6 +57,7 @@ from bench._common import (
     BENCHMARKS_MD,
     FIGURES,
     ROOT,
+    bench_args,
     command_line,
     figure,
     load_average,
@@ -139,15 +140,14 @@ def anytime_ratio(
     Less sensitive than one budget to a single late trial; budgets where either side has no
     completed trial yet are skipped.
     """
-    ratios = []
-    for budget in grid:
-        ratio = _ratio(
+    ratios = [
+        _ratio(
             median([regret_at(r, budget, optimum) for r in mine]),
             median([regret_at(r, budget, optimum) for r in none]),
         )
-        if math.isfinite(ratio) and ratio > 0:
-            ratios.append(ratio)
-    return geometric_mean(ratios)
+        for budget in grid
+    ]
+    return geometric_mean(ratios)  # it leaves out the NaN ones (no completed trial yet)
 
 
 def function_table(
@@ -175,11 +175,10 @@ def function_table(
         pruner: {b: median([regret_at(r, b, info["optimum"]) for r in mine]) for b in budgets}
         for pruner, mine in by_pruner.items()
     }
-    none = by_pruner["none"]
     ratios: dict[str, dict[int | str, float]] = {}
     for pruner, mine in by_pruner.items():
         ratios[pruner] = {b: _ratio(medians[pruner][b], medians["none"][b]) for b in budgets}
-        ratios[pruner]["anytime"] = anytime_ratio(mine, none, info["optimum"], grid)
+        ratios[pruner]["anytime"] = anytime_ratio(mine, by_pruner["none"], info["optimum"], grid)
         cells = []
         for b in budgets:
             ratio = ratios[pruner][b]
@@ -310,13 +309,12 @@ def summary_lines(
             f"no pruning's (below 1 = pruning helped): {cells}."
         )
     for other in ("none", "median", "hyperband"):
-        worse = [
-            f"{name} ({by_pruner['fold_aware']['anytime']:.2f} vs "
-            f"{1.0 if other == 'none' else by_pruner[other]['anytime']:.2f})"
-            for name, by_pruner in ratios.items()
-            if by_pruner["fold_aware"]["anytime"]
-            > (1.0 if other == "none" else by_pruner[other]["anytime"])
-        ]
+        worse = []
+        for name, by_pruner in ratios.items():
+            ours = by_pruner["fold_aware"]["anytime"]
+            theirs = 1.0 if other == "none" else by_pruner[other]["anytime"]
+            if ours > theirs:
+                worse.append(f"{name} ({ours:.2f} vs {theirs:.2f})")
         lines.append(
             f"- `fold_aware` (ours) worse than `{other}` on the anytime ratio: "
             + (", ".join(worse) if worse else "on none of the functions")
@@ -333,10 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="processes (at most 2 here)")
     parser.add_argument("--results", type=Path, help="summarize this worker JSON, run nothing")
     parser.add_argument("--keep", type=Path, help="also save the worker JSON here")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
-    parser.add_argument("--out", type=Path, default=BENCHMARKS_MD, help="markdown to update")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = bench_args(parser, argv, out=BENCHMARKS_MD)
 
     if args.results:
         payload = json.loads(args.results.read_text())

@@ -78,7 +78,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from bench._common import BENCHMARKS_MD, ROOT, load_average, run_date
+from bench._common import BENCHMARKS_MD, ROOT, bench_args, load_average, run_date
 from bench._surrogate import COSTS, SURROGATES, CostModel, Surrogate, SurrogateKind
 
 if TYPE_CHECKING:
@@ -276,9 +276,10 @@ def budget_seconds(surrogate: Surrogate, budget_trials: float) -> float:
     return budget_trials * sum(per_trial) / len(per_trial)
 
 
-def single_threaded() -> None:
+def single_threaded(*, gp: bool = False) -> None:
     """One BLAS / OpenMP / torch thread per process: the pool is the parallelism, and on a
-    shared machine a GP sampler's threads otherwise spin against each other (4x the CPU)."""
+    shared machine a GP sampler's threads otherwise spin against each other (4x the CPU).
+    ``gp``: torch's threads too (the GP sampler runs on torch)."""
     import os
 
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
@@ -286,6 +287,10 @@ def single_threaded() -> None:
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = "1"  # for libraries loaded later, and for spawned workers
     threadpool_limits(1)
+    if gp:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def run_task(task: tuple[Settings, str, int]) -> Run:
@@ -293,12 +298,7 @@ def run_task(task: tuple[Settings, str, int]) -> Run:
 
     import optuna
 
-    single_threaded()
-    if CONTENDERS[task[1]].sampler == "gp":
-        import torch
-
-        torch.set_num_threads(1)
-
+    single_threaded(gp=CONTENDERS[task[1]].sampler == "gp")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="optuna")
@@ -358,10 +358,7 @@ def offline_studies(path: Path, seeds: int) -> None:
     from bench.search_quality import run_task as run_offline_task
 
     ensure_tables_package()
-    single_threaded()
-    import torch
-
-    torch.set_num_threads(1)
+    single_threaded(gp=True)
     done = {(run["dataset"], run["seed"]) for run in read_offline(path)} if path.exists() else set()
     tasks = make_tasks(DEFAULT_DATASETS, seeds, 100, seeds, ["ours", "ours-gp"])
     for task in sorted(tasks, key=lambda t: (t.seed, t.family != "hpobench")):
@@ -385,7 +382,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20, help="seeds per contender")
-    parser.add_argument("--out", type=Path, default=BENCHMARKS_MD, help="markdown file to update")
     parser.add_argument("--table", type=Path, default=TABLE, help="the learning-curve table")
     parser.add_argument("--max-rows", type=int, help="use only the table's first N rows")
     parser.add_argument("--surrogate", choices=SURROGATES, default="gp")
@@ -412,10 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar=("SURROGATE", "COST", "RUNS"),
         help="also summarize studies saved (--keep) from a run with another surrogate / cost",
     )
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch --out")
     parser.add_argument("--smoke", action="store_true", help="2 seeds, tiny budget (for CI)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = bench_args(parser, argv, out=BENCHMARKS_MD)
     single_threaded()
     if args.smoke:
         args.seeds, args.budget_trials, args.min_trials = 2, 4.0, 0

@@ -82,6 +82,7 @@ from typing import TYPE_CHECKING, Any
 from bench._common import (
     BENCHMARKS_MD,
     FIGURES,
+    bench_args,
     command_line,
     figure,
     load_average,
@@ -123,6 +124,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 CHECKPOINTS: tuple[int, ...] = (10, 25, 50, 100)
 KINDS = ("better", "tied", "worse")  # of paired counts, in their order
+RUN_ARGS = ("seeds", "trials", "gp_seeds", "workers")  # saved by --keep, restored by --results
 PLOT_FLOOR = 1e-4  # log axes cannot show a regret of exactly 0
 
 
@@ -623,8 +625,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=100, help="trials per study")
     parser.add_argument("--gp-seeds", type=int, default=1, help="seeds (the first N) that run GP")
     parser.add_argument("--workers", type=int, default=2, help="processes (at most 2 here)")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
-    parser.add_argument("--out", type=Path, default=BENCHMARKS_MD, help="markdown to update")
     parser.add_argument("--keep", type=Path, help="also save every run as JSON here")
     parser.add_argument("--results", type=Path, help="summarize this saved JSON, run nothing")
     parser.add_argument(
@@ -636,14 +636,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{', '.join((*CORE_CONTENDERS, GP_CONTENDER))} (GP on the first --gp-seeds seeds "
         f"only, also when named here); ablations: {', '.join(ABLATIONS)}",
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = bench_args(parser, argv, out=BENCHMARKS_MD)
 
     ensure_tables_package()
     datasets = {family: list(names) for family, names in DEFAULT_DATASETS.items()}
     if args.results:
         saved = json.loads(args.results.read_text())
-        for key in ("seeds", "trials", "gp_seeds", "workers"):
+        for key in RUN_ARGS:
             setattr(args, key, saved["args"][key])
         runs = [Run(**run) for run in saved["runs"]]
         if args.contenders:
@@ -663,10 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs, wall_s = run_all(tasks, args)
         run_info = {"date": run_date(), "load_average": load_average(), "wall_s": wall_s}
     if args.keep:
-        keys = ("seeds", "trials", "gp_seeds", "workers", "contenders")
-        saved_args = {k: getattr(args, k) for k in keys}
         payload = {
-            "args": saved_args,
+            "args": {key: getattr(args, key) for key in (*RUN_ARGS, "contenders")},
             "wall_s": run_info["wall_s"],
             "run": run_info,
             "runs": [asdict(r) for r in runs],

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from bench._common import (
     StartLine,
+    bench_args,
     command_line,
     end_all,
     percentile,
@@ -52,10 +53,7 @@ logger = logging.getLogger("bench.stores")
 KINDS: tuple[str, ...] = ("sqlite", "journal", "ours-sqlite", "ours-journal")
 STUDY_NAME = "bench"
 HEADING = "Embedded store: SQLite vs journal file"
-READY_TIMEOUT_S = 600.0  # 64 processes importing Optuna on 2 shared cores take a while
-FINISH_GRACE_S = 300.0  # after the window: a process still in a store call may finish it
 EXIT_GRACE_S = 30.0  # for every process to exit once all have reported
-START_DELAY_S = 0.5  # the start line is set this far ahead so every process sees it in time
 
 
 @dataclass
@@ -159,7 +157,7 @@ def _worker(kind: str, directory: str, seconds: float, line: StartLine) -> None:
         result.ready = True
     except Exception as e:
         result.add_error(e)
-    started = line.ready(result.ready, READY_TIMEOUT_S + 60)
+    started = line.ready(result.ready)
     if started is None:
         line.report(result)
         return
@@ -197,13 +195,7 @@ def run_once(kind: str, processes: int, seconds: float) -> RunResult:
             ctx.Process(target=_worker, args=(kind, str(directory), seconds, line), daemon=True)
             for _ in range(processes)
         ]
-        reported, ready, started = line.run(
-            procs,
-            seconds,
-            ready_timeout_s=READY_TIMEOUT_S,
-            finish_grace_s=FINISH_GRACE_S,
-            start_delay_s=START_DELAY_S,
-        )
+        reported, ready, started = line.run(procs, seconds)
         if ready < processes:
             logger.warning("%s N=%d: only %d processes got ready", kind, processes, ready)
         end_all(procs, EXIT_GRACE_S, f"{kind} N={processes}")
@@ -267,9 +259,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None, help="markdown file to update")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = bench_args(parser, argv)
     warnings.simplefilter("ignore")
     import optuna
 

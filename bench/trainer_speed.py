@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from bench._common import (
     FIGURES,
     FirstStep,
+    bench_args,
     command_line,
     figure,
     load_average,
@@ -440,12 +441,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"(default: {','.join(DEFAULT_CONTENDERS)})",
     )
     parser.add_argument("--profile", action="store_true", help="only profile a step; print it")
-    parser.add_argument("--out", type=Path, default=None, help="update this BENCHMARKS.md")
     parser.add_argument("--child", choices=CONTENDERS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = bench_args(parser, argv)
     if args.child:
         child(args.child, args.rows, args.epochs, args.threads, args.cache_dir, args.json)
         return

@@ -39,6 +39,7 @@ from bench._common import (
     FIGURES,
     ROOT,
     FirstStep,
+    bench_args,
     command_line,
     figure,
     load_average,
@@ -385,13 +386,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--postgres", default=os.environ.get("HPO_BENCH_PG", DEFAULT_PG))
     parser.add_argument("--stores", nargs="+", choices=STORES, default=list(STORES))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--out", type=Path, default=None, help="update this BENCHMARKS.md")
     parser.add_argument("--child", choices=STORES, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--url", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--study", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = bench_args(parser, argv)
     if args.child:
         child(args.child, args.url, args.study, args.threads, args.json)
         return
