@@ -22,9 +22,12 @@ schedule killed), no live trial failed by an outage shorter than the grace perio
 
 A finished segment is kept in ``bench/data/faults_soak.json`` (keyed by its seed), so an
 interrupted soak continues with the next segment (resumable); the section written to
-``BENCHMARKS.md`` sums every segment in that file. The harness is written by hand because no
-tool injects these faults between Optuna workers and their database (toxiproxy is not
-installable here) and none checks Optuna's trial states against what each worker did.
+``BENCHMARKS.md`` sums every segment in that file. With ``--no-write`` the segments run in
+memory and the section is printed: nothing in the repository changes (a smoke run).
+
+The harness is written by hand because no tool injects these faults between Optuna workers and
+their database (toxiproxy is not installable here) and none checks Optuna's trial states
+against what each worker did.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -41,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import (
+    BENCHMARKS_MD,
     ROOT,
+    bench_args,
     command_line,
     load_average,
     machine_line,
@@ -147,8 +151,15 @@ def _save(results: dict[str, Any]) -> None:
 
 
 def run_segment(
-    backend: str, seed: int, minutes: float, gaps: tuple[float, float], postgres_url: str
+    backend: str,
+    seed: int,
+    minutes: float,
+    gaps: tuple[float, float],
+    postgres_url: str,
+    keep: bool,
 ) -> dict[str, Any]:
+    """One segment's summary; a violation's report goes beside ``RESULTS`` when ``keep``, else
+    beside the workers' logs kept as evidence."""
     from tests.reliability import faultrunner
     from tests.reliability.harness import quiet_optuna, run_harness
 
@@ -167,14 +178,14 @@ def run_segment(
         summary["mean_gap_s"] = config.mean_gap_s
         summary["rare_gap_s"] = config.rare_gap_s if config.rare_kinds else None
         if result.violations:
-            report = RESULTS.with_name(f"faults_soak_{backend}_{seed}.txt")
-            report.write_text(result.describe())
-            summary["report"] = str(report.relative_to(ROOT))
             # The workers' logs and event files are the evidence: keep them past the segment.
             kept = Path(tempfile.gettempdir()) / f"hpo-soak-{backend}-{seed}-evidence"
             shutil.rmtree(kept, ignore_errors=True)
             shutil.copytree(tmp, kept, ignore=shutil.ignore_patterns("*.db", "*.log.lock"))
             summary["evidence"] = str(kept)
+            report = (RESULTS.parent if keep else kept) / f"faults_soak_{backend}_{seed}.txt"
+            report.write_text(result.describe())
+            summary["report"] = str(report.relative_to(ROOT) if keep else report)
             logger.warning("segment %s-%d: violations; worker logs kept in %s", backend, seed, kept)
     return summary
 
@@ -306,18 +317,21 @@ def _run_planned(
     minutes: float,
     gaps: tuple[float, float],
     postgres_url: str,
+    keep: bool,
 ) -> None:
-    """Run one segment unless it is kept already; keep it (the soak resumes after it)."""
+    """Run one segment unless it is kept already; with ``keep``, keep it in ``RESULTS`` (the
+    soak resumes after it)."""
     key = f"{backend}-{seed}"
     if key in results["segments"]:
         logger.info("segment %s already done", key)
         return
     logger.info("segment %s: %.0f minutes", key, minutes)
     started = time.monotonic()
-    summary = run_segment(backend, seed, minutes, gaps, postgres_url)
+    summary = run_segment(backend, seed, minutes, gaps, postgres_url, keep)
     results["segments"][key] = summary
     results.update(load=load_average(), date=run_date(), machine=machine_line())
-    _save(results)
+    if keep:
+        _save(results)
     logger.info(
         "segment %s done in %.0f s: %d faults (fewest of a kind so far: %d), %d violations",
         key,
@@ -346,21 +360,24 @@ def main(argv: list[str] | None = None) -> int:
         help="after the planned segments, add PostgreSQL segments until every kind has this many",
     )
     parser.add_argument("--fresh", action="store_true", help="forget finished segments")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    results = {"segments": {}} if args.fresh else _load()
+    args = bench_args(parser, argv, out=BENCHMARKS_MD)
+    keep = not args.no_write  # else the segments run in memory only: none kept, none skipped
+    results = _load() if keep and not args.fresh else {"segments": {}}
     plan = [("postgresql", args.seed + i, args.minutes) for i in range(args.segments)]
     if args.journal_minutes > 0:
         plan.append(("journal", args.seed, args.journal_minutes))
     gaps = (args.gap, args.restart_gap)
     for backend, seed, minutes in plan:
-        _run_planned(results, backend, seed, minutes, gaps, args.postgres_url)
+        _run_planned(results, backend, seed, minutes, gaps, args.postgres_url, keep)
     seed = args.seed + args.segments
     while args.min_per_kind and _fewest(results) < args.min_per_kind:
-        _run_planned(results, "postgresql", seed, args.minutes, gaps, args.postgres_url)
+        _run_planned(results, "postgresql", seed, args.minutes, gaps, args.postgres_url, keep)
         seed += 1
-    command = command_line("bench.faults", parser, args, "postgres_url", "fresh")
-    update_section(HEADING, render(results, command))
+    command = command_line("bench.faults", parser, args, "postgres_url", "fresh", "no_write")
+    if keep:
+        update_section(HEADING, render(results, command), path=args.out)
+    else:
+        print(render(results, command))
     total = sum(s["n_violations"] for s in results["segments"].values())
     print(f"{len(results['segments'])} segments, {total} violations")
     return 1 if total else 0

@@ -230,13 +230,12 @@ def geometric_mean(values: Sequence[float]) -> float:
 
 
 def write_section(payload: Mapping[str, Any], command: str, out: Path | None) -> str:
-    """Plot, tables and the section, written to ``out``; returns the summary (or, with no
-    ``out``, the whole section)."""
+    """Tables and the section, written to ``out`` with the plot; returns the summary (or, with
+    no ``out``, the whole section, and nothing is written)."""
     settings = payload["settings"]
     budgets = [round(f * settings["budget_steps"]) for f in CHECKPOINT_FRACTIONS]
     grid = list(range(settings["n_steps"], settings["budget_steps"] + 1, settings["n_steps"]))
     figure = FIGURES / "pruning_mfhartmann.png"
-    plot(payload, figure)
     run = payload["run"]
     facts = [
         "worker venv: " + ", ".join(f"{k} {v}" for k, v in payload["versions"].items()),
@@ -258,6 +257,7 @@ def write_section(payload: Mapping[str, Any], command: str, out: Path | None) ->
     parts.append("### What the numbers show\n\n" + "\n".join(summary))
     body = section_body(command, facts, __doc__, *parts, date=run["date"], machine=run["machine"])
     if out is not None:
+        plot(payload, figure)
         update_section(HEADING, body, path=out)
         return "\n".join(summary)
     return body

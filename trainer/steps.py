@@ -51,6 +51,11 @@ class StepGrid:
     def fold_of(self, step: int) -> int:
         return step // self.steps_per_fold
 
+    def epoch_of(self, step: int, epochs: int) -> int:
+        """The epoch (0-based) of a trial that runs ``epochs`` whose report is ``step``: the
+        inverse of ``step`` (``floor(position · epochs / steps_per_fold)``)."""
+        return self.position_of(step) * epochs // self.steps_per_fold
+
     def position_of(self, step: int) -> int:
         """The step's position inside its fold, 0 … ``steps_per_fold - 1``."""
         return step % self.steps_per_fold

@@ -126,19 +126,13 @@ def curves_frame(
         if not trial.intermediate_values:
             continue
         epochs = hyperparams_for(spec, trial.params, seed=0).epochs
-        where = {
-            grid.step(fold, epoch, epochs): (fold, epoch)
-            for fold in range(grid.n_folds)
-            for epoch in range(epochs)
-        }
         for step in sorted(trial.intermediate_values):
-            fold, epoch = where.get(step, (grid.fold_of(step), grid.position_of(step)))
             rows.append(
                 {
                     "trial": trial.number,
                     "state": trial.state.name.lower(),
-                    "fold": fold,
-                    "epoch": epoch,
+                    "fold": grid.fold_of(step),
+                    "epoch": grid.epoch_of(step, epochs),
                     "step": step,
                     "score": trial.intermediate_values[step],
                 }

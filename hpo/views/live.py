@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from hpo import records
 from hpo.spec.model import StudySpec
 from hpo.study import step_grid
+from hpo.translate import hyperparams_for
 from hpo.views.status import eta_s
 
 if TYPE_CHECKING:
@@ -86,18 +87,20 @@ def render_status(study: optuna.Study, spec: StudySpec, started: float) -> Rende
         now = datetime.now()
         for t in sorted(running, key=lambda t: t.number):
             step = t.last_step
-            fold = grid.fold_of(step) if step is not None else None
-            # epochs of this fold reported so far (a trial may run fewer epochs than the grid)
-            epoch = sum(grid.fold_of(s) == fold for s in t.intermediate_values) - 1
-            value = t.intermediate_values.get(step) if step is not None else None
+            where = "-", "-", "-"
+            if step is not None:  # it has reported, so its params are all sampled
+                epochs = hyperparams_for(spec, t.params, seed=0).epochs  # may vary by trial
+                where = (
+                    f"{grid.fold_of(step) + 1}/{grid.n_folds}",
+                    f"{grid.epoch_of(step, epochs) + 1}/{epochs}",
+                    f"{t.intermediate_values[step]:.4f}",
+                )
             run = records.run_info(t)
             age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
             table.add_row(
                 str(t.number),
                 str(run.get("worker", "?")),
-                "-" if fold is None else f"{fold + 1}/{grid.n_folds}",
-                "-" if fold is None else str(epoch + 1),
-                "-" if value is None else f"{value:.4f}",
+                *where,
                 _fmt_s(age),
             )
         parts.append(table)

@@ -63,3 +63,13 @@ def test_every_epoch_of_a_fold_lands_inside_it_and_the_last_on_its_end(epochs: i
 def test_without_searched_epochs_the_grid_is_fold_times_epochs_plus_epoch() -> None:
     grid = StepGrid(n_folds=3, steps_per_fold=2)
     assert [grid.step(f, e, 2) for f in range(3) for e in range(2)] == list(range(6))
+
+
+@pytest.mark.parametrize("steps_per_fold", [1, 2, 3, 4, 5])
+def test_epoch_of_inverts_step_for_every_schedule_the_grid_holds(steps_per_fold: int) -> None:
+    grid = StepGrid(n_folds=3, steps_per_fold=steps_per_fold)
+    for epochs in range(1, steps_per_fold + 1):
+        for fold in range(3):
+            for epoch in range(epochs):
+                step = grid.step(fold, epoch, epochs)
+                assert (grid.fold_of(step), grid.epoch_of(step, epochs)) == (fold, epoch)
