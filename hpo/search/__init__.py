@@ -6,7 +6,16 @@ grid), ``fold_aware`` (the default pruner). The step grid itself is ``trainer.st
 trainer reports on it and every reader decodes it there.
 """
 
-from hpo.search.pruners import check_pruner_options, make_pruner
-from hpo.search.samplers import check_sampler_options, make_sampler
+from hpo.search.pruners import PRUNERS, PrunerKind, check_pruner_options, make_pruner
+from hpo.search.samplers import SAMPLERS, SamplerKind, check_sampler_options, make_sampler
 
-__all__ = ["check_pruner_options", "check_sampler_options", "make_pruner", "make_sampler"]
+__all__ = [
+    "PRUNERS",
+    "SAMPLERS",
+    "PrunerKind",
+    "SamplerKind",
+    "check_pruner_options",
+    "check_sampler_options",
+    "make_pruner",
+    "make_sampler",
+]

@@ -1,4 +1,5 @@
-"""Pruners by name: a table of constructors that know the study's step grid.
+"""Pruners by name: one table holds each pruner's constructor, which knows the study's step
+grid, and the class whose keyword arguments are the options the spec may set.
 
 Optuna's Wilcoxon, successive-halving and Hyperband pruners see a trial through
 ``GridView``: one value per finished fold (its final score), numbered by folds done. Wilcoxon
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trainer.steps import StepGrid
@@ -69,38 +71,57 @@ def _none(grid: StepGrid, options: Mapping[str, Any]) -> optuna.pruners.BasePrun
     return optuna.pruners.NopPruner()
 
 
-PrunerFactory = Callable[[StepGrid, Mapping[str, Any]], "optuna.pruners.BasePruner"]
-
-PRUNERS: dict[str, PrunerFactory] = {
-    "fold_aware": _fold_aware,
-    "median": _median,
-    "hyperband": _hyperband,
-    "successive_halving": _successive_halving,
-    "wilcoxon": _wilcoxon,
-    "none": _none,
-}
-
-
-def _constructor(name: str) -> Callable[..., Any]:
-    import optuna
-
+def _fold_aware_class() -> Callable[..., Any]:
     from hpo.search.fold_aware import FoldAwarePruner
 
-    classes: dict[str, Callable[..., Any]] = {
-        "fold_aware": FoldAwarePruner,
-        "median": optuna.pruners.MedianPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-        "wilcoxon": optuna.pruners.WilcoxonPruner,
-        "none": optuna.pruners.NopPruner,
-    }
-    return classes[name]
+    return FoldAwarePruner
+
+
+def _optuna_class(class_name: str) -> Callable[[], Callable[..., Any]]:
+    """An Optuna pruner class, looked up when asked (importing Optuna is slow; ``hpo --help``
+    must not pay for it)."""
+
+    def load() -> Callable[..., Any]:
+        import optuna
+
+        cls: Callable[..., Any] = getattr(optuna.pruners, class_name)
+        return cls
+
+    return load
+
+
+PrunerFactory = Callable[[StepGrid, Mapping[str, Any]], "optuna.pruners.BasePruner"]
+
+
+@dataclass(frozen=True)
+class PrunerKind:
+    """A pruner the spec may name.
+
+    Attributes:
+        build: makes the pruner from (the study's step grid, the spec's options).
+        constructor: loads the class whose keyword arguments are the options the spec may set
+            (less the step grid, which ``build`` passes itself).
+    """
+
+    build: PrunerFactory
+    constructor: Callable[[], Callable[..., Any]]
+
+
+# The one list of pruner names: the spec accepts exactly these keys.
+PRUNERS: dict[str, PrunerKind] = {
+    "fold_aware": PrunerKind(_fold_aware, _fold_aware_class),
+    "median": PrunerKind(_median, _optuna_class("MedianPruner")),
+    "hyperband": PrunerKind(_hyperband, _optuna_class("HyperbandPruner")),
+    "successive_halving": PrunerKind(_successive_halving, _optuna_class("SuccessiveHalvingPruner")),
+    "wilcoxon": PrunerKind(_wilcoxon, _optuna_class("WilcoxonPruner")),
+    "none": PrunerKind(_none, _optuna_class("NopPruner")),
+}
 
 
 def check_pruner_options(name: str, options: Mapping[str, Any]) -> None:
     """Raise ValueError naming the first option pruner ``name`` does not take or rejects."""
-    cls = _constructor(name)
-    allowed = set(inspect.signature(cls.__init__).parameters) - {
+    kind = PRUNERS[name]
+    allowed = set(inspect.signature(kind.constructor().__init__).parameters) - {
         "self",
         "steps_per_fold",
         "n_folds",
@@ -112,11 +133,11 @@ def check_pruner_options(name: str, options: Mapping[str, Any]) -> None:
                 f"expected one of {sorted(allowed)}"
             )
     try:
-        PRUNERS[name](StepGrid(n_folds=2, steps_per_fold=1), options)
+        kind.build(StepGrid(n_folds=2, steps_per_fold=1), options)
     except (TypeError, ValueError) as e:
         raise ValueError(f"options: {dict(options)} rejected by pruner {name!r}: {e}") from e
 
 
 def make_pruner(name: str, options: Mapping[str, Any], grid: StepGrid) -> Any:
     """Build the pruner the spec names for a study with this step grid."""
-    return PRUNERS[name](grid, options)
+    return PRUNERS[name].build(grid, options)

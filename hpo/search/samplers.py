@@ -1,19 +1,20 @@
-"""Samplers by name: a table of constructors, each seeded from the spec."""
+"""Samplers by name: one table holds each sampler's constructor and the options it takes."""
 
 from __future__ import annotations
 
 import inspect
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hpo.spec.space import grid_values
 from trainer.seeds import derive_seed
 
 if TYPE_CHECKING:
     import optuna
 
-    from hpo.spec.model import SamplerSpec, SearchSpace
+    # Types only: the spec validates against this module's table, so search never imports spec.
+    from hpo.spec import SamplerSpec, SearchSpace
 
 GRID_DEFAULT_POINTS = 3
 
@@ -79,40 +80,72 @@ def _grid(seed: int, space: SearchSpace, options: Mapping[str, Any]) -> optuna.s
             return None
 
     n_points = int(options.get("n_points", GRID_DEFAULT_POINTS))
-    grid = {name: grid_values(param, n_points) for name, param in space.items()}
-    return AskTellGridSampler(grid, seed=seed)
+    return AskTellGridSampler(space.grid(n_points), seed=seed)
+
+
+def _optuna_options(class_name: str) -> Callable[[], set[str]]:
+    """The options of an Optuna sampler: its constructor's keyword arguments, read when asked
+    (importing Optuna is slow; ``hpo --help`` must not pay for it)."""
+
+    def options() -> set[str]:
+        import optuna
+
+        cls = getattr(optuna.samplers, class_name)
+        return set(inspect.signature(cls.__init__).parameters) - _RESERVED
+
+    return options
+
+
+def _grid_options() -> set[str]:
+    return {"n_points"}
+
+
+def _check_grid_values(options: Mapping[str, Any]) -> None:
+    if "n_points" in options:
+        n_points = options["n_points"]
+        if not isinstance(n_points, int) or isinstance(n_points, bool) or n_points < 1:
+            raise ValueError(f"options.n_points: {n_points!r}: expected an integer >= 1")
+
+
+def _any_values(options: Mapping[str, Any]) -> None:
+    return None
 
 
 SamplerFactory = Callable[[int, "SearchSpace", Mapping[str, Any]], "optuna.samplers.BaseSampler"]
 
-SAMPLERS: dict[str, SamplerFactory] = {
-    "tpe": _tpe,
-    "gp": _gp,
-    "random": _random,
-    "qmc": _qmc,
-    "grid": _grid,
-}
 
-_SAMPLER_CLASSES = {
-    "tpe": "TPESampler",
-    "gp": "GPSampler",
-    "random": "RandomSampler",
-    "qmc": "QMCSampler",
+@dataclass(frozen=True)
+class SamplerKind:
+    """A sampler the spec may name.
+
+    Attributes:
+        build: makes the sampler from (seed, search space, the spec's options).
+        options: the option names the spec may set.
+        check_values: raises ValueError naming an option whose value the sampler rejects.
+    """
+
+    build: SamplerFactory
+    options: Callable[[], set[str]]
+    check_values: Callable[[Mapping[str, Any]], None] = _any_values
+
+
+# The one list of sampler names: the spec accepts exactly these keys.
+SAMPLERS: dict[str, SamplerKind] = {
+    "tpe": SamplerKind(_tpe, _optuna_options("TPESampler")),
+    "gp": SamplerKind(_gp, _optuna_options("GPSampler")),
+    "random": SamplerKind(_random, _optuna_options("RandomSampler")),
+    "qmc": SamplerKind(_qmc, _optuna_options("QMCSampler")),
+    "grid": SamplerKind(_grid, _grid_options, _check_grid_values),
 }
 
 
 def allowed_sampler_options(name: str) -> set[str]:
-    """The option names the spec may give to sampler ``name``."""
-    if name == "grid":
-        return {"n_points"}
-    import optuna
-
-    cls = getattr(optuna.samplers, _SAMPLER_CLASSES[name])
-    return set(inspect.signature(cls.__init__).parameters) - _RESERVED
+    """The option names the spec may give to sampler ``name`` (a key of :data:`SAMPLERS`)."""
+    return SAMPLERS[name].options()
 
 
 def check_sampler_options(name: str, options: Mapping[str, Any]) -> None:
-    """Raise ValueError naming the first option that sampler ``name`` does not take."""
+    """Raise ValueError naming the first option that sampler ``name`` does not take or rejects."""
     allowed = allowed_sampler_options(name)
     for key in options:
         if key not in allowed:
@@ -120,10 +153,7 @@ def check_sampler_options(name: str, options: Mapping[str, Any]) -> None:
                 f"options.{key}: unknown option for sampler {name!r}; "
                 f"expected one of {sorted(allowed)}"
             )
-    if name == "grid" and "n_points" in options:
-        n_points = options["n_points"]
-        if not isinstance(n_points, int) or isinstance(n_points, bool) or n_points < 1:
-            raise ValueError(f"options.n_points: {n_points!r}: expected an integer >= 1")
+    SAMPLERS[name].check_values(options)
 
 
 def make_sampler(
@@ -139,4 +169,4 @@ def make_sampler(
             derived from (``spec.seed``, ``stream``), so a rerun with the same workers repeats.
     """
     seed = derive_seed(spec.seed, stream)
-    return SAMPLERS[spec.name](seed, space, spec.options)
+    return SAMPLERS[spec.name].build(seed, space, spec.options)

@@ -5,7 +5,7 @@ then ``space`` (the one place that calls ``trial.suggest_*``). Nothing here impo
 storage, the worker or the trainer.
 """
 
-from hpo.spec.model import StudySpec, load_spec, parse_spec, spec_from_json
+from hpo.spec.model import SamplerSpec, StudySpec, load_spec, parse_spec, spec_from_json
 from hpo.spec.space import SearchSpace
 
-__all__ = ["SearchSpace", "StudySpec", "load_spec", "parse_spec", "spec_from_json"]
+__all__ = ["SamplerSpec", "SearchSpace", "StudySpec", "load_spec", "parse_spec", "spec_from_json"]

@@ -16,8 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hpo.errors import SpecError
-from hpo.search.pruners import PRUNERS, check_pruner_options
-from hpo.search.samplers import SAMPLERS, check_sampler_options
+from hpo.search import PRUNERS, SAMPLERS, check_pruner_options, check_sampler_options
 from hpo.spec.space import SearchSpace, Strict
 from trainer.config import Anchor, ClassWeights, Pooling, PrecisionRequest
 
@@ -105,7 +104,7 @@ def _one_of(name: str, table: Mapping[str, Any]) -> str:
 class SamplerSpec(Strict):
     """Which Optuna sampler proposes trials; ``options`` go to its constructor."""
 
-    name: str = "tpe"  # a key of ``hpo.search.samplers.SAMPLERS``, the one list of names
+    name: str = "tpe"  # a key of ``hpo.search.SAMPLERS``, the one list of names
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -123,7 +122,7 @@ class SamplerSpec(Strict):
 class PrunerSpec(Strict):
     """Which pruner stops losing trials early; ``options`` go to its constructor."""
 
-    name: str = "fold_aware"  # a key of ``hpo.search.pruners.PRUNERS``
+    name: str = "fold_aware"  # a key of ``hpo.search.PRUNERS``
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")

@@ -157,6 +157,10 @@ class SearchSpace(Strict):
             if param is not None:
                 yield name, param
 
+    def grid(self, n_points: int) -> dict[str, list[Scalar]]:
+        """Every searched parameter discretized for grid search (see :func:`grid_values`)."""
+        return {name: grid_values(param, n_points) for name, param in self.items()}
+
 
 def check_point(space: SearchSpace, point: dict[str, Any]) -> list[str]:
     """Problems of a known configuration given for the space (``search.enqueue``), one line

@@ -3,12 +3,17 @@ final score, never prunes spent compute; Optuna's pruners see folds, not epochs.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.search.pruners import PRUNERS, check_pruner_options, make_pruner
+from hpo.errors import SpecError
+from hpo.search import PRUNERS, check_pruner_options, make_pruner
+from hpo.spec import parse_spec
+from tests.hpo.conftest import MINIMAL_SPEC
 from trainer.steps import StepGrid
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -266,6 +271,22 @@ def test_pruner_options_are_checked() -> None:
         check_pruner_options("median", {"patience": 2})
     with pytest.raises(ValueError, match="n_startup_trials"):
         check_pruner_options("fold_aware", {"n_startup_trials": 2})
+
+
+def test_spec_takes_pruner_names_and_options_from_their_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One list of names: a pruner added to the table is a valid spec name, its options checked
+    # against its own constructor, with no second list to keep in step.
+    data = copy.deepcopy(MINIMAL_SPEC)
+    data["search"]["pruner"] = {"name": "newcomer", "options": {"n_startup_trials": 2}}
+    with pytest.raises(SpecError, match="'newcomer': expected one of 'fold_aware'"):
+        parse_spec(data)
+    monkeypatch.setitem(PRUNERS, "newcomer", PRUNERS["median"])
+    assert parse_spec(data).search.pruner.name == "newcomer"
+    data["search"]["pruner"]["options"] = {"patience": 2}
+    with pytest.raises(SpecError, match=r"options\.patience: unknown option for pruner 'newcomer'"):
+        parse_spec(data)
 
 
 def test_step_grid_places_each_fold_end_at_the_same_step() -> None:
