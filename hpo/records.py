@@ -25,7 +25,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from trainer.config import CVResult, FoldResult
 
@@ -134,7 +134,30 @@ def write_fold(trial: optuna.Trial, fold: FoldResult) -> None:
     trial.set_user_attr(fold_key(fold.fold), fold_to_json(fold))
 
 
-def write_run(trial: optuna.Trial, run: Mapping[str, Any]) -> None:
+class RunInfo(TypedDict, total=False):
+    """Where a trial ran (``RUN``): its host, device and worker, its training seed and resolved
+    precision, and the folds it resumed from a re-queued attempt's record."""
+
+    host: str
+    device: str
+    worker: str
+    seed: int
+    precision: str
+    resumed_folds: list[int]
+
+
+class TrialStats(TypedDict):
+    """What a finished trial cost (``STATS``): wall time, throughput, peak memory, whether it
+    was pruned, and each fold's per-epoch curve."""
+
+    wall_s: float
+    train_examples_per_s: float
+    peak_memory_mb: float
+    pruned: bool
+    curves: list[list[dict[str, float]]]
+
+
+def write_run(trial: optuna.Trial, run: RunInfo) -> None:
     trial.set_user_attr(RUN, dict(run))
 
 
@@ -143,16 +166,14 @@ def write_result(trial: optuna.Trial, result: CVResult) -> None:
     trial.set_user_attr(FOLD_SCORES, list(result.fold_scores))
     trial.set_user_attr(CV_MEAN, result.mean)
     trial.set_user_attr(CV_STD, result.std)
-    trial.set_user_attr(
-        STATS,
-        {
-            "wall_s": round(result.wall_s, 3),
-            "train_examples_per_s": round(result.train_examples_per_s, 2),
-            "peak_memory_mb": round(result.peak_memory_mb, 1),
-            "pruned": result.pruned,
-            "curves": json.loads(json.dumps([[dict(e) for e in c] for c in result.curves])),
-        },
-    )
+    stats: TrialStats = {
+        "wall_s": round(result.wall_s, 3),
+        "train_examples_per_s": round(result.train_examples_per_s, 2),
+        "peak_memory_mb": round(result.peak_memory_mb, 1),
+        "pruned": result.pruned,
+        "curves": json.loads(json.dumps([[dict(e) for e in c] for c in result.curves])),
+    }
+    trial.set_user_attr(STATS, dict(stats))
 
 
 @dataclass(frozen=True)
@@ -179,13 +200,15 @@ class CVScore:
         )
 
 
-def run_info(trial: optuna.Trial | FrozenTrial) -> dict[str, Any]:
+def run_info(trial: optuna.Trial | FrozenTrial) -> RunInfo:
     """Where the trial ran (empty for a trial no hpo worker ran)."""
-    return dict(trial.user_attrs.get(RUN) or {})
+    return cast(RunInfo, dict(trial.user_attrs.get(RUN) or {}))
 
 
-def stats(trial: FrozenTrial) -> dict[str, Any]:
-    return dict(trial.user_attrs.get(STATS) or {})
+def stats(trial: FrozenTrial) -> TrialStats | None:
+    """What the finished trial cost (None for a trial no hpo worker finished)."""
+    found = trial.user_attrs.get(STATS)
+    return cast(TrialStats, dict(found)) if found else None
 
 
 def fail_reason(trial: FrozenTrial) -> str | None:
