@@ -93,6 +93,10 @@ def stop_workers(procs: list[subprocess.Popen[bytes]], grace_s: float = STOP_GRA
             proc.wait()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_study(
     spec: StudySpec,
     storage_url: str,
@@ -124,6 +128,10 @@ def run_study(
             + "; ".join(f"{b.title} {b.mean:.4f}" for b in bars),
             highlight=False,
         )
+    # The workers run in their own sessions (Ctrl-C must reach only us), so a SIGTERM (kill,
+    # timeout, docker stop) or SIGHUP (the terminal closed) that ended only us would leave them
+    # training on: every one of them stops the workers as Ctrl-C does.
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     procs = start_workers(spec, storage_url, n, device, log_dir)
     started = time.monotonic()
     interrupted = False
@@ -144,6 +152,9 @@ def run_study(
         except KeyboardInterrupt:
             for proc in procs:
                 proc.kill()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     codes = [p.wait() for p in procs]
     path = summarize(study, spec, console, best_path or Path("runs") / spec.name / "best.yaml")
     return RunOutcome(exit_codes=codes, best_path=path, interrupted=interrupted)
