@@ -543,7 +543,10 @@ def _agree_lease_terms(study: optuna.Study, options: WorkerOptions) -> None:
         )
 
 
-_PLACES = {"table": "trial_heartbeats table", "attribute": "trial attribute hpo:heartbeat"}
+_PLACES = {
+    "table": "trial_heartbeats table",
+    "attribute": f"trial attribute {records.HEARTBEAT_KEY}",
+}
 
 
 def _check_precision(spec: StudySpec, device: str, worker_id: str) -> Precision:

@@ -12,10 +12,10 @@ from optuna.distributions import FloatDistribution
 from rich.console import Console
 
 import hpo.baselines
+from hpo import records
 from hpo.baselines import record_baselines
 from hpo.cli import main
 from hpo.local.run import summarize
-from hpo.records import BASELINES as BASELINES_ATTR
 from hpo.spec.model import parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study, load_study
@@ -36,7 +36,11 @@ def _add_trial(study: optuna.Study, fold_scores: list[float]) -> None:
             params={"lr": 1e-4, "dropout": 0.1, "l1": 1e-7, "l2": 1e-4},
             distributions=DISTS,
             value=mean,
-            user_attrs={"fold_scores": fold_scores, "cv_mean": mean, "cv_std": 0.0},
+            user_attrs={
+                records.FOLD_SCORES: fold_scores,
+                records.CV_MEAN: mean,
+                records.CV_STD: 0.0,
+            },
         )
     )
 
@@ -53,7 +57,7 @@ def test_create_stores_baselines_once_on_the_studys_folds(
     url = str(tmp_path / "journal.log")
     assert main(["create", str(write_spec(tmp_path / "s.yaml", spec_dict)), "--storage", url]) == 0
     study, spec = load_study(open_storage(url), spec_dict["name"])
-    stored = study.user_attrs[BASELINES_ATTR]
+    stored = study.user_attrs[records.BASELINES]
     assert stored["metric"] == "accuracy" and stored["n_folds"] == 3
     scores = {s["name"]: s for s in stored["scores"]}
     assert set(scores) == {"majority", "tfidf_lr"}
@@ -154,7 +158,7 @@ def test_run_summary_gives_the_margin_when_the_fine_tuned_model_wins(
             }
         ],
     }
-    storage.set_study_user_attr(study_id, BASELINES_ATTR, baselines)
+    storage.set_study_user_attr(study_id, records.BASELINES, baselines)
     study, _ = load_study(storage, spec.name)
     _add_trial(study, [0.78, 0.80, 0.79])
     text = _summary(study, spec, tmp_path)

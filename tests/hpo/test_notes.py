@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 from optuna_dashboard import get_note
 
+from hpo import records
 from hpo.notes import write_study_notes, write_trial_note
 from hpo.spec.model import parse_spec
 from hpo.store import open_storage
@@ -37,7 +38,7 @@ def test_a_trial_note_has_every_fold_and_epoch_and_the_margin_over_the_baselines
     spec = parse_spec(spec_dict)
     study = optuna.load_study(study_name=name, storage=open_storage(url))
     study.set_user_attr(
-        "baselines",
+        records.BASELINES,
         {
             "scores": [
                 {

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from hpo import records
 from tests.reliability.faultproxy import FaultProxy
 from tests.reliability.faults import (
     FaultEvent,
@@ -39,7 +40,7 @@ AIMED_LOST_ACKS: tuple[bytes | None, ...] = (
     b"update trials set state = 'running'",  # a pop of a waiting trial
     b"set state = cast(",  # a tell, or the owner's FAIL
     b"update trials t set state = 'fail'",  # a sweeper's FAIL
-    b"hpo:requeue_of",  # a re-queued copy
+    records.REQUEUE_OF_KEY.encode(),  # a re-queued copy
 )
 LOST_ACK_TARGETS: tuple[bytes | None, ...] = (None,)
 

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
+from hpo import records
 from hpo.spec.model import parse_spec
 from hpo.store import normalize_postgres_url, open_storage
 from hpo.study import create_study
@@ -73,6 +74,6 @@ def test_eight_workers_meet_the_budget_with_at_most_one_connection_each(
     # Nothing re-queued, so no trial ran twice; the only failures allowed are trials a worker
     # yielded at once after losing the race for the last slot.
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert all(t.user_attrs["fail_reason"].startswith("over budget") for t in failed)
-    assert not [t for t in trials if t.system_attrs.get("retry_history")]
+    assert all(t.user_attrs[records.FAIL_REASON].startswith("over budget") for t in failed)
+    assert not [t for t in trials if records.retry_history(t)]
     assert len(trials) == 24 + len(failed)

@@ -13,6 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo import records
 from hpo.spec.model import parse_spec
 from hpo.store import RetryingStorage, is_transient, open_storage
 from hpo.study import create_study
@@ -122,5 +123,5 @@ def test_study_completes_through_a_postgres_restart(
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     # The only failures allowed: a worker that lost the race for the last slot yields its trial.
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert all(t.user_attrs["fail_reason"].startswith("over budget") for t in failed)
+    assert all(t.user_attrs[records.FAIL_REASON].startswith("over budget") for t in failed)
     assert len({t.number for t in trials}) == len(trials)

@@ -12,6 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 import trainer
+from hpo import records
 from hpo.spec.model import parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study
@@ -44,7 +45,10 @@ def test_oom_fails_the_trial_with_its_reason_and_the_worker_goes_on(
     trials = optuna.load_study(study_name=name, storage=open_storage(url)).trials
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 1
-    assert failed[0].user_attrs["fail_reason"] == "MemoryError: injected: cannot allocate 4.0 GiB"
+    assert (
+        failed[0].user_attrs[records.FAIL_REASON]
+        == "MemoryError: injected: cannot allocate 4.0 GiB"
+    )
     assert summary.completed + summary.pruned == 2 and summary.failed == 1
 
 
@@ -62,8 +66,8 @@ def test_nan_loss_fails_the_trial_with_its_reason(
     assert trial.state == TrialState.FAIL
     assert re.match(
         r"NonFiniteLossError: fold \d+ epoch \d+: training loss is (nan|inf)",
-        trial.user_attrs["fail_reason"],
-    ), trial.user_attrs["fail_reason"]
+        trial.user_attrs[records.FAIL_REASON],
+    ), trial.user_attrs[records.FAIL_REASON]
 
 
 def test_worker_whose_trials_all_fail_stops_with_a_clear_error(

@@ -52,7 +52,7 @@ def test_killed_worker_trial_is_requeued_and_resumed_from_finished_folds(
     while target is None:  # the victim's trial, once its first fold is saved
         assert time.monotonic() < deadline, _logs(victim_log, survivor_log)
         for trial in study.get_trials(states=(TrialState.RUNNING,)):
-            worker = trial.user_attrs.get("run", {}).get("worker", "")
+            worker = records.run_info(trial).get("worker", "")
             if f"-{victim.pid}-" in worker and records.fold_key(0) in trial.user_attrs:
                 target = trial
         time.sleep(0.1)
@@ -78,12 +78,12 @@ def test_killed_worker_trial_is_requeued_and_resumed_from_finished_folds(
     resumed = [t for t in complete if t.params == target.params]
     assert len(resumed) == 1
     resumed_trial = resumed[0]
-    assert resumed_trial.system_attrs["retry_history"] == [target.number]
-    assert resumed_trial.user_attrs["run"]["resumed_folds"] == done
+    assert resumed_trial.system_attrs[records.RETRY_HISTORY] == [target.number]
+    assert resumed_trial.user_attrs[records.RUN]["resumed_folds"] == done
     # Finished folds were carried over, not retrained: identical records, timings included.
     for fold in done:
         key = records.fold_key(fold)
         assert resumed_trial.user_attrs[key] == killed.user_attrs[key]
         score = killed.user_attrs[key]["score"]
-        assert resumed_trial.user_attrs["fold_scores"][fold] == score
-    assert len(resumed_trial.user_attrs["fold_scores"]) == 3
+        assert resumed_trial.user_attrs[records.FOLD_SCORES][fold] == score
+    assert len(resumed_trial.user_attrs[records.FOLD_SCORES]) == 3

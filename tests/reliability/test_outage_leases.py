@@ -10,6 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo import records
 from hpo.spec.model import parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study, load_study
@@ -55,5 +56,5 @@ def test_a_ten_second_outage_fails_no_live_trial(
     )
     trials = optuna.load_study(study_name=spec_dict["name"], storage=plain).trials
     assert [t.state for t in trials] == [TrialState.RUNNING] * 3, [
-        (t.number, t.state, t.user_attrs.get("fail_reason")) for t in trials
+        (t.number, t.state, records.fail_reason(t)) for t in trials
     ]

@@ -21,6 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo import records
 from hpo.spec.model import StudySpec, parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study
@@ -146,8 +147,8 @@ def test_200_workers_share_100_connections_and_meet_the_budget_exactly(
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     # The only failures: workers that lost the race for one of the last slots yielded at once.
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert all(t.user_attrs["fail_reason"].startswith("over budget") for t in failed)
-    assert not [t for t in trials if t.system_attrs.get("retry_history")]
+    assert all(t.user_attrs[records.FAIL_REASON].startswith("over budget") for t in failed)
+    assert not [t for t in trials if records.retry_history(t)]
     assert sum(r["summary"][0] + r["summary"][1] for r in results) == BUDGET
     refused = sum(r["refused"] for r in results)
     print(f"{N_WORKERS} workers, {len(trials)} trials in {elapsed_s:.0f} s; {refused} refusals")

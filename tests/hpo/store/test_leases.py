@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.records import fold_key
+from hpo import records
 from hpo.spec.model import parse_spec
 from hpo.store import (
     FINISH_KEY,
@@ -69,7 +69,7 @@ def test_a_stale_trial_is_failed_with_its_reason_and_requeued_once(
     trials = study.get_trials(deepcopy=False)
     dead = trials[trial.number]
     assert dead.state == TrialState.FAIL
-    assert dead.user_attrs["fail_reason"] == "heartbeat stale"
+    assert dead.user_attrs[records.FAIL_REASON] == "heartbeat stale"
     copies = [t for t in trials if t.state == TrialState.WAITING]
     assert len(copies) == 1 and copies[0].params == dead.params
 
@@ -100,7 +100,7 @@ def test_a_trial_that_beats_again_before_the_sweeper_fails_it_is_not_failed(
     _silence(2.5)
     assert trial._trial_id in storage._get_stale_trial_ids(study._study_id)
     storage.record_heartbeat(trial._trial_id)  # alive after all
-    assert storage.fail_if_stale(trial._trial_id, {"fail_reason": "heartbeat stale"}) is False
+    assert storage.fail_if_stale(trial._trial_id, {records.FAIL_REASON: "heartbeat stale"}) is False
     assert storage.get_trial(trial._trial_id).state == TrialState.RUNNING
 
 
@@ -302,7 +302,7 @@ def _worker_with(url: str, name: str, run_trial: Any, monkeypatch: pytest.Monkey
 def _fail_elsewhere(url: str, trial: optuna.Trial) -> None:
     """What a sweeper on another host does to a trial whose lease lapsed."""
     other = open_storage(url)
-    other.set_trial_user_attr(trial._trial_id, "fail_reason", "heartbeat stale")
+    other.set_trial_user_attr(trial._trial_id, records.FAIL_REASON, "heartbeat stale")
     other.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     study = optuna.load_study(study_name=trial.study.study_name, storage=other)
     requeue(study, other.get_trial(trial._trial_id))
@@ -432,7 +432,7 @@ def test_a_requeued_copy_that_outlived_the_budget_is_cancelled_not_left_waiting(
     def loses_it_to_a_faster_trial(trial: optuna.Trial, *_: Any) -> float:
         trial.suggest_float("lr", 1e-5, 1e-3, log=True)
         other = open_storage(storage_url)
-        other.set_trial_user_attr(trial._trial_id, "fail_reason", "heartbeat stale")
+        other.set_trial_user_attr(trial._trial_id, records.FAIL_REASON, "heartbeat stale")
         other.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         study = optuna.load_study(study_name=trial.study.study_name, storage=other)
         study.add_trial(optuna.trial.create_trial(value=0.8, params={}, distributions={}))
@@ -445,7 +445,7 @@ def test_a_requeued_copy_that_outlived_the_budget_is_cancelled_not_left_waiting(
     assert summary.lost == 1 and summary.stop_reason.startswith("budget of 1")
     trials = worker.study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL]
-    assert trials[2].user_attrs["fail_reason"] == SURPLUS_REASON
+    assert trials[2].user_attrs[records.FAIL_REASON] == SURPLUS_REASON
 
 
 def test_a_sweep_fails_a_trial_only_if_it_is_still_stale_a_heartbeat_later(
@@ -506,7 +506,7 @@ def test_a_lost_trial_failed_but_never_copied_is_requeued_by_the_next_sweep(
     study, _ = _study(storage_url, spec_dict)
     trial = study.ask()
     trial.suggest_float("lr", 1e-5, 1e-3, log=True)
-    study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "heartbeat stale")
+    study._storage.set_trial_user_attr(trial._trial_id, records.FAIL_REASON, "heartbeat stale")
     study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # then killed
     assert sweep_stale(study) == []
     assert repair_requeues(study) == 0  # the sweep above repaired it; once is enough
@@ -747,7 +747,7 @@ def test_a_non_finite_cv_score_fails_the_trial_with_its_reason(
     (trial,) = worker.study.get_trials(deepcopy=False)
     assert summary.failed == 1 and summary.completed == 0
     assert trial.state == TrialState.FAIL
-    assert trial.user_attrs["fail_reason"] == "non-finite CV score: nan"
+    assert trial.user_attrs[records.FAIL_REASON] == "non-finite CV score: nan"
 
 
 @pytest.mark.postgres
@@ -777,10 +777,10 @@ def test_a_session_that_died_holding_a_trial_locked_neither_blocks_sweeps_nor_li
     )  # ... and then the host vanished, mid-transaction
     _silence(1.0)  # the trial is silent past its grace period; the session idle for 1 s
     started = time.monotonic()
-    assert storage.fail_if_stale(trial._trial_id, {"fail_reason": "heartbeat stale"}) is False
+    assert storage.fail_if_stale(trial._trial_id, {records.FAIL_REASON: "heartbeat stale"}) is False
     assert time.monotonic() - started < 1.0  # skipped, not waited for
     _silence(1.5)  # past the idle-in-transaction timeout: the server ended the session
-    assert storage.fail_if_stale(trial._trial_id, {"fail_reason": "heartbeat stale"}) is True
+    assert storage.fail_if_stale(trial._trial_id, {records.FAIL_REASON: "heartbeat stale"}) is True
     with pytest.raises(sqlalchemy.exc.OperationalError):
         dead.execute(sqlalchemy.text("SELECT 1"))
 
@@ -814,7 +814,7 @@ def test_a_write_racing_a_sweepers_fail_is_refused_not_stored_on_the_failed_tria
             if write == "report":
                 storage.set_trial_intermediate_value(trial._trial_id, 0, 0.5)
             else:
-                storage.set_trial_user_attr(trial._trial_id, fold_key(0), {"score": 0.5})
+                storage.set_trial_user_attr(trial._trial_id, records.fold_key(0), {"score": 0.5})
             outcome.append(None)
         except BaseException as e:
             outcome.append(e)
@@ -830,7 +830,7 @@ def test_a_write_racing_a_sweepers_fail_is_refused_not_stored_on_the_failed_tria
     ), outcome
     stored = storage.get_trial(trial._trial_id)
     assert stored.state == TrialState.FAIL
-    assert stored.intermediate_values == {} and fold_key(0) not in stored.user_attrs
+    assert stored.intermediate_values == {} and records.fold_key(0) not in stored.user_attrs
 
 
 @pytest.mark.postgres

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from hpo.records import fold_key, fold_to_json
+from hpo import records
 from hpo.spec.model import parse_spec
 from hpo.store import ENV_STORAGE, open_storage
 from hpo.study import create_study, step_grid
@@ -31,7 +31,7 @@ DISTS = {
 
 def _fold(fold: int, curve: list[float], pruned: bool = False) -> dict[str, Any]:
     """A fold's record as the worker writes it (``hpo.records.fold_key``)."""
-    return fold_to_json(
+    return records.fold_to_json(
         FoldResult(
             fold=fold,
             score=curve[-1],
@@ -57,16 +57,21 @@ def _trial(
     }
     pruned = state == "pruned"
     attrs: dict[str, Any] = {
-        fold_key(i): _fold(i, curve, pruned=pruned and i == len(curves) - 1)
+        records.fold_key(i): _fold(i, curve, pruned=pruned and i == len(curves) - 1)
         for i, curve in enumerate(curves)
     }
-    attrs["run"] = {"host": "h1", "device": "cpu", "worker": f"w{number % 2}", "precision": "fp32"}
+    attrs[records.RUN] = {
+        "host": "h1",
+        "device": "cpu",
+        "worker": f"w{number % 2}",
+        "precision": "fp32",
+    }
     value = values[max(values)] if pruned else None  # Optuna tells a pruned trial its last value
     if not pruned:
         scores = [curve[-1] for curve in curves]
         value = sum(scores) / len(scores)
         std = (sum((s - value) ** 2 for s in scores) / len(scores)) ** 0.5
-        attrs |= {"fold_scores": scores, "cv_mean": value, "cv_std": std}
+        attrs |= {records.FOLD_SCORES: scores, records.CV_MEAN: value, records.CV_STD: std}
     return optuna.trial.create_trial(
         params={
             "lr": 1e-4 * (number + 1),

@@ -14,6 +14,7 @@ import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from hpo import records
 from hpo.spec.model import parse_spec
 from hpo.store import open_storage
 from hpo.study import create_study
@@ -42,11 +43,14 @@ def _fill(url: str, spec_dict: dict[str, Any]) -> optuna.Study:
                 distributions=DISTS,
                 value=mean,
                 user_attrs={
-                    "fold_scores": scores,
-                    "cv_mean": mean,
-                    "cv_std": std,
+                    records.FOLD_SCORES: scores,
+                    records.CV_MEAN: mean,
+                    records.CV_STD: std,
                     # what auto resolved to on the worker that ran it
-                    "run": {"device": "cuda:0", "precision": "bf16" if number == 1 else "fp32"},
+                    records.RUN: {
+                        "device": "cuda:0",
+                        "precision": "bf16" if number == 1 else "fp32",
+                    },
                 },
             )
         )

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 import trainer.precision
+from hpo import records
 from hpo.cli import main
 from hpo.spec.model import parse_spec
 from hpo.store import open_storage
@@ -127,7 +128,7 @@ def test_class_weights_survive_export_and_reach_production_training(
     study = optuna.load_study(study_name=spec.name, storage=open_storage(url))
     study.add_trial(
         optuna.trial.create_trial(
-            params=params, distributions=distributions, value=0.3, user_attrs={"cv_mean": 0.3}
+            params=params, distributions=distributions, value=0.3, user_attrs={records.CV_MEAN: 0.3}
         )
     )
     export = tmp_path / "best.yaml"
@@ -269,7 +270,11 @@ def test_a_trained_model_has_a_model_card_and_runs_in_a_pipeline_without_errors(
                 "l2": FloatDistribution(1e-7, 1e-3, log=True),
             },
             value=0.3,
-            user_attrs={"cv_mean": 0.3, "cv_std": 0.02, "fold_scores": [0.28, 0.32]},
+            user_attrs={
+                records.CV_MEAN: 0.3,
+                records.CV_STD: 0.02,
+                records.FOLD_SCORES: [0.28, 0.32],
+            },
         )
     )
     export = tmp_path / "best.yaml"
@@ -300,17 +305,17 @@ def test_a_trained_model_has_a_model_card_and_runs_in_a_pipeline_without_errors(
     assert "| transformers |" in body
     assert ("trust_remote_code=True" in body) == (pooling == "mean")
 
-    records = _Records()
+    logged = _Records()
     transformers_logger = logging.getLogger("transformers")
-    transformers_logger.addHandler(records)
+    transformers_logger.addHandler(logged)
     try:
         classifier = pipeline(
             "text-classification", model=str(model_dir), trust_remote_code=pooling == "mean"
         )
         predictions = classifier(["the good great movie", "the awful bad film"])
     finally:
-        transformers_logger.removeHandler(records)
-    assert [r.getMessage()[:120] for r in records.records] == []
+        transformers_logger.removeHandler(logged)
+    assert [r.getMessage()[:120] for r in logged.records] == []
     assert {p["label"] for p in predictions} <= {"pos", "neg"}
 
 

@@ -18,6 +18,7 @@ import pytest
 from optuna.trial import TrialState
 from optuna_dashboard import get_note
 
+from hpo import records
 from hpo.local.launch import worker_command
 from hpo.spec.model import parse_spec
 from hpo.store import open_storage
@@ -108,12 +109,12 @@ def test_two_workers_finish_exactly_the_budget(
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert any(t.state == TrialState.PRUNED for t in finished), "the aggressive pruner pruned none"
     for trial in finished:
-        scores = trial.user_attrs["fold_scores"]
+        scores = trial.user_attrs[records.FOLD_SCORES]
         if trial.state == TrialState.COMPLETE:
             assert len(scores) == 2
             assert trial.value == pytest.approx(sum(scores) / 2)
-            assert trial.user_attrs["run"]["device"] == "cpu"
-            assert trial.user_attrs["stats"]["train_examples_per_s"] > 0
+            assert trial.user_attrs[records.RUN]["device"] == "cpu"
+            assert trial.user_attrs[records.STATS]["train_examples_per_s"] > 0
         assert len(trial.intermediate_values) >= 1
         # What optuna-dashboard shows of it: its folds, epoch by epoch.
         note = get_note(optuna.Trial(study, trial._trial_id))
@@ -152,7 +153,7 @@ def test_sigterm_stops_the_worker_cleanly_and_the_trial_is_finished_by_another(
     trials = optuna.load_study(study_name=spec.name, storage=open_storage(url)).trials
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"] == "interrupted"
+    assert len(failed) == 1 and failed[0].user_attrs[records.FAIL_REASON] == "interrupted"
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert len(waiting) == 1 and waiting[0].params == interrupted_params
 
@@ -179,8 +180,8 @@ def test_same_trial_number_and_seed_give_the_same_fold_scores(
         context = TrialContext(host="h", device="cpu", worker_id="w", cache_dir=str(tmp_path))
         run_trial(trial, spec, context)
         attrs = trial.study._storage.get_trial(trial._trial_id).user_attrs
-        assert attrs["run"]["precision"] == "fp32"
-        scores.append(attrs["fold_scores"])
+        assert attrs[records.RUN]["precision"] == "fp32"
+        scores.append(attrs[records.FOLD_SCORES])
     assert scores[0] == scores[1]
 
 
@@ -204,8 +205,8 @@ def test_a_trial_records_the_precision_auto_resolved_to(
     context = TrialContext(host="h", device="cpu", worker_id="w", cache_dir=str(tmp_path))
     run_trial(trial, spec, context)
     attrs = study._storage.get_trial(trial._trial_id).user_attrs
-    assert attrs["run"]["precision"] == "bf16"
-    assert all(math.isfinite(score) for score in attrs["fold_scores"])
+    assert attrs[records.RUN]["precision"] == "bf16"
+    assert all(math.isfinite(score) for score in attrs[records.FOLD_SCORES])
 
 
 def test_a_worker_whose_device_cannot_run_the_specs_precision_stops_at_start(
@@ -276,9 +277,9 @@ def test_ctrl_c_stops_hpo_run_and_its_workers_cleanly(
     assert proc.returncode == 0, out.decode(errors="replace")[-2000:]
     trials = optuna.load_study(study_name=data["name"], storage=open_storage(url)).trials
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
+    interrupted = [t for t in trials if records.fail_reason(t) == "interrupted"]
     assert len(interrupted) == 2, (
-        [(t.number, t.state, t.user_attrs.get("fail_reason")) for t in trials],
+        [(t.number, t.state, records.fail_reason(t)) for t in trials],
         out.decode(errors="replace")[-3000:],
     )
 
@@ -384,7 +385,7 @@ def test_a_worker_whose_trial_was_failed_elsewhere_says_so_once(
     def failed_elsewhere_while_training(trial: optuna.Trial, *args: Any) -> float:
         trial.report(0.5, 0)
         other = open_storage(url)
-        other.set_trial_user_attr(trial._trial_id, "fail_reason", "heartbeat stale")
+        other.set_trial_user_attr(trial._trial_id, records.FAIL_REASON, "heartbeat stale")
         other.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         requeue(
             optuna.load_study(study_name=spec_dict["name"], storage=other),
@@ -461,7 +462,7 @@ def test_a_stop_that_c_code_turns_into_another_error_still_interrupts_the_trial(
     monkeypatch.setattr(hpo.worker.loop, "run_trial", stopped_inside_c_code)
     trials = _run_one_trial_stopped_inside(url, spec_dict["name"])
     assert trials[0].state == TrialState.FAIL
-    assert trials[0].user_attrs["fail_reason"] == "interrupted"
+    assert trials[0].user_attrs[records.FAIL_REASON] == "interrupted"
     assert [t.state for t in trials[1:]] == [TrialState.WAITING]  # re-queued for another worker
 
 
@@ -482,7 +483,7 @@ def test_a_trial_that_fails_for_its_own_reason_after_a_stop_keeps_that_reason(
     monkeypatch.setattr(hpo.worker.loop, "run_trial", fails_on_its_own)
     trials = _run_one_trial_stopped_inside(url, spec_dict["name"])
     assert [t.state for t in trials] == [TrialState.FAIL]
-    assert trials[0].user_attrs["fail_reason"] == "ValueError: the data has one class"
+    assert trials[0].user_attrs[records.FAIL_REASON] == "ValueError: the data has one class"
 
 
 def test_a_swallowed_stop_still_stops_the_trial_at_its_next_report(
@@ -506,5 +507,5 @@ def test_a_swallowed_stop_still_stops_the_trial_at_its_next_report(
     monkeypatch.setattr(trainer, "run_cv", swallows_the_stop)
     trials = _run_one_trial_stopped_inside(url, spec_dict["name"])
     assert reported == []
-    assert trials[0].user_attrs["fail_reason"] == "interrupted"
+    assert trials[0].user_attrs[records.FAIL_REASON] == "interrupted"
     assert [t.state for t in trials[1:]] == [TrialState.WAITING]
