@@ -113,8 +113,9 @@ def test_two_workers_finish_exactly_the_budget(
         if trial.state == TrialState.COMPLETE:
             assert len(scores) == 2
             assert trial.value == pytest.approx(sum(scores) / 2)
-            assert trial.user_attrs[records.RUN]["device"] == "cpu"
-            assert trial.user_attrs[records.STATS]["train_examples_per_s"] > 0
+            assert records.run_info(trial).get("device") == "cpu"
+            stats = records.stats(trial)
+            assert stats is not None and stats["train_examples_per_s"] > 0
         assert len(trial.intermediate_values) >= 1
         # What optuna-dashboard shows of it: its folds, epoch by epoch.
         note = get_note(optuna.Trial(study, trial._trial_id))
